@@ -1,0 +1,500 @@
+//! Wire frames and their JSON codec.
+//!
+//! Every frame is one JSON object sent as one WebSocket text message:
+//! `{"v":1,"type":"send","id":"...","body":"..."}`. `v` is the protocol version,
+//! `type` selects the frame, the other fields belong to that frame. docs/PROTOCOL.md
+//! is the prose version of this module.
+//!
+//! Decoding never panics: any byte string yields either a frame that passed
+//! validation or a [`DecodeError`] whose [`DecodeError::code`] is the stable code
+//! the server puts in its `error` frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::ChainHash;
+use crate::limits;
+
+/// Protocol version carried in every frame's `v` field.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Position of a message in its conversation: 1, 2, 3, ... (0 means "none yet").
+/// Kept below 2^53 so it survives JavaScript numbers and SQLite via JS.
+pub type Seq = u64;
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// Largest seq either side accepts (JavaScript's `Number.MAX_SAFE_INTEGER`).
+pub const MAX_SEQ: Seq = (1 << 53) - 1;
+
+/// A message as stored by the conversation and delivered to devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Position in the conversation, assigned by the server.
+    pub seq: Seq,
+    /// Sending user (the JWT `sub`).
+    pub user: String,
+    /// Sending device.
+    pub device: String,
+    /// Client message id chosen by the sending device (idempotency key).
+    pub id: String,
+    /// Message text.
+    pub body: String,
+    /// Server time at which the message was stored.
+    pub at: Millis,
+    /// Integrity chain value after this message (see [`crate::chain`]).
+    pub chain: ChainHash,
+}
+
+/// How far one device has stored a conversation (its cumulative ack).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The device's user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// Highest seq such that the device has stored 1..=through.
+    pub through: Seq,
+}
+
+/// Frames a client sends to the conversation it is connected to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame on every connection.
+    Hello {
+        /// Highest contiguous seq stored on this device; `None` for a fresh device,
+        /// which then receives only the latest page.
+        after: Option<Seq>,
+        /// Chain value the device holds at `after`, so the server can detect a
+        /// diverged history (for example a server restored from an old backup).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chain: Option<ChainHash>,
+    },
+    /// Store a message. Retries reuse the same `id` and get the same seq back.
+    Send {
+        /// Client message id, unique per device.
+        id: String,
+        /// Message text.
+        body: String,
+    },
+    /// Cumulative ack: the device has durably stored 1..=seq.
+    Ack {
+        /// Stored-through seq.
+        seq: Seq,
+    },
+    /// Ask for stored messages: `after` set means ascending from `after + 1`;
+    /// only `before` set means the `limit` messages just below `before`.
+    Sync {
+        /// Exclusive lower bound.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Seq>,
+        /// Exclusive upper bound.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<Seq>,
+        /// Page size, 1..=[`limits::MAX_PAGE`].
+        limit: u32,
+    },
+    /// Read marker: the user has seen up to `seq`.
+    Read {
+        /// Read-through seq.
+        seq: Seq,
+    },
+    /// Heartbeat; answered with `pong`.
+    Ping {
+        /// Echoed back in the `pong`.
+        #[serde(default)]
+        nonce: u64,
+    },
+}
+
+/// Frames the server sends to a connected device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// Answer to `hello`.
+    Welcome {
+        /// Conversation id.
+        conversation: String,
+        /// The connected user.
+        user: String,
+        /// The connected device.
+        device: String,
+        /// Highest seq stored in the conversation.
+        head: Seq,
+        /// Chain value at `head`.
+        chain: ChainHash,
+        /// Stored-through cursor of every device that ever joined.
+        cursors: Vec<Cursor>,
+        /// Server clock.
+        now: Millis,
+    },
+    /// A `send` was stored (or had been stored before: same seq).
+    Sent {
+        /// The client message id from the `send`.
+        id: String,
+        /// Its seq.
+        seq: Seq,
+        /// Server time at which it was stored.
+        at: Millis,
+    },
+    /// Live messages, in seq order; the device must `ack` them.
+    Push {
+        /// One or more messages.
+        messages: Vec<StoredMessage>,
+    },
+    /// A page of stored messages answering `hello` or `sync`, in seq order.
+    Batch {
+        /// The page.
+        messages: Vec<StoredMessage>,
+        /// Conversation head when the page was read.
+        head: Seq,
+        /// True when more messages exist in the requested direction.
+        more: bool,
+    },
+    /// Devices stored further: drives the sender's delivered ticks.
+    Delivered {
+        /// Updated cursors.
+        cursors: Vec<Cursor>,
+    },
+    /// Something was wrong with a frame; the connection stays open unless closed
+    /// separately.
+    Error {
+        /// Stable machine-readable code (see [`ErrorCode`]).
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+        /// Client message id of the `send` this refers to, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+}
+
+/// Stable error codes carried by `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not valid JSON (or not valid UTF-8).
+    BadJson,
+    /// The frame's `v` is missing or not a supported version.
+    UnsupportedVersion,
+    /// The frame's `type` is missing or unknown.
+    UnknownFrame,
+    /// A field is missing, has the wrong type or is out of range.
+    BadFrame,
+    /// The frame is larger than [`limits::MAX_FRAME_BYTES`].
+    FrameTooLarge,
+    /// A message body is larger than [`limits::MAX_BODY_BYTES`].
+    BodyTooLarge,
+    /// The connection sends faster than allowed.
+    RateLimited,
+    /// The device has too many unacknowledged pushes or unconfirmed sends.
+    WindowFull,
+    /// The conversation already has the maximum number of members.
+    TooManyMembers,
+    /// A frame was sent before `hello`, or `hello` was sent twice.
+    NotReady,
+    /// The server could not complete the request; retry later.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownFrame => "unknown_frame",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::WindowFull => "window_full",
+            ErrorCode::TooManyMembers => "too_many_members",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Why a byte string is not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Larger than the frame limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Size of the frame.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON, not an object, or not UTF-8.
+    #[error("frame is not a JSON object: {0}")]
+    NotJson(String),
+    /// Missing or unsupported `v`.
+    #[error("unsupported protocol version {0:?} (this side speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(Option<u64>),
+    /// Missing or unknown `type`.
+    #[error("unknown frame type {0:?}")]
+    UnknownType(Option<String>),
+    /// Known type but fields are missing, mistyped or out of range.
+    #[error("invalid {frame} frame: {reason}")]
+    Invalid {
+        /// The frame type.
+        frame: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A message body over the body limit.
+    #[error("message body of {len} bytes exceeds the limit of {max} bytes")]
+    BodyTooLarge {
+        /// Size of the body in UTF-8 bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl DecodeError {
+    /// The stable code to report this error with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            DecodeError::NotJson(_) => ErrorCode::BadJson,
+            DecodeError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            DecodeError::UnknownType(_) => ErrorCode::UnknownFrame,
+            DecodeError::Invalid { .. } => ErrorCode::BadFrame,
+            DecodeError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+        }
+    }
+}
+
+/// The frame envelope: version plus the flattened, type-tagged frame.
+#[derive(Serialize, Deserialize)]
+struct Envelope<F> {
+    v: u32,
+    #[serde(flatten)]
+    frame: F,
+}
+
+/// Only the fields needed to classify a frame before decoding it fully, so a
+/// wrong version or unknown type gets its own error code.
+#[derive(Deserialize)]
+struct Header {
+    v: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+}
+
+const CLIENT_TYPES: &[&str] = &["hello", "send", "ack", "sync", "read", "ping"];
+const SERVER_TYPES: &[&str] = &[
+    "welcome", "sent", "push", "batch", "delivered", "error", "pong",
+];
+
+fn decode_with<F: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    known: &[&str],
+    max_len: usize,
+) -> Result<F, DecodeError> {
+    if bytes.len() > max_len {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: max_len,
+        });
+    }
+    // serde would happily read a struct from a JSON array; frames are objects only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DecodeError::NotJson("expected a JSON object".into()));
+    }
+    let header: Header =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let version = header.v.as_ref().and_then(serde_json::Value::as_u64);
+    if version != Some(u64::from(PROTOCOL_VERSION)) {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    let kind = header.kind.as_ref().and_then(|k| k.as_str()).map(str::to_owned);
+    let kind = match kind {
+        Some(k) if known.contains(&k.as_str()) => k,
+        other => return Err(DecodeError::UnknownType(other)),
+    };
+    serde_json::from_slice::<Envelope<F>>(bytes)
+        .map(|env| env.frame)
+        .map_err(|e| DecodeError::Invalid {
+            frame: kind,
+            reason: e.to_string(),
+        })
+}
+
+fn invalid(frame: &str, reason: impl Into<String>) -> DecodeError {
+    DecodeError::Invalid {
+        frame: frame.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn check_seq(frame: &str, field: &str, seq: Seq) -> Result<(), DecodeError> {
+    if seq > MAX_SEQ {
+        return Err(invalid(frame, format!("{field} {seq} is above {MAX_SEQ}")));
+    }
+    Ok(())
+}
+
+/// Checks a client message id: 1..=[`limits::MAX_ID_LEN`] printable ASCII bytes.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > limits::MAX_ID_LEN {
+        return Err(format!("id must be 1..={} bytes", limits::MAX_ID_LEN));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("id must be printable ASCII without spaces".into());
+    }
+    Ok(())
+}
+
+impl ClientFrame {
+    /// Decodes and validates a client frame.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let frame: ClientFrame = decode_with(bytes, CLIENT_TYPES, limits::MAX_FRAME_BYTES)?;
+        frame.validate()?;
+        Ok(frame)
+    }
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        match self {
+            ClientFrame::Hello { after, .. } => check_seq("hello", "after", after.unwrap_or(0)),
+            ClientFrame::Send { id, body } => {
+                validate_id(id).map_err(|r| invalid("send", r))?;
+                if body.len() > limits::MAX_BODY_BYTES {
+                    return Err(DecodeError::BodyTooLarge {
+                        len: body.len(),
+                        max: limits::MAX_BODY_BYTES,
+                    });
+                }
+                Ok(())
+            }
+            ClientFrame::Ack { seq } => check_seq("ack", "seq", *seq),
+            ClientFrame::Read { seq } => check_seq("read", "seq", *seq),
+            ClientFrame::Sync {
+                after,
+                before,
+                limit,
+            } => {
+                check_seq("sync", "after", after.unwrap_or(0))?;
+                check_seq("sync", "before", before.unwrap_or(0))?;
+                if *limit == 0 || *limit > limits::MAX_PAGE {
+                    return Err(invalid(
+                        "sync",
+                        format!("limit must be 1..={}", limits::MAX_PAGE),
+                    ));
+                }
+                if after.is_none() && before.is_none() {
+                    return Err(invalid("sync", "one of after or before is required"));
+                }
+                if let (Some(a), Some(b)) = (after, before) {
+                    if b <= a {
+                        return Err(invalid("sync", "before must be greater than after"));
+                    }
+                }
+                Ok(())
+            }
+            ClientFrame::Ping { .. } => Ok(()),
+        }
+    }
+
+    /// Encodes the frame as its JSON text.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+}
+
+impl ServerFrame {
+    /// Decodes a server frame (used by clients).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        // Server frames may carry full pages, which are larger than client frames.
+        decode_with(bytes, SERVER_TYPES, limits::MAX_SERVER_FRAME_BYTES)
+    }
+
+    /// Encodes the frame as its JSON text.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+
+    /// An `error` frame for a decode failure.
+    pub fn from_decode_error(err: &DecodeError) -> Self {
+        ServerFrame::Error {
+            code: err.code(),
+            message: err.to_string(),
+            id: None,
+        }
+    }
+}
+
+fn encode<F: Serialize>(frame: &F) -> String {
+    // Serializing these plain structs cannot fail: no maps with non-string keys,
+    // no custom serializers that error.
+    serde_json::to_string(&Envelope {
+        v: PROTOCOL_VERSION,
+        frame,
+    })
+    .unwrap_or_else(|e| unreachable!("frame serialization failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_round_trips() {
+        let f = ClientFrame::Send {
+            id: "01J0ABC".into(),
+            body: "hi".into(),
+        };
+        let text = f.encode();
+        assert_eq!(text, r#"{"v":1,"type":"send","id":"01J0ABC","body":"hi"}"#);
+        assert_eq!(ClientFrame::decode(text.as_bytes()), Ok(f));
+    }
+
+    #[test]
+    fn classifies_bad_input() {
+        let code = |s: &str| ClientFrame::decode(s.as_bytes()).unwrap_err().code();
+        assert_eq!(code("nope"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"send"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(code(r#"{"v":2,"type":"send"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(code(r#"{"v":1,"type":"launch"}"#), ErrorCode::UnknownFrame);
+        assert_eq!(code(r#"{"v":1}"#), ErrorCode::UnknownFrame);
+        assert_eq!(code(r#"{"v":1,"type":"send","id":5,"body":"x"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"v":1,"type":"ack","seq":-1}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"v":1,"type":"ack","seq":9007199254740992}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(code(r#"{"v":1,"type":"send","id":"","body":"x"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"v":1,"type":"sync","limit":10}"#), ErrorCode::BadFrame);
+        let body = "x".repeat(limits::MAX_BODY_BYTES + 1);
+        let big = format!(r#"{{"v":1,"type":"send","id":"a","body":"{body}"}}"#);
+        assert_eq!(code(&big), ErrorCode::BodyTooLarge);
+        let huge = "x".repeat(limits::MAX_FRAME_BYTES + 1);
+        assert_eq!(code(&huge), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn error_frame_uses_stable_code() {
+        let text = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            id: None,
+        }
+        .encode();
+        assert_eq!(
+            text,
+            r#"{"v":1,"type":"error","code":"rate_limited","message":"slow down"}"#
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Default limits shared by both sides. The server enforces them and reports
+//! violations with an `error` frame; clients use them to refuse bad input early.
+
+/// Largest client frame, in bytes of its JSON text.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest server frame (pages of messages), in bytes.
+pub const MAX_SERVER_FRAME_BYTES: usize = 1024 * 1024;
+/// Largest message body, in UTF-8 bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest client message id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// Largest page a `sync` may ask for, and the server's page size.
+pub const MAX_PAGE: u32 = 500;
