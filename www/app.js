@@ -32,9 +32,10 @@ wsUrl.search = new URLSearchParams({ user, device }).toString();
 let conn;
 try {
   conn = await Connection.open(wsUrl.href, (frame) => {
+    if (frame.type === 'welcome') statusEl.dataset.head = String(frame.head);
     if (frame.type === 'error') show(`error ${frame.code}: ${frame.message}`, 'error');
   });
-  setStatus('open', `connected to ${conversation}`);
+  setStatus('open', `connected to ${conversation} (${statusEl.dataset.head} stored)`);
   window.ackline = conn; // for tests and curious users
 } catch (e) {
   setStatus('error', `offline: ${e.message}`);
