@@ -24,13 +24,26 @@ function show(text, cls) {
   return li;
 }
 
+// Dev-only: the local edge mints tokens when ACKLINE_DEV_TOKENS=1. A real app
+// gets its token from its own backend.
+async function devToken() {
+  const res = await fetch('/v1/dev/token', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user, device, conversations: [conversation] }),
+  });
+  const body = await res.json();
+  if (!res.ok) throw Object.assign(new Error(body.message), { code: body.error });
+  return body.token;
+}
+
 await init();
 const wsUrl = new URL(`/v1/conversations/${encodeURIComponent(conversation)}/connect`, location.href);
 wsUrl.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-wsUrl.search = new URLSearchParams({ user, device }).toString();
 
 let conn;
 try {
+  wsUrl.search = new URLSearchParams({ access_token: await devToken() }).toString();
   conn = await Connection.open(wsUrl.href, (frame) => {
     if (frame.type === 'welcome') statusEl.dataset.head = String(frame.head);
     if (frame.type === 'error') show(`error ${frame.code}: ${frame.message}`, 'error');

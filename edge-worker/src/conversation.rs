@@ -12,7 +12,8 @@ use worker::{
     SqlStorage, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::http::{error_response, validate_name};
+use crate::http::error_response;
+use crate::names::validate_name;
 
 /// Who is on a socket; survives hibernation as the socket's attachment.
 #[derive(Serialize, Deserialize)]
@@ -69,13 +70,9 @@ impl DurableObject for Conversation {
             .and_then(|mut s| s.nth(2))
             .unwrap_or_default()
             .to_owned();
-        let param = |name: &str| {
-            url.query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
-        let (user, device) = (param("user"), param("device"));
+        // Set by the Worker after it verified the token; never taken from the client.
+        let header = |name: &str| req.headers().get(name).ok().flatten().unwrap_or_default();
+        let (user, device) = (header(crate::USER_HEADER), header(crate::DEVICE_HEADER));
         for (kind, value) in [("user", &user), ("device", &device)] {
             if let Err(reason) = validate_name(kind, value) {
                 return error_response(400, "bad_request", &reason);

@@ -1,46 +1,179 @@
 //! Ackline edge: the Worker entry point and the `Conversation` Durable Object.
 //!
-//! The Worker routes requests and forwards each conversation's WebSocket to the
-//! one Durable Object that owns it; that object is the conversation's single
-//! writer (see `conversation.rs`).
+//! The Worker authenticates every request (JWT HS256, see `auth.rs`) before it
+//! reaches a Durable Object, then forwards it to the one object that owns the
+//! conversation, with the verified identity in `x-ackline-*` headers. That object
+//! is the conversation's single writer (see `conversation.rs`).
 
+mod auth;
 mod conversation;
 mod http;
+mod names;
 
 pub use conversation::Conversation;
 
-use worker::{event, Context, Env, Method, Request, Response, Result};
+use serde::Deserialize;
+use worker::{event, Context, Date, Env, Method, Request, Response, Result};
 
+use crate::auth::{AuthError, Claims};
 use crate::http::{error_response, json_response};
 
 /// Name of the Durable Object binding in wrangler.toml.
 const CONVERSATIONS_BINDING: &str = "CONVERSATIONS";
+/// Secret (or local var) holding the JWT signing key.
+const SECRET_BINDING: &str = "ACKLINE_JWT_SECRET";
+/// Local var that enables the dev-only token endpoint when set to "1".
+const DEV_TOKENS_BINDING: &str = "ACKLINE_DEV_TOKENS";
+/// Headers through which the Worker tells the Durable Object who is connecting.
+pub(crate) const USER_HEADER: &str = "x-ackline-user";
+pub(crate) const DEVICE_HEADER: &str = "x-ackline-device";
+/// Lifetime of dev tokens.
+const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let url = req.url()?;
-    let segments: Vec<&str> = url
+    let segments: Vec<String> = url
         .path_segments()
-        .map(|s| s.filter(|p| !p.is_empty()).collect())
+        .map(|s| s.filter(|p| !p.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
-    match segments.as_slice() {
-        ["healthz"] => match req.method() {
-            Method::Get => json_response(200, &serde_json::json!({ "ok": true })),
-            _ => error_response(405, "method_not_allowed", "use GET"),
-        },
-        ["v1", "conversations", id, "connect"] => {
-            if req.method() != Method::Get {
-                return error_response(405, "method_not_allowed", "use GET with Upgrade: websocket");
-            }
-            if let Err(reason) = http::validate_conversation_id(id) {
-                return error_response(400, "bad_conversation_id", &reason);
-            }
-            let stub = env
-                .durable_object(CONVERSATIONS_BINDING)?
-                .id_from_name(id)?
-                .get_stub()?;
-            stub.fetch_with_request(req).await
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method();
+    match (segments.as_slice(), method) {
+        (["healthz"], Method::Get) => json_response(200, &serde_json::json!({ "ok": true })),
+        (["v1", "conversations", id, "connect" | "messages"], Method::Get) => {
+            let id = (*id).to_owned();
+            forward_to_conversation(req, &env, &id).await
+        }
+        (["v1", "dev", "token"], Method::Post) if dev_tokens_enabled(&env) => {
+            mint_dev_token(req, &env).await
+        }
+        (["healthz"] | ["v1", "conversations", _, "connect" | "messages"], _) => {
+            error_response(405, "method_not_allowed", "this route only answers GET")
+        }
+        (["v1", "dev", "token"], _) if dev_tokens_enabled(&env) => {
+            error_response(405, "method_not_allowed", "this route only answers POST")
         }
         _ => error_response(404, "not_found", "no such route"),
     }
+}
+
+fn now_secs() -> u64 {
+    Date::now().as_millis() / 1000
+}
+
+fn secret(env: &Env) -> Vec<u8> {
+    env.secret(SECRET_BINDING)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(SECRET_BINDING).map(|v| v.to_string()))
+        .unwrap_or_default()
+        .into_bytes()
+}
+
+fn dev_tokens_enabled(env: &Env) -> bool {
+    env.var(DEV_TOKENS_BINDING)
+        .map(|v| v.to_string() == "1")
+        .unwrap_or(false)
+}
+
+/// The bearer token: `Authorization: Bearer` header, or the `access_token` query
+/// parameter (browsers cannot set headers on a WebSocket).
+fn bearer_token(req: &Request) -> Result<Option<String>> {
+    if let Some(value) = req.headers().get("Authorization")? {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Ok(Some(token.trim().to_owned()));
+        }
+    }
+    Ok(req
+        .url()?
+        .query_pairs()
+        .find(|(k, v)| k == "access_token" && !v.is_empty())
+        .map(|(_, v)| v.into_owned()))
+}
+
+fn authenticate(req: &Request, env: &Env, conversation: &str) -> Result<std::result::Result<Claims, AuthError>> {
+    let Some(token) = bearer_token(req)? else {
+        return Ok(Err(AuthError::Missing));
+    };
+    Ok(auth::verify(&token, &secret(env), now_secs())
+        .and_then(|claims| auth::authorize(&claims, conversation).map(|()| claims)))
+}
+
+async fn forward_to_conversation(req: Request, env: &Env, id: &str) -> Result<Response> {
+    if let Err(reason) = names::validate_conversation_id(id) {
+        return error_response(400, "bad_conversation_id", &reason);
+    }
+    let claims = match authenticate(&req, env, id)? {
+        Ok(claims) => claims,
+        Err(err) => {
+            log_auth_failure(id, &err);
+            return error_response(err.status(), err.code(), &err.to_string());
+        }
+    };
+    // A fresh mutable copy: client-supplied x-ackline-* headers are overwritten.
+    let mut forwarded = req.clone_mut()?;
+    let headers = forwarded.headers_mut()?;
+    headers.set(USER_HEADER, &claims.sub)?;
+    headers.set(DEVICE_HEADER, &claims.device)?;
+    let stub = env
+        .durable_object(CONVERSATIONS_BINDING)?
+        .id_from_name(id)?
+        .get_stub()?;
+    stub.fetch_with_request(forwarded).await
+}
+
+fn log_auth_failure(conversation: &str, err: &AuthError) {
+    worker::console_log!(
+        "{}",
+        serde_json::json!({
+            "event": "auth_failure",
+            "conversation": conversation,
+            "code": err.code(),
+            "reason": err.to_string(),
+        })
+    );
+}
+
+#[derive(Deserialize)]
+struct DevTokenRequest {
+    user: String,
+    device: String,
+    conversations: Vec<String>,
+}
+
+/// Dev-only: mints a token for any user. Exists only when ACKLINE_DEV_TOKENS=1.
+async fn mint_dev_token(mut req: Request, env: &Env) -> Result<Response> {
+    let body: DevTokenRequest = match req.json().await {
+        Ok(body) => body,
+        Err(e) => {
+            return error_response(
+                400,
+                "bad_request",
+                &format!("expected {{\"user\",\"device\",\"conversations\"}}: {e}"),
+            )
+        }
+    };
+    let checks = std::iter::once(names::validate_name("user", &body.user))
+        .chain(std::iter::once(names::validate_name("device", &body.device)))
+        .chain(body.conversations.iter().map(|c| names::validate_conversation_id(c)));
+    for check in checks {
+        if let Err(reason) = check {
+            return error_response(400, "bad_request", &reason);
+        }
+    }
+    let secret = secret(env);
+    if secret.is_empty() {
+        let err = AuthError::NoSecret;
+        return error_response(err.status(), err.code(), &err.to_string());
+    }
+    let claims = Claims {
+        sub: body.user,
+        device: body.device,
+        exp: now_secs() + DEV_TOKEN_TTL_SECS,
+        conversations: body.conversations,
+    };
+    json_response(
+        200,
+        &serde_json::json!({ "token": auth::mint(&claims, &secret), "exp": claims.exp }),
+    )
 }

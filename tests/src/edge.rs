@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use protocol::{ClientFrame, ServerFrame};
+use serde::Serialize;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
 
@@ -40,6 +41,53 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free port")
+}
+
+/// The JWT secret every test edge is started with.
+pub const TEST_SECRET: &str = "ackline-test-secret-not-for-production";
+
+/// Claims of an Ackline token (see docs/PROTOCOL.md).
+#[derive(Serialize)]
+pub struct Claims<'a> {
+    /// User id.
+    pub sub: &'a str,
+    /// Device id.
+    pub device: &'a str,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Conversations the user may join.
+    pub conversations: Vec<&'a str>,
+}
+
+/// Now in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Mints an HS256 token with the `jsonwebtoken` crate.
+pub fn mint(claims: &Claims<'_>, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("mint a JWT")
+}
+
+/// A valid token for `user` on `device`, allowed into `conversation`.
+pub fn token_for(conversation: &str, user: &str, device: &str) -> String {
+    mint(
+        &Claims {
+            sub: user,
+            device,
+            exp: unix_now() + 3600,
+            conversations: vec![conversation],
+        },
+        TEST_SECRET,
+    )
 }
 
 /// A running `wrangler dev`; killed when dropped.
@@ -89,6 +137,9 @@ impl Edge {
             .arg("--persist-to")
             .arg(&self.storage)
             .args(["--live-reload=false", "--show-interactive-dev-session=false"])
+            .arg("--var")
+            .arg(format!("ACKLINE_JWT_SECRET:{TEST_SECRET}"))
+            .args(["--var", "ACKLINE_DEV_TOKENS:1"])
             // The inspector port defaults to a fixed number: two edges would clash.
             .arg("--inspector-port")
             .arg(free_port().to_string())
@@ -144,37 +195,81 @@ impl Edge {
 
     /// A plain HTTP/1.1 GET; returns status and body.
     pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        self.http("GET", path, &[], "")
+    }
+
+    /// A plain HTTP/1.1 request; returns status and body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.write_all(request.as_bytes())?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let response = String::from_utf8_lossy(&response).into_owned();
         let status = response
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+        Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
     }
 
-    /// Opens a WebSocket to a conversation as `user` on `device`.
+    /// Opens a WebSocket to a conversation as `user` on `device`, with a valid token.
     pub fn connect(&self, conversation: &str, user: &str, device: &str) -> Ws {
+        self.connect_with_token(conversation, &token_for(conversation, user, device))
+            .unwrap_or_else(|(status, body)| panic!("WebSocket refused: {status} {body}"))
+    }
+
+    /// Opens a WebSocket with `token` (passed as `access_token`); on refusal
+    /// returns the HTTP status and body.
+    pub fn connect_with_token(&self, conversation: &str, token: &str) -> Result<Ws, (u16, String)> {
         let url = format!(
-            "ws://127.0.0.1:{}/v1/conversations/{conversation}/connect?user={user}&device={device}",
+            "ws://127.0.0.1:{}/v1/conversations/{conversation}/connect?access_token={token}",
             self.port
         );
-        let (socket, _) = tungstenite::connect(url).expect("WebSocket connect");
-        if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
-            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+        match tungstenite::connect(url) {
+            Ok((socket, _)) => {
+                if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+                }
+                Ok(Ws { socket })
+            }
+            Err(tungstenite::Error::Http(response)) => {
+                // tungstenite keeps only the body bytes that arrived with the
+                // head; ask again with a plain upgrade request to read it all.
+                let (_, body) = self
+                    .http(
+                        "GET",
+                        &format!("/v1/conversations/{conversation}/connect?access_token={token}"),
+                        &[
+                            ("Upgrade", "websocket"),
+                            ("Sec-WebSocket-Version", "13"),
+                            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                        ],
+                        "",
+                    )
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => panic!("WebSocket connect failed: {e}"),
         }
-        Ws { socket }
     }
 }
 
@@ -182,6 +277,20 @@ impl Drop for Edge {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// A protocol client over a real WebSocket, for tests.

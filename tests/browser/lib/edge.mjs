@@ -8,6 +8,9 @@ import { fileURLToPath } from 'node:url';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
+/** The JWT secret test edges run with (the demo gets tokens from the dev endpoint). */
+export const TEST_SECRET = 'ackline-test-secret-not-for-production';
+
 export function freePort() {
   return new Promise((resolve, reject) => {
     const server = createServer();
@@ -53,6 +56,7 @@ export class Edge {
       'dev', '--local', '--ip', '127.0.0.1', '--port', String(this.port),
       '--persist-to', this.storage, '--live-reload=false', '--show-interactive-dev-session=false',
       '--inspector-port', String(await freePort()),
+      '--var', `ACKLINE_JWT_SECRET:${TEST_SECRET}`, '--var', 'ACKLINE_DEV_TOKENS:1',
     ], {
       cwd: repoRoot,
       // Own process group, so a kill reaches workerd too.
