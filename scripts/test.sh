@@ -28,7 +28,7 @@ suite() {
   fi
 }
 
-suite native cargo test --workspace --exclude ackline --exclude ackline-edge
+suite native cargo test
 suite wasm-browser wasm-pack test --headless --chrome --mode no-install client-wasm
 suite e2e-browser node --test --test-concurrency=1 tests/browser/
 
