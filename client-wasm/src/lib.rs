@@ -2,6 +2,8 @@
 //! conversation that sends messages and resolves each `send` when the server has
 //! stored it and answered with its sequence number.
 
+pub mod store;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
