@@ -78,10 +78,16 @@ pub enum ClientFrame {
         /// Message text.
         body: String,
     },
-    /// Cumulative ack: the device has durably stored 1..=seq.
+    /// Cumulative ack: the device has durably stored everything from where it
+    /// started (seq 1, or the first message of its first page) through `seq`.
     Ack {
         /// Stored-through seq.
         seq: Seq,
+        /// Selective ack: inclusive `[first, last]` ranges above `seq` that the
+        /// device has also durably stored (out-of-order pushes), so the server
+        /// stops resending them. Optional; at most [`limits::MAX_ACK_RANGES`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ranges: Vec<[Seq; 2]>,
     },
     /// Ask for stored messages: `after` set means ascending from `after + 1`;
     /// only `before` set means the `limit` messages just below `before`.
@@ -378,7 +384,22 @@ impl ClientFrame {
                 }
                 Ok(())
             }
-            ClientFrame::Ack { seq } => check_seq("ack", "seq", *seq),
+            ClientFrame::Ack { seq, ranges } => {
+                check_seq("ack", "seq", *seq)?;
+                if ranges.len() > limits::MAX_ACK_RANGES {
+                    return Err(invalid(
+                        "ack",
+                        format!("at most {} ranges", limits::MAX_ACK_RANGES),
+                    ));
+                }
+                for [lo, hi] in ranges {
+                    check_seq("ack", "ranges", *hi)?;
+                    if lo > hi || *lo <= *seq {
+                        return Err(invalid("ack", "each range must be [first, last] above seq"));
+                    }
+                }
+                Ok(())
+            }
             ClientFrame::Read { seq } => check_seq("read", "seq", *seq),
             ClientFrame::Sync {
                 after,

@@ -3,15 +3,55 @@
 //! Nothing here touches a socket, a clock, a disk or a random source: the shells
 //! (the wasm client and the Durable Object) pass time and inputs in and carry out
 //! the outputs. That keeps every delivery rule testable natively and
-//! deterministically.
+//! deterministically (see the simulator in `tests/`).
+//!
+//! - [`frame`]: the wire frames and their JSON codec; [`chain`]: the integrity
+//!   chain; [`limits`]: sizes and counts both sides enforce.
+//! - [`client::Client`]: one device's session with one conversation (outbox,
+//!   inbox watermark, acks, gap-fill, history, delivery ticks).
+//! - [`server::Conversation`]: the single writer of one conversation (seqs,
+//!   idempotent sends, pushes with per-device windows, pages, limits).
+//!
+//! Both machines have the same shape, after quinn-proto and str0m:
+//! `new(config, seed, restored)`, `handle(now, input)`, `poll_output()` until
+//! `None`, and `poll_timeout()` for the one timer the shell re-arms after every
+//! call. Time is [`Millis`] (epoch milliseconds) passed in; randomness comes from
+//! the seed through [`rng::Rng`].
+//!
+//! Both persist before they acknowledge: a machine emits a `Persist` output and
+//! acts on the write (sends `sent`, pushes, acks, surfaces a message) only after
+//! the shell reports it durable with a `Durable { through }` input. Write ids
+//! ([`WriteId`]) increase by one per write, and durability is reported in order.
+//!
+//! docs/PROTOCOL.md in the repository is the prose reference of the wire
+//! protocol and of both state machines.
 #![deny(missing_docs)]
 
+mod bugs;
 pub mod chain;
+pub mod client;
 pub mod frame;
 pub mod limits;
+pub mod ranges;
+pub mod rng;
+pub mod server;
 
+pub use bugs::Bugs;
 pub use chain::ChainHash;
+pub use client::{
+    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite,
+    InboxState, MessageStatus, OutboxEntry,
+};
 pub use frame::{
     ClientFrame, Cursor, DecodeError, ErrorCode, Millis, Seq, ServerFrame, StoredMessage,
     MAX_SEQ, PROTOCOL_VERSION,
 };
+pub use ranges::RangeSet;
+pub use server::{
+    ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, ServerStats,
+    ServerWrite, StoreError,
+};
+
+/// Identifies one storage write a machine asked for; ids increase by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct WriteId(pub u64);

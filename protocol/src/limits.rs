@@ -11,3 +11,9 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const MAX_ID_LEN: usize = 64;
 /// Largest page a `sync` may ask for, and the server's page size.
 pub const MAX_PAGE: u32 = 500;
+/// Most selective-ack ranges one `ack` may carry.
+pub const MAX_ACK_RANGES: usize = 32;
+/// Target size of one `batch` or `push` frame, in bytes of message content.
+pub const PAGE_BYTES: usize = 256 * 1024;
+/// Default most distinct users per conversation.
+pub const MAX_MEMBERS: usize = 256;

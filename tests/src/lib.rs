@@ -3,4 +3,7 @@
 /// Harness for tests against the real edge (wrangler dev on workerd).
 pub mod edge;
 
+/// Deterministic fault simulator for the delivery core (native only).
+pub mod sim;
+
 pub use protocol;

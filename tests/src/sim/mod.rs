@@ -1,0 +1,318 @@
+//! A deterministic fault simulator for the delivery core, after TigerBeetle's
+//! VOPR: one seed draws the fault mix, the schedule and every network and disk
+//! decision, so any failure replays exactly.
+//!
+//! A run has two phases. In the safety phase the world is hostile (frames are
+//! dropped, duplicated, delayed and reordered; devices disconnect, get
+//! partitioned, go offline for minutes, crash and reload; the server crashes
+//! losing pending writes, or is evicted with its sockets kept) while the
+//! checker asserts the safety invariants after every step. In the liveness
+//! phase the faults stop and everyone reconnects; the run must converge:
+//! every queued message stored once, shown once on every device, and
+//! delivered to its sender. See [`check`] for the invariants.
+//!
+//! Environment: `SIM_SEED=n` runs one seed, `SIM_SEEDS=n` sets how many
+//! seeds, `SIM_TRACE=1` records a trace (printed on failure and written to
+//! `target/sim-traces/seed-<n>.txt`).
+
+pub mod check;
+pub mod disk;
+mod world;
+
+use std::fmt;
+use std::ops::AddAssign;
+
+pub use protocol::Bugs;
+use protocol::rng::Rng;
+use protocol::Millis;
+
+/// How hostile one run is. Drawn from the seed unless given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultMix {
+    /// Length of the safety phase (simulated ms).
+    pub safety_ms: Millis,
+    /// Longest the liveness phase may take to converge.
+    pub liveness_ms: Millis,
+    /// Messages the apps send during the safety phase.
+    pub messages: u32,
+    /// Frame loss, per million frames.
+    pub drop_pm: u32,
+    /// Frame duplication, per million frames.
+    pub dup_pm: u32,
+    /// Extra random delay per frame (reordering), in ms.
+    pub jitter_ms: Millis,
+    /// Longest delay before a disk flush, in ms.
+    pub disk_latency_ms: Millis,
+    /// Forced disconnects.
+    pub disconnects: u32,
+    /// Network partitions of one device (frames lost, socket kept).
+    pub partitions: u32,
+    /// Server crashes (pending writes lost, sockets closed).
+    pub server_crashes: u32,
+    /// Server evictions (memory lost, sockets kept: hibernation).
+    pub server_evictions: u32,
+    /// Device crashes or reloads (pending writes lost).
+    pub client_crashes: u32,
+    /// Devices offline for 1-15 minutes.
+    pub long_offline: u32,
+    /// Devices that join only after history exists.
+    pub late_joiners: u32,
+    /// App calls to load older history.
+    pub history_loads: u32,
+}
+
+impl FaultMix {
+    /// A random mix: each fault is off, light or heavy.
+    pub fn draw(rng: &mut Rng) -> FaultMix {
+        let mut level = |off: u64, light: u64, heavy: u64| -> u64 {
+            match rng.below(3) {
+                0 => off,
+                1 => light,
+                _ => heavy,
+            }
+        };
+        let drop_pm = level(0, 20_000, 150_000) as u32;
+        let dup_pm = level(0, 20_000, 100_000) as u32;
+        let jitter_ms = level(0, 30, 400);
+        let disk_latency_ms = level(1, 20, 200);
+        let disconnects = level(0, 2, 8) as u32;
+        let partitions = level(0, 1, 4) as u32;
+        let server_crashes = level(0, 1, 4) as u32;
+        let server_evictions = level(0, 1, 3) as u32;
+        let client_crashes = level(0, 2, 6) as u32;
+        let long_offline = level(0, 0, 2) as u32;
+        let late_joiners = level(0, 1, 2) as u32;
+        let history_loads = level(0, 2, 6) as u32;
+        let messages = rng.range(4, 40) as u32;
+        let safety_ms = rng.range(5_000, 90_000);
+        FaultMix {
+            safety_ms,
+            liveness_ms: 1_800_000,
+            messages,
+            drop_pm,
+            dup_pm,
+            jitter_ms,
+            disk_latency_ms,
+            disconnects,
+            partitions,
+            server_crashes,
+            server_evictions,
+            client_crashes,
+            long_offline,
+            late_joiners,
+            history_loads,
+        }
+    }
+}
+
+/// Faults that actually happened, summed over runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Frames lost (random loss or partition).
+    pub dropped: u64,
+    /// Frames duplicated.
+    pub duplicated: u64,
+    /// Forced disconnects.
+    pub disconnects: u64,
+    /// Partitions.
+    pub partitions: u64,
+    /// Server crashes.
+    pub server_crashes: u64,
+    /// Server evictions.
+    pub server_evictions: u64,
+    /// Device crashes/reloads.
+    pub client_crashes: u64,
+    /// Long offline periods.
+    pub long_offline: u64,
+    /// Late-joining devices.
+    pub late_joins: u64,
+    /// Pending writes lost in crashes.
+    pub lost_writes: u64,
+}
+
+impl AddAssign<&FaultCounts> for FaultCounts {
+    fn add_assign(&mut self, o: &FaultCounts) {
+        self.dropped += o.dropped;
+        self.duplicated += o.duplicated;
+        self.disconnects += o.disconnects;
+        self.partitions += o.partitions;
+        self.server_crashes += o.server_crashes;
+        self.server_evictions += o.server_evictions;
+        self.client_crashes += o.client_crashes;
+        self.long_offline += o.long_offline;
+        self.late_joins += o.late_joins;
+        self.lost_writes += o.lost_writes;
+    }
+}
+
+impl fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "frames dropped {}, duplicated {}; disconnects {}, partitions {}, server crashes {}, \
+             server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
+             pending writes lost {}",
+            self.dropped,
+            self.duplicated,
+            self.disconnects,
+            self.partitions,
+            self.server_crashes,
+            self.server_evictions,
+            self.client_crashes,
+            self.long_offline,
+            self.late_joins,
+            self.lost_writes
+        )
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The seed; everything follows from it.
+    pub seed: u64,
+    /// Record a trace.
+    pub trace: bool,
+    /// Deliberate mistakes to plug into both machines.
+    pub bugs: Bugs,
+    /// A fixed fault mix instead of one drawn from the seed.
+    pub mix: Option<FaultMix>,
+}
+
+/// A run that passed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Its seed.
+    pub seed: u64,
+    /// Messages stored.
+    pub head: u64,
+    /// Simulated time.
+    pub sim_ms: Millis,
+    /// Steps taken.
+    pub steps: u64,
+    /// Faults injected.
+    pub faults: FaultCounts,
+}
+
+/// A run that failed.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// Its seed.
+    pub seed: u64,
+    /// Simulated ms since the start.
+    pub at: Millis,
+    /// What went wrong.
+    pub what: String,
+    /// The trace, when recorded.
+    pub trace: Vec<String>,
+}
+
+impl Violation {
+    /// The one-line command that replays this seed with a trace.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "SIM_SEED={} SIM_TRACE=1 cargo test -p ackline-tests --test sim_random -- replay --nocapture",
+            self.seed
+        )
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} violated an invariant at t={}ms: {}\nreplay: {}",
+            self.seed,
+            self.at,
+            self.what,
+            self.replay_command()
+        )
+    }
+}
+
+/// Runs one seed.
+pub fn run(opts: Options) -> Result<Report, Violation> {
+    world::World::new(opts).run()
+}
+
+/// Writes a violation's trace under `target/sim-traces/` and returns the path.
+pub fn dump_trace(v: &Violation) -> Option<std::path::PathBuf> {
+    if v.trace.is_empty() {
+        return None;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sim-traces");
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("seed-{}.txt", v.seed));
+    std::fs::write(&path, v.trace.join("\n")).ok()?;
+    Some(path)
+}
+
+/// Reads a `u64` from the environment.
+pub fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// True when `name` is set to something other than `0`/empty.
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Summary of many runs.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Runs that passed.
+    pub passed: u64,
+    /// Messages stored over all runs.
+    pub messages: u64,
+    /// Simulated time over all runs.
+    pub sim_ms: u64,
+    /// Faults over all runs.
+    pub faults: FaultCounts,
+    /// Failures (the first few).
+    pub failures: Vec<Violation>,
+}
+
+/// Runs `seeds` on `threads` threads; stops collecting after a few failures.
+pub fn run_many(seeds: Vec<u64>, threads: usize, bugs: Bugs) -> Batch {
+    use std::sync::{Arc, Mutex};
+    let seeds = Arc::new(Mutex::new(seeds.into_iter()));
+    let total = Arc::new(Mutex::new(Batch::default()));
+    let handles: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let seeds = Arc::clone(&seeds);
+            let total = Arc::clone(&total);
+            std::thread::spawn(move || loop {
+                let next = seeds.lock().ok().and_then(|mut s| s.next());
+                let Some(seed) = next else { break };
+                let result = run(Options {
+                    seed,
+                    trace: false,
+                    bugs,
+                    mix: None,
+                });
+                let Ok(mut t) = total.lock() else { break };
+                match result {
+                    Ok(r) => {
+                        t.passed += 1;
+                        t.messages += r.head;
+                        t.sim_ms += r.sim_ms;
+                        t.faults += &r.faults;
+                    }
+                    Err(v) => {
+                        t.failures.push(v);
+                        if t.failures.len() >= 3 {
+                            if let Ok(mut s) = seeds.lock() {
+                                for _ in s.by_ref() {}
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let out = total.lock().map(|t| t.clone()).unwrap_or_default();
+    out
+}

@@ -1,0 +1,1008 @@
+//! The simulated world: one conversation server, four devices of three users,
+//! disks, a hostile network and a fault schedule, all driven by one seed.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fmt::Write as _;
+
+use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, MessageStatus};
+use protocol::rng::Rng;
+use protocol::server::{ConnId, Conversation, ServerConfig, ServerInput, ServerOutput};
+use protocol::{ClientFrame, Millis, ServerFrame, WriteId};
+
+use super::check::{self, AppView};
+use super::disk::{ClientDisk, ServerDisk};
+use super::{FaultCounts, FaultMix, Options, Report, Violation};
+
+/// Epoch time the simulation starts at (any fixed value works).
+const EPOCH: Millis = 1_700_000_000_000;
+/// A run that takes more steps than this is stuck in a loop.
+const MAX_STEPS: u64 = 2_000_000;
+
+const USERS: [(&str, &str); 4] = [("ann", "ann-phone"), ("ann", "ann-laptop"), ("bob", "bob-1"), ("cat", "cat-1")];
+
+#[derive(Debug, Clone)]
+enum Ev {
+    ToServer { conn: u64, bytes: Vec<u8> },
+    ToClient { dev: usize, conn: u64, bytes: Vec<u8> },
+    ServerSeesClose { conn: u64, inc: u32 },
+    ClientSeesClose { dev: usize, conn: u64 },
+    ServerFlush { inc: u32 },
+    ServerDurable { inc: u32, through: WriteId },
+    ClientFlush { dev: usize, inc: u32 },
+    ClientDurable { dev: usize, inc: u32, through: WriteId },
+    AppSend { dev: usize },
+    AppOlder { dev: usize },
+    Disconnect { dev: usize },
+    Partition { dev: usize, len: Millis },
+    ServerCrash { down: Millis },
+    ServerRestart { inc: u32 },
+    ServerEvict,
+    ClientCrash { dev: usize, down: Millis },
+    ClientRestart { dev: usize, inc: u32 },
+    Offline { dev: usize, len: Millis },
+    Online { dev: usize },
+    Liveness,
+}
+
+struct Sched {
+    at: Millis,
+    order: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Sched {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Sched {}
+impl PartialOrd for Sched {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Sched {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+struct ServerNode {
+    conv: Option<Conversation>,
+    disk: ServerDisk,
+    inc: u32,
+    flush_scheduled: bool,
+    cfg: ServerConfig,
+}
+
+struct DeviceNode {
+    cfg: ClientConfig,
+    client: Option<Client>,
+    disk: ClientDisk,
+    inc: u32,
+    flush_scheduled: bool,
+    conn: Option<u64>,
+    online: bool,
+    partitioned_until: Millis,
+    reconnect_at: Option<Millis>,
+    view: AppView,
+    sent: u32,
+}
+
+struct Conn {
+    dev: usize,
+    open: bool,
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    Safety,
+    Liveness,
+}
+
+pub(super) struct World {
+    opts: Options,
+    rng: Rng,
+    now: Millis,
+    mix: FaultMix,
+    phase: Phase,
+    heap: BinaryHeap<Reverse<Sched>>,
+    order: u64,
+    server: ServerNode,
+    devs: Vec<DeviceNode>,
+    conns: BTreeMap<u64, Conn>,
+    next_conn: u64,
+    counts: FaultCounts,
+    trace: Option<Vec<String>>,
+    steps: u64,
+    last_step_at: Millis,
+    same_time_steps: u64,
+    failure: Option<String>,
+}
+
+impl World {
+    pub(super) fn new(opts: Options) -> World {
+        let mut rng = Rng::new(opts.seed);
+        let mix = opts.mix.clone().unwrap_or_else(|| FaultMix::draw(&mut rng));
+        let mut scfg = ServerConfig::new("sim");
+        scfg.window = *pick(&mut rng, &[4, 16, 256]);
+        scfg.fresh_page = *pick(&mut rng, &[3, 8, 50]) as u32;
+        scfg.max_retries = *pick(&mut rng, &[2, 6]) as u32;
+        scfg.cache = *pick(&mut rng, &[0, 8, 512]) as usize;
+        scfg.bugs = opts.bugs;
+        let page = *pick(&mut rng, &[4, 10, 200]) as u32;
+        let window = *pick(&mut rng, &[1, 4, 16]) as usize;
+        let devs = USERS
+            .iter()
+            .map(|(user, device)| {
+                let mut cfg = ClientConfig::new(*user, *device);
+                cfg.page = page;
+                cfg.fresh_page = scfg.fresh_page;
+                cfg.window = window;
+                cfg.bugs = opts.bugs;
+                DeviceNode {
+                    cfg,
+                    client: None,
+                    disk: ClientDisk::default(),
+                    inc: 0,
+                    flush_scheduled: false,
+                    conn: None,
+                    online: true,
+                    partitioned_until: 0,
+                    reconnect_at: Some(EPOCH),
+                    view: AppView::default(),
+                    sent: 0,
+                }
+            })
+            .collect();
+        let trace = opts.trace.then(Vec::new);
+        let mut w = World {
+            opts,
+            rng,
+            now: EPOCH,
+            mix,
+            phase: Phase::Safety,
+            heap: BinaryHeap::new(),
+            order: 0,
+            server: ServerNode {
+                conv: None,
+                disk: ServerDisk::default(),
+                inc: 0,
+                flush_scheduled: false,
+                cfg: scfg,
+            },
+            devs,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            counts: FaultCounts::default(),
+            trace,
+            steps: 0,
+            last_step_at: 0,
+            same_time_steps: 0,
+            failure: None,
+        };
+        w.start_server();
+        for dev in 0..w.devs.len() {
+            w.start_client(dev);
+        }
+        w.schedule_script();
+        w
+    }
+
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let ms = self.now - EPOCH;
+            t.push(format!("{ms:>8} {}", line()));
+        }
+    }
+
+    fn fail(&mut self, what: String) {
+        if self.failure.is_none() {
+            self.log(|| format!("VIOLATION: {what}"));
+            self.failure = Some(what);
+        }
+    }
+
+    fn at(&mut self, delay: Millis, ev: Ev) {
+        self.order += 1;
+        self.heap.push(Reverse(Sched {
+            at: self.now + delay,
+            order: self.order,
+            ev,
+        }));
+    }
+
+    /// Lays out the run: app sends, late joiners and the faults of the mix.
+    fn schedule_script(&mut self) {
+        let span = self.mix.safety_ms;
+        let n = self.mix.messages;
+        for _ in 0..n {
+            let dev = self.rng.below(self.devs.len() as u64) as usize;
+            let t = self.rng.below(span);
+            self.at(t, Ev::AppSend { dev });
+        }
+        for _ in 0..self.mix.late_joiners {
+            // Joins after some history exists: starts from the latest page.
+            let dev = self.rng.below(self.devs.len() as u64) as usize;
+            if self.devs[dev].view.seen.is_empty() && self.devs[dev].online {
+                self.devs[dev].online = false;
+                let t = self.rng.range(span / 4, span);
+                self.at(t, Ev::Online { dev });
+                self.counts.late_joins += 1;
+            }
+        }
+        for _ in 0..self.mix.history_loads {
+            let dev = self.rng.below(self.devs.len() as u64) as usize;
+            let t = self.rng.below(span);
+            self.at(t, Ev::AppOlder { dev });
+        }
+        let ndev = self.devs.len() as u64;
+        for _ in 0..self.mix.disconnects {
+            let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
+            self.at(t, Ev::Disconnect { dev });
+        }
+        for _ in 0..self.mix.partitions {
+            let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
+            let len = self.rng.range(500, 40_000);
+            self.at(t, Ev::Partition { dev, len });
+        }
+        for _ in 0..self.mix.server_crashes {
+            let t = self.rng.below(span);
+            let down = self.rng.range(10, 20_000);
+            self.at(t, Ev::ServerCrash { down });
+        }
+        for _ in 0..self.mix.server_evictions {
+            let t = self.rng.below(span);
+            self.at(t, Ev::ServerEvict);
+        }
+        for _ in 0..self.mix.client_crashes {
+            let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
+            let down = self.rng.range(0, 10_000);
+            self.at(t, Ev::ClientCrash { dev, down });
+        }
+        for _ in 0..self.mix.long_offline {
+            let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
+            let len = self.rng.range(60_000, 900_000);
+            self.at(t, Ev::Offline { dev, len });
+        }
+        self.at(span, Ev::Liveness);
+    }
+
+    fn start_server(&mut self) {
+        let seed = self.rng.next_u64();
+        match Conversation::new(self.server.cfg.clone(), seed, &self.server.disk.visible) {
+            Ok(c) => self.server.conv = Some(c),
+            Err(e) => self.fail(format!("server failed to start: {e}")),
+        }
+    }
+
+    fn start_client(&mut self, dev: usize) {
+        let seed = self.rng.next_u64();
+        let d = &mut self.devs[dev];
+        let snapshot = d.disk.durable.snapshot();
+        if let Err(e) = d.view.reload(&self.server.disk.durable, &d.disk.durable) {
+            let who = d.cfg.device.clone();
+            self.fail(format!("{who}: {e}"));
+        }
+        let d = &mut self.devs[dev];
+        d.client = Some(Client::new(d.cfg.clone(), seed, snapshot));
+        d.reconnect_at = Some(self.now);
+        self.drain_client(dev);
+    }
+
+    /// Runs to the end; `Err` carries the first violation.
+    pub(super) fn run(mut self) -> Result<Report, Violation> {
+        let deadline = EPOCH + self.mix.safety_ms + self.mix.liveness_ms;
+        let mut next_probe = EPOCH;
+        loop {
+            if let Some(what) = self.failure.take() {
+                return Err(self.violation(what));
+            }
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                let what = format!("no convergence after {MAX_STEPS} steps (a timer or message storm)");
+                return Err(self.violation(what));
+            }
+            if self.phase == Phase::Liveness && self.now >= next_probe {
+                next_probe = self.now + 500;
+                self.app_tick();
+                if self.converged() {
+                    self.final_checks();
+                    if let Some(what) = self.failure.take() {
+                        return Err(self.violation(what));
+                    }
+                    return Ok(self.report());
+                }
+            }
+            let Some(t) = self.next_time() else {
+                // Nothing scheduled at all: only possible when everything is idle.
+                if self.phase == Phase::Liveness {
+                    self.now = next_probe.max(self.now);
+                    if self.now > deadline {
+                        return Err(self.stuck());
+                    }
+                    continue;
+                }
+                return Err(self.violation("the world stopped before the liveness phase".into()));
+            };
+            let t = if self.phase == Phase::Liveness { t.min(next_probe) } else { t };
+            if t > deadline {
+                return Err(self.stuck());
+            }
+            self.now = self.now.max(t);
+            self.step();
+        }
+    }
+
+    fn next_time(&self) -> Option<Millis> {
+        let mut t = self.heap.peek().map(|Reverse(s)| s.at);
+        let mut min = |x: Option<Millis>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |y| y.min(x)));
+            }
+        };
+        min(self.server.conv.as_ref().and_then(|c| c.poll_timeout()));
+        for d in &self.devs {
+            if let Some(c) = &d.client {
+                min(c.poll_timeout());
+                if d.conn.is_none() && d.online {
+                    min(d.reconnect_at);
+                }
+            }
+        }
+        t
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        if self.last_step_at == now {
+            self.same_time_steps += 1;
+            if self.same_time_steps == 50_000 {
+                let mut what = format!("timer storm: 50000 steps at t={}ms without time advancing", now - EPOCH);
+                if self.trace.is_some() {
+                    for d in &self.devs {
+                        let _ = write!(what, "\n{}: {:?}", d.cfg.device, d.client);
+                    }
+                    let _ = write!(what, "\nserver: {:?}", self.server.conv);
+                }
+                self.fail(what);
+            }
+        } else {
+            self.last_step_at = now;
+            self.same_time_steps = 0;
+        }
+        if self.heap.peek().is_some_and(|Reverse(s)| s.at <= now) {
+            if let Some(Reverse(s)) = self.heap.pop() {
+                self.event(s.ev);
+            }
+            return;
+        }
+        if self.server.conv.as_ref().and_then(|c| c.poll_timeout()).is_some_and(|t| t <= now) {
+            self.server_input(ServerInput::Timeout);
+            return;
+        }
+        for dev in 0..self.devs.len() {
+            let d = &self.devs[dev];
+            let Some(c) = &d.client else { continue };
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                self.client_input(dev, ClientInput::Timeout);
+                return;
+            }
+            if d.conn.is_none() && d.online && d.reconnect_at.is_some_and(|t| t <= now) {
+                self.connect(dev);
+                return;
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Ev) {
+        match ev {
+            Ev::ToServer { conn, bytes } => {
+                if self.conns.get(&conn).is_some_and(|c| c.open) && self.server.conv.is_some() {
+                    self.server_input(ServerInput::Frame {
+                        conn: ConnId(conn),
+                        bytes,
+                    });
+                }
+            }
+            Ev::ToClient { dev, conn, bytes } => {
+                let d = &self.devs[dev];
+                if d.conn == Some(conn) && d.client.is_some() && self.conns.get(&conn).is_some_and(|c| c.open) {
+                    self.client_input(dev, ClientInput::Frame(bytes));
+                }
+            }
+            Ev::ServerSeesClose { conn, inc } => {
+                if inc == self.server.inc && self.server.conv.is_some() {
+                    self.server_input(ServerInput::Disconnected { conn: ConnId(conn) });
+                }
+            }
+            Ev::ClientSeesClose { dev, conn } => {
+                if self.devs[dev].conn == Some(conn) {
+                    self.devs[dev].conn = None;
+                    let wait = self.rng.range(50, 3_000);
+                    self.devs[dev].reconnect_at = Some(self.now + wait);
+                    if self.devs[dev].client.is_some() {
+                        self.client_input(dev, ClientInput::Disconnected);
+                    }
+                }
+            }
+            Ev::ServerFlush { inc } => {
+                if inc != self.server.inc {
+                    return;
+                }
+                self.server.flush_scheduled = false;
+                let n = self.rng.range(1, self.server.disk.pending.len().max(1) as u64) as usize;
+                if let Some(through) = self.server.disk.flush(n) {
+                    let d = self.rng.range(0, 2);
+                    self.at(d, Ev::ServerDurable { inc, through });
+                }
+                self.schedule_server_flush();
+            }
+            Ev::ServerDurable { inc, through } => {
+                if inc == self.server.inc && self.server.conv.is_some() {
+                    self.server_input(ServerInput::Durable { through });
+                }
+            }
+            Ev::ClientFlush { dev, inc } => {
+                if inc != self.devs[dev].inc {
+                    return;
+                }
+                self.devs[dev].flush_scheduled = false;
+                let n = self.rng.range(1, self.devs[dev].disk.pending.len().max(1) as u64) as usize;
+                if let Some(through) = self.devs[dev].disk.flush(n) {
+                    let d = self.rng.range(0, 2);
+                    self.at(d, Ev::ClientDurable { dev, inc, through });
+                }
+                self.schedule_client_flush(dev);
+            }
+            Ev::ClientDurable { dev, inc, through } => {
+                if inc == self.devs[dev].inc && self.devs[dev].client.is_some() {
+                    self.client_input(dev, ClientInput::Durable { through });
+                }
+            }
+            Ev::AppSend { dev } => self.app_send(dev),
+            Ev::AppOlder { dev } => {
+                if let Some(c) = &mut self.devs[dev].client {
+                    c.load_older(self.now);
+                    self.drain_client(dev);
+                }
+            }
+            Ev::Disconnect { dev } => {
+                if self.phase == Phase::Safety {
+                    if let Some(conn) = self.devs[dev].conn {
+                        self.counts.disconnects += 1;
+                        self.log(|| format!("FAULT disconnect dev{dev} conn{conn}"));
+                        self.close_conn(conn, true, true);
+                    }
+                }
+            }
+            Ev::Partition { dev, len } => {
+                if self.phase == Phase::Safety {
+                    self.counts.partitions += 1;
+                    self.log(|| format!("FAULT partition dev{dev} for {len}ms"));
+                    self.devs[dev].partitioned_until = self.now + len;
+                }
+            }
+            Ev::ServerCrash { down } => {
+                if self.phase == Phase::Safety && self.server.conv.is_some() {
+                    self.server_crash(down);
+                }
+            }
+            Ev::ServerRestart { inc } => {
+                if inc == self.server.inc && self.server.conv.is_none() {
+                    self.log(|| "server restarts".into());
+                    self.start_server();
+                }
+            }
+            Ev::ServerEvict => {
+                if self.phase == Phase::Safety && self.server.conv.is_some() {
+                    self.server_evict();
+                }
+            }
+            Ev::ClientCrash { dev, down } => {
+                if self.phase == Phase::Safety && self.devs[dev].client.is_some() {
+                    self.client_crash(dev, down);
+                }
+            }
+            Ev::ClientRestart { dev, inc } => {
+                if inc == self.devs[dev].inc && self.devs[dev].client.is_none() {
+                    self.log(|| format!("dev{dev} restarts"));
+                    self.start_client(dev);
+                }
+            }
+            Ev::Offline { dev, len } => {
+                if self.phase == Phase::Safety && self.devs[dev].online {
+                    self.counts.long_offline += 1;
+                    self.log(|| format!("FAULT dev{dev} offline for {len}ms"));
+                    self.devs[dev].online = false;
+                    if let Some(conn) = self.devs[dev].conn {
+                        self.close_conn(conn, true, true);
+                    }
+                    self.at(len, Ev::Online { dev });
+                }
+            }
+            Ev::Online { dev } => {
+                self.devs[dev].online = true;
+                self.devs[dev].reconnect_at = Some(self.now);
+            }
+            Ev::Liveness => self.start_liveness(),
+        }
+    }
+
+    fn start_liveness(&mut self) {
+        self.log(|| "LIVENESS: faults off, everyone reconnects".into());
+        self.phase = Phase::Liveness;
+        self.mix.drop_pm = 0;
+        self.mix.dup_pm = 0;
+        self.mix.jitter_ms = 0;
+        if self.server.conv.is_none() {
+            self.start_server();
+        }
+        for dev in 0..self.devs.len() {
+            self.devs[dev].online = true;
+            self.devs[dev].partitioned_until = 0;
+            if self.devs[dev].client.is_none() {
+                self.start_client(dev);
+            }
+            if self.devs[dev].conn.is_none() {
+                self.devs[dev].reconnect_at = Some(self.now);
+            }
+        }
+    }
+
+    /// The app pages back through history (a device that joined late).
+    fn app_tick(&mut self) {
+        for dev in 0..self.devs.len() {
+            if let Some(c) = &mut self.devs[dev].client {
+                if c.is_ready() && !c.history_complete() {
+                    c.load_older(self.now);
+                    self.drain_client(dev);
+                }
+            }
+        }
+    }
+
+    fn app_send(&mut self, dev: usize) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        let d = &mut self.devs[dev];
+        let Some(c) = &mut d.client else { return };
+        d.sent += 1;
+        // Some bodies need JSON escaping; one is empty.
+        let body = match d.sent % 5 {
+            0 => format!("{} says \"hi\" \\ {}\n✓", d.cfg.device, d.sent),
+            1 if d.sent == 1 => String::new(),
+            _ => format!("{} #{}", d.cfg.device, d.sent),
+        };
+        match c.send(self.now, body) {
+            Ok(id) => self.log(|| format!("dev{dev} send() -> {id}")),
+            Err(e) => self.fail(format!("send() refused a valid body: {e}")),
+        }
+        self.drain_client(dev);
+    }
+
+    fn connect(&mut self, dev: usize) {
+        if self.server.conv.is_none() {
+            let wait = self.rng.range(500, 3_000);
+            self.devs[dev].reconnect_at = Some(self.now + wait);
+            return;
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(conn, Conn { dev, open: true });
+        self.devs[dev].conn = Some(conn);
+        self.devs[dev].reconnect_at = None;
+        self.log(|| format!("dev{dev} connects conn{conn}"));
+        let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
+        self.server_input(ServerInput::Connected {
+            conn: ConnId(conn),
+            user,
+            device,
+            resumed: false,
+        });
+        if self.devs[dev].conn == Some(conn) {
+            self.client_input(dev, ClientInput::Connected);
+        }
+    }
+
+    /// Closes a connection; each side learns it after a delay.
+    fn close_conn(&mut self, conn: u64, tell_server: bool, tell_client: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !c.open {
+            return;
+        }
+        c.open = false;
+        let dev = c.dev;
+        if tell_server {
+            let (d, inc) = (self.rng.range(1, 50), self.server.inc);
+            self.at(d, Ev::ServerSeesClose { conn, inc });
+        }
+        if tell_client {
+            let d = self.rng.range(1, 50);
+            self.at(d, Ev::ClientSeesClose { dev, conn });
+        }
+    }
+
+    fn server_crash(&mut self, down: Millis) {
+        self.counts.server_crashes += 1;
+        let lost = self.server.disk.crash();
+        self.counts.lost_writes += lost as u64;
+        self.log(|| format!("FAULT server crash (lost {lost} pending writes), down {down}ms"));
+        self.server.conv = None;
+        self.server.inc += 1;
+        self.server.flush_scheduled = false;
+        let open: Vec<u64> = self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| *k).collect();
+        for conn in open {
+            self.close_conn(conn, false, true);
+        }
+        let inc = self.server.inc;
+        self.at(down, Ev::ServerRestart { inc });
+    }
+
+    /// Eviction with sockets kept (hibernation): memory is gone, storage and
+    /// connections stay.
+    fn server_evict(&mut self) {
+        self.counts.server_evictions += 1;
+        self.log(|| "FAULT server evicted (sockets stay open)".into());
+        let n = self.server.disk.pending.len();
+        self.server.disk.flush(n);
+        self.server.conv = None;
+        self.server.inc += 1;
+        self.server.flush_scheduled = false;
+        self.start_server();
+        let mut open: Vec<(u64, usize)> = self.conns.iter().filter(|(_, c)| c.open).map(|(k, c)| (*k, c.dev)).collect();
+        open.sort_unstable();
+        for (conn, dev) in open {
+            let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
+            self.server_input(ServerInput::Connected {
+                conn: ConnId(conn),
+                user,
+                device,
+                resumed: true,
+            });
+        }
+    }
+
+    fn client_crash(&mut self, dev: usize, down: Millis) {
+        self.counts.client_crashes += 1;
+        let lost = self.devs[dev].disk.crash();
+        self.counts.lost_writes += lost as u64;
+        self.log(|| format!("FAULT dev{dev} crash/reload (lost {lost} pending writes), down {down}ms"));
+        let d = &mut self.devs[dev];
+        d.client = None;
+        d.inc += 1;
+        d.flush_scheduled = false;
+        if let Some(conn) = d.conn.take() {
+            self.close_conn(conn, true, false);
+        }
+        let inc = self.devs[dev].inc;
+        self.at(down, Ev::ClientRestart { dev, inc });
+    }
+
+    fn schedule_server_flush(&mut self) {
+        if !self.server.flush_scheduled && !self.server.disk.pending.is_empty() {
+            self.server.flush_scheduled = true;
+            let d = self.rng.range(0, self.mix.disk_latency_ms);
+            let inc = self.server.inc;
+            self.at(d, Ev::ServerFlush { inc });
+        }
+    }
+
+    fn schedule_client_flush(&mut self, dev: usize) {
+        let d = &self.devs[dev];
+        if !d.flush_scheduled && !d.disk.pending.is_empty() {
+            self.devs[dev].flush_scheduled = true;
+            let t = self.rng.range(0, self.mix.disk_latency_ms);
+            let inc = self.devs[dev].inc;
+            self.at(t, Ev::ClientFlush { dev, inc });
+        }
+    }
+
+    /// Puts a frame on the wire: maybe lost, delayed, duplicated.
+    fn net(&mut self, dev: usize, to_server: bool, conn: u64, bytes: Vec<u8>) {
+        if self.devs[dev].partitioned_until > self.now {
+            self.counts.dropped += 1;
+            return;
+        }
+        if self.rng.chance(self.mix.drop_pm) {
+            self.counts.dropped += 1;
+            self.log(|| format!("NET drop conn{conn}"));
+            return;
+        }
+        let copies = if self.rng.chance(self.mix.dup_pm) {
+            self.counts.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.rng.range(1, 8) + self.rng.below(self.mix.jitter_ms + 1);
+            let b = bytes.clone();
+            let ev = if to_server {
+                Ev::ToServer { conn, bytes: b }
+            } else {
+                Ev::ToClient { dev, conn, bytes: b }
+            };
+            self.at(delay, ev);
+        }
+    }
+
+    fn server_input(&mut self, input: ServerInput) {
+        let now = self.now;
+        let Some(conv) = &mut self.server.conv else { return };
+        if self.trace.is_some() {
+            let line = match &input {
+                ServerInput::Frame { conn, bytes } => {
+                    format!("server <- conn{} {}", conn.0, String::from_utf8_lossy(bytes))
+                }
+                other => format!("server <- {other:?}"),
+            };
+            if let Some(t) = &mut self.trace {
+                t.push(format!("{:>8} {line}", now - EPOCH));
+            }
+        }
+        conv.handle(now, input, &self.server.disk.visible);
+        self.drain_server();
+    }
+
+    fn drain_server(&mut self) {
+        loop {
+            let Some(conv) = &mut self.server.conv else { return };
+            let Some(out) = conv.poll_output() else { break };
+            match out {
+                ServerOutput::Frame { conn, frame } => {
+                    if let Err(e) = self.check_server_frame(conn.0, &frame) {
+                        self.fail(format!("server: {e}"));
+                    }
+                    let Some(c) = self.conns.get(&conn.0) else { continue };
+                    if !c.open {
+                        continue;
+                    }
+                    let dev = c.dev;
+                    let text = frame.encode();
+                    self.log(|| format!("server -> dev{dev} conn{} {text}", conn.0));
+                    self.net(dev, false, conn.0, text.into_bytes());
+                }
+                ServerOutput::Persist { write, op } => {
+                    self.log(|| format!("server persist #{} {op:?}", write.0));
+                    self.server.disk.write(write, op);
+                    self.schedule_server_flush();
+                }
+                ServerOutput::Close { conn, code, reason } => {
+                    self.log(|| format!("server closes conn{} {code} {reason}", conn.0));
+                    if code == protocol::server::close::POLICY {
+                        self.fail(format!("server closed an honest client for abuse: {reason}"));
+                    }
+                    self.close_conn(conn.0, false, true);
+                }
+            }
+        }
+    }
+
+    fn check_server_frame(&self, conn: u64, frame: &ServerFrame) -> Result<(), String> {
+        let durable = &self.server.disk.durable;
+        match frame {
+            ServerFrame::Sent { id, seq, .. } => {
+                let dev = self.conns.get(&conn).map(|c| c.dev);
+                match durable.messages.get(seq) {
+                    Some(m) if &m.id == id && dev.is_some_and(|d| self.devs[d].cfg.device == m.device) => Ok(()),
+                    Some(m) => Err(format!("sent {id} -> {seq} but seq {seq} is {} from {}", m.id, m.device)),
+                    None => Err(format!("sent {id} -> {seq} before seq {seq} was durable")),
+                }
+            }
+            ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } => {
+                messages.iter().try_for_each(|m| check::same_as_server(durable, m))
+            }
+            ServerFrame::Welcome { head, .. } if *head > durable.head() => {
+                Err(format!("welcome announces head {head} beyond the durable head {}", durable.head()))
+            }
+            ServerFrame::Error { code, message, .. } => {
+                // An honest client never provokes protocol errors; busy
+                // signals are fine.
+                use protocol::ErrorCode as E;
+                match code {
+                    E::RateLimited | E::WindowFull | E::Internal => Ok(()),
+                    other => Err(format!("honest client got error {other:?}: {message}")),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn client_input(&mut self, dev: usize, input: ClientInput) {
+        let now = self.now;
+        if self.trace.is_some() {
+            let line = match &input {
+                ClientInput::Frame(bytes) => format!("dev{dev} <- {}", String::from_utf8_lossy(bytes)),
+                other => format!("dev{dev} <- {other:?}"),
+            };
+            if let Some(t) = &mut self.trace {
+                t.push(format!("{:>8} {line}", now - EPOCH));
+            }
+        }
+        let Some(c) = &mut self.devs[dev].client else { return };
+        c.handle(now, input);
+        self.drain_client(dev);
+    }
+
+    fn drain_client(&mut self, dev: usize) {
+        loop {
+            let Some(c) = &mut self.devs[dev].client else { return };
+            let Some(out) = c.poll_output() else { break };
+            match out {
+                ClientOutput::Transmit(frame) => {
+                    if let ClientFrame::Ack { seq, ranges } = &frame {
+                        if let Err(e) = check::check_ack(&self.devs[dev].disk.durable, *seq, ranges) {
+                            let who = self.devs[dev].cfg.device.clone();
+                            self.fail(format!("{who}: {e}"));
+                        }
+                    }
+                    let text = frame.encode();
+                    self.log(|| format!("dev{dev} -> server {text}"));
+                    if let Some(conn) = self.devs[dev].conn {
+                        if self.conns.get(&conn).is_some_and(|c| c.open) {
+                            self.net(dev, true, conn, text.into_bytes());
+                        }
+                    }
+                }
+                ClientOutput::Persist { write, op } => {
+                    self.log(|| format!("dev{dev} persist #{} {}", write.0, short(&op)));
+                    self.devs[dev].disk.write(write, op);
+                    self.schedule_client_flush(dev);
+                }
+                ClientOutput::Message(m) => {
+                    self.log(|| format!("dev{dev} SURFACE {} {}", m.seq, m.id));
+                    let r = self.devs[dev].view.surface(&self.server.disk.durable, &m);
+                    if let Err(e) = r {
+                        let who = self.devs[dev].cfg.device.clone();
+                        self.fail(format!("{who}: {e}"));
+                    }
+                }
+                ClientOutput::History(page) => {
+                    self.log(|| format!("dev{dev} HISTORY {:?}", page.iter().map(|m| m.seq).collect::<Vec<_>>()));
+                    let r = self.devs[dev].view.history(&self.server.disk.durable, &page);
+                    if let Err(e) = r {
+                        let who = self.devs[dev].cfg.device.clone();
+                        self.fail(format!("{who}: {e}"));
+                    }
+                }
+                ClientOutput::Status { id, status } => {
+                    self.log(|| format!("dev{dev} STATUS {id} {status:?}"));
+                    let view = &mut self.devs[dev].view;
+                    if status == MessageStatus::Pending && !view.queued.contains(&id) {
+                        view.queued.push(id.clone());
+                    }
+                    if let MessageStatus::Failed { code } = status {
+                        self.fail(format!("message {id} failed: {code:?}"));
+                    }
+                    self.devs[dev].view.status.insert(id, status);
+                }
+                ClientOutput::Error(e) => {
+                    self.log(|| format!("dev{dev} ERROR {e}"));
+                    match e {
+                        ClientError::Server { .. } => {}
+                        other => {
+                            let who = self.devs[dev].cfg.device.clone();
+                            self.fail(format!("{who}: client reported {other}"));
+                        }
+                    }
+                }
+                ClientOutput::Disconnect => {
+                    self.log(|| format!("dev{dev} gives up its connection"));
+                    if let Some(conn) = self.devs[dev].conn.take() {
+                        self.close_conn(conn, true, false);
+                    }
+                    let wait = self.rng.range(50, 3_000);
+                    self.devs[dev].reconnect_at = Some(self.now + wait);
+                }
+            }
+        }
+    }
+
+    fn converged(&self) -> bool {
+        let Some(_) = &self.server.conv else { return false };
+        if !self.server.disk.pending.is_empty() {
+            return false;
+        }
+        let head = self.server.disk.durable.head();
+        self.devs.iter().all(|d| {
+            d.disk.pending.is_empty()
+                && d.client.as_ref().is_some_and(|c| {
+                    c.is_ready() && c.outbox_len() == 0 && c.watermark() == Some(head) && c.history_complete()
+                })
+                && d.view.seen.len() as u64 == head
+                && d.view.queued.iter().all(|id| matches!(d.view.status.get(id), Some(MessageStatus::Delivered { .. })))
+        })
+    }
+
+    fn final_checks(&mut self) {
+        let durable = &self.server.disk.durable;
+        let head = durable.head();
+        let mut problems = Vec::new();
+        if durable.messages.len() as u64 != head {
+            problems.push(format!("server seqs are not contiguous: {} messages, head {head}", durable.messages.len()));
+        }
+        let mut by_key: HashMap<(&str, &str), u64> = HashMap::new();
+        for m in durable.messages.values() {
+            if let Some(prev) = by_key.insert((m.device.as_str(), m.id.as_str()), m.seq) {
+                problems.push(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
+            }
+        }
+        for d in &self.devs {
+            for id in &d.view.queued {
+                if !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
+                    problems.push(format!("{} queued {id} but it was never stored", d.cfg.device));
+                }
+            }
+        }
+        if let Some(p) = problems.into_iter().next() {
+            self.fail(p);
+        }
+    }
+
+    fn stuck(&mut self) -> Violation {
+        let head = self.server.disk.durable.head();
+        let mut what = format!("liveness: not converged by the deadline (server head {head}");
+        for d in &self.devs {
+            let c = d.client.as_ref();
+            let undelivered: Vec<&String> = d
+                .view
+                .queued
+                .iter()
+                .filter(|id| !matches!(d.view.status.get(*id), Some(MessageStatus::Delivered { .. })))
+                .collect();
+            let _ = write!(
+                what,
+                "; {}: watermark {:?} shown {} outbox {} ready {} history {} undelivered {:?}",
+                d.cfg.device,
+                c.and_then(|c| c.watermark()),
+                d.view.seen.len(),
+                c.map_or(0, |c| c.outbox_len()),
+                c.is_some_and(|c| c.is_ready()),
+                c.is_some_and(|c| c.history_complete()),
+                undelivered
+            );
+        }
+        what.push(')');
+        self.violation(what)
+    }
+
+    fn violation(&mut self, what: String) -> Violation {
+        Violation {
+            seed: self.opts.seed,
+            at: self.now - EPOCH,
+            what,
+            trace: self.trace.take().unwrap_or_default(),
+        }
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            seed: self.opts.seed,
+            head: self.server.disk.durable.head(),
+            sim_ms: self.now - EPOCH,
+            steps: self.steps,
+            faults: self.counts.clone(),
+        }
+    }
+}
+
+fn pick<'a>(rng: &mut Rng, xs: &'a [u64]) -> &'a u64 {
+    &xs[rng.below(xs.len() as u64) as usize]
+}
+
+fn short(op: &protocol::client::ClientWrite) -> String {
+    use protocol::client::ClientWrite as W;
+    match op {
+        W::Inbox { messages, state } => format!(
+            "inbox {:?} watermark {:?}",
+            messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            state.as_ref().map(|s| s.watermark)
+        ),
+        W::PutOutbox(e) => format!("outbox put {} seq {:?}", e.id, e.seq),
+        W::RemoveOutbox { id } => format!("outbox remove {id}"),
+        W::ClearInbox => "inbox clear".into(),
+    }
+}

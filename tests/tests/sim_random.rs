@@ -1,0 +1,90 @@
+//! The simulator over many random seeds (see `ackline_tests::sim`).
+//!
+//! - `cargo test -p ackline-tests --test sim_random`: 2,000 fresh random seeds.
+//! - `SIM_SEEDS=100000 cargo test -p ackline-tests --release --test sim_random -- --ignored soak`:
+//!   a long soak.
+//! - `SIM_SEED=n SIM_TRACE=1 cargo test -p ackline-tests --test sim_random -- replay --nocapture`:
+//!   replays one seed and prints its trace.
+
+use std::time::Instant;
+
+use ackline_tests::sim::{self, env_flag, env_u64, Bugs, Options};
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
+}
+
+fn base_seed() -> u64 {
+    env_u64("SIM_BASE").unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        // Spread out so that consecutive CI runs explore different seeds.
+        t.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16
+    })
+}
+
+fn run_seeds(default_count: u64) {
+    let count = env_u64("SIM_SEEDS").unwrap_or(default_count);
+    let base = base_seed();
+    let started = Instant::now();
+    let batch = sim::run_many((base..base + count).collect(), threads(), Bugs::default());
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "simulator: {} of {count} seeds passed (seeds {base}..{}) in {secs:.1}s = {:.0} seeds/s on {} threads; \
+         {} messages stored, {:.1} h simulated",
+        batch.passed,
+        base + count,
+        batch.passed as f64 / secs.max(1e-9),
+        threads(),
+        batch.messages,
+        batch.sim_ms as f64 / 3_600_000.0
+    );
+    println!("fault mix: {}", batch.faults);
+    if let Some(v) = batch.failures.first() {
+        for f in &batch.failures {
+            eprintln!("{f}");
+        }
+        panic!("{v}");
+    }
+}
+
+#[test]
+fn random_seeds() {
+    run_seeds(2_000);
+}
+
+#[test]
+#[ignore = "long soak: SIM_SEEDS=n cargo test -p ackline-tests --release --test sim_random -- --ignored soak"]
+fn soak() {
+    run_seeds(100_000);
+}
+
+#[test]
+fn replay() {
+    let Some(seed) = env_u64("SIM_SEED") else {
+        return; // nothing to replay
+    };
+    let trace = env_flag("SIM_TRACE");
+    match sim::run(Options {
+        seed,
+        trace,
+        ..Options::default()
+    }) {
+        Ok(r) => println!(
+            "seed {seed} passed: {} messages, {} ms simulated, {} steps; faults: {}",
+            r.head, r.sim_ms, r.steps, r.faults
+        ),
+        Err(v) => {
+            if trace {
+                for line in &v.trace {
+                    println!("{line}");
+                }
+                if let Some(path) = sim::dump_trace(&v) {
+                    println!("trace written to {}", path.display());
+                }
+            }
+            panic!("{v}");
+        }
+    }
+}
