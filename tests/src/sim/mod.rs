@@ -59,6 +59,9 @@ pub struct FaultMix {
     pub late_joiners: u32,
     /// App calls to load older history.
     pub history_loads: u32,
+    /// Crashes aimed at the window between a write and its durability: after
+    /// a write, with 1 in 20 odds, the writer crashes before the flush.
+    pub write_crashes: u32,
 }
 
 impl FaultMix {
@@ -83,6 +86,7 @@ impl FaultMix {
         let long_offline = level(0, 0, 2) as u32;
         let late_joiners = level(0, 1, 2) as u32;
         let history_loads = level(0, 2, 6) as u32;
+        let write_crashes = level(0, 1, 4) as u32;
         let messages = rng.range(4, 40) as u32;
         let safety_ms = rng.range(5_000, 90_000);
         FaultMix {
@@ -101,6 +105,7 @@ impl FaultMix {
             long_offline,
             late_joiners,
             history_loads,
+            write_crashes,
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct FaultCounts {
     pub late_joins: u64,
     /// Pending writes lost in crashes.
     pub lost_writes: u64,
+    /// Crashes aimed right after a write.
+    pub write_crashes: u64,
 }
 
 impl AddAssign<&FaultCounts> for FaultCounts {
@@ -142,6 +149,7 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.long_offline += o.long_offline;
         self.late_joins += o.late_joins;
         self.lost_writes += o.lost_writes;
+        self.write_crashes += o.write_crashes;
     }
 }
 
@@ -151,7 +159,7 @@ impl fmt::Display for FaultCounts {
             f,
             "frames dropped {}, duplicated {}; disconnects {}, partitions {}, server crashes {}, \
              server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
-             pending writes lost {}",
+             crashes right after a write {}, pending writes lost {}",
             self.dropped,
             self.duplicated,
             self.disconnects,
@@ -161,6 +169,7 @@ impl fmt::Display for FaultCounts {
             self.client_crashes,
             self.long_offline,
             self.late_joins,
+            self.write_crashes,
             self.lost_writes
         )
     }

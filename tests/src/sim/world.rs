@@ -681,10 +681,20 @@ impl World {
         self.at(down, Ev::ClientRestart { dev, inc });
     }
 
+    /// Whether to crash the writer before its write can become durable.
+    fn crash_after_write(&mut self) -> bool {
+        if self.phase != Phase::Safety || self.mix.write_crashes == 0 || !self.rng.chance(50_000) {
+            return false;
+        }
+        self.mix.write_crashes -= 1;
+        self.counts.write_crashes += 1;
+        true
+    }
+
     fn schedule_server_flush(&mut self) {
         if !self.server.flush_scheduled && !self.server.disk.pending.is_empty() {
             self.server.flush_scheduled = true;
-            let d = self.rng.range(0, self.mix.disk_latency_ms);
+            let d = self.rng.range(1, self.mix.disk_latency_ms.max(1));
             let inc = self.server.inc;
             self.at(d, Ev::ServerFlush { inc });
         }
@@ -694,7 +704,7 @@ impl World {
         let d = &self.devs[dev];
         if !d.flush_scheduled && !d.disk.pending.is_empty() {
             self.devs[dev].flush_scheduled = true;
-            let t = self.rng.range(0, self.mix.disk_latency_ms);
+            let t = self.rng.range(1, self.mix.disk_latency_ms.max(1));
             let inc = self.devs[dev].inc;
             self.at(t, Ev::ClientFlush { dev, inc });
         }
@@ -768,6 +778,10 @@ impl World {
                 ServerOutput::Persist { write, op } => {
                     self.log(|| format!("server persist #{} {op:?}", write.0));
                     self.server.disk.write(write, op);
+                    if self.crash_after_write() {
+                        let down = self.rng.range(10, 5_000);
+                        self.at(0, Ev::ServerCrash { down });
+                    }
                     self.schedule_server_flush();
                 }
                 ServerOutput::Close { conn, code, reason } => {
@@ -850,6 +864,10 @@ impl World {
                 ClientOutput::Persist { write, op } => {
                     self.log(|| format!("dev{dev} persist #{} {}", write.0, short(&op)));
                     self.devs[dev].disk.write(write, op);
+                    if self.crash_after_write() {
+                        let down = self.rng.range(0, 5_000);
+                        self.at(0, Ev::ClientCrash { dev, down });
+                    }
                     self.schedule_client_flush(dev);
                 }
                 ClientOutput::Message(m) => {
