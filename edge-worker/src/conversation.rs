@@ -1,24 +1,37 @@
-//! The `Conversation` Durable Object: one per conversation, the single writer
-//! that assigns sequence numbers and stores messages in its SQLite storage.
+//! The `Conversation` Durable Object: a thin shell around
+//! [`protocol::Conversation`], the conversation's single writer.
 //!
-//! Sockets use the WebSocket Hibernation API, so the object may be evicted
-//! between frames; everything it needs is read back from SQLite and from the
-//! socket's attachment on every wake.
+//! The shell turns socket events and alarms into core inputs and carries out the
+//! core's outputs: frames go to sockets, `Persist` writes go to SQLite, closes
+//! close sockets. Writes run as synchronous SQL calls with no `.await` in
+//! between; they commit together and workerd's output gate holds every frame
+//! sent after them until they are durable, so the shell reports them durable
+//! at once (see `store.rs`).
+//!
+//! Sockets use the WebSocket Hibernation API. The object may be evicted between
+//! any two events; the core is rebuilt lazily from SQLite, and every socket that
+//! is still open is re-registered from its attachment (who is on it).
 
-use protocol::{ChainHash, ClientFrame, ErrorCode, Seq, ServerFrame};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use protocol::{
+    ConnId, ServerConfig, ServerFrame, ServerInput, ServerOutput, ServerWrite, MAX_SEQ,
+};
 use serde::{Deserialize, Serialize};
 use worker::{
-    durable_object, wasm_bindgen, Date, DurableObject, Env, Request, Response, Result,
-    SqlStorage, SqlStorageValue, State, WebSocket, WebSocketIncomingMessage, WebSocketPair,
+    durable_object, wasm_bindgen, Date, DurableObject, Env, Request, Response, Result, State,
+    WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
-use crate::http::error_response;
+use crate::http::{error_response, json_response};
 use crate::names::validate_name;
+use crate::store::Store;
 
 /// Who is on a socket; survives hibernation as the socket's attachment.
 #[derive(Serialize, Deserialize)]
 struct Peer {
-    conversation: String,
+    conn: u64,
     user: String,
     device: String,
 }
@@ -26,113 +39,83 @@ struct Peer {
 #[durable_object]
 pub struct Conversation {
     state: State,
-    sql: SqlStorage,
+    store: Option<Store>,
+    /// The core; `None` until first needed after a (re)start or a storage error.
+    core: RefCell<Option<protocol::Conversation>>,
+    /// Open sockets by connection id (rebuilt with the core).
+    sockets: RefCell<HashMap<ConnId, WebSocket>>,
+    /// The alarm time last armed, to skip redundant `set_alarm` calls.
+    armed: Cell<Option<u64>>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS messages (
-    seq       INTEGER PRIMARY KEY,
-    user      TEXT NOT NULL,
-    device    TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    body      TEXT NOT NULL,
-    at        INTEGER NOT NULL,
-    chain     TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (device, client_id);
-";
+fn now_millis() -> u64 {
+    Date::now().as_millis()
+}
 
-#[derive(Deserialize)]
-struct MessageRow {
-    seq: Seq,
-    at: u64,
-    chain: String,
+/// One JSON line per notable event.
+pub(crate) fn log_event(event: &str, fields: serde_json::Value) {
+    let mut line = serde_json::Map::new();
+    line.insert("event".into(), event.into());
+    if let serde_json::Value::Object(fields) = fields {
+        line.extend(fields);
+    }
+    worker::console_log!("{}", serde_json::Value::Object(line));
 }
 
 impl DurableObject for Conversation {
     fn new(state: State, _env: Env) -> Self {
-        let sql = state.storage().sql();
-        if let Err(e) = sql.exec(SCHEMA, None) {
-            // Without a schema every later statement fails with a clear error;
-            // log rather than panic (a panic would kill the whole instance).
-            worker::console_error!("{{\"event\":\"schema_error\",\"error\":{:?}}}", e.to_string());
+        let store = match Store::open(state.storage().sql()) {
+            Ok(store) => Some(store),
+            Err(e) => {
+                // Every request then answers 503 instead of panicking.
+                log_event("storage_error", serde_json::json!({ "error": e.to_string() }));
+                None
+            }
+        };
+        Self {
+            state,
+            store,
+            core: RefCell::new(None),
+            sockets: RefCell::new(HashMap::new()),
+            armed: Cell::new(None),
         }
-        Self { state, sql }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        if req.headers().get("Upgrade")?.as_deref() != Some("websocket") {
-            return error_response(426, "upgrade_required", "expected Upgrade: websocket");
-        }
+        let Some(store) = &self.store else {
+            return error_response(503, "storage_unavailable", "conversation storage failed to open");
+        };
         let url = req.url()?;
-        let conversation = url
+        let segments: Vec<String> = url
             .path_segments()
-            .and_then(|mut s| s.nth(2))
-            .unwrap_or_default()
-            .to_owned();
-        // Set by the Worker after it verified the token; never taken from the client.
-        let header = |name: &str| req.headers().get(name).ok().flatten().unwrap_or_default();
-        let (user, device) = (header(crate::USER_HEADER), header(crate::DEVICE_HEADER));
-        for (kind, value) in [("user", &user), ("device", &device)] {
-            if let Err(reason) = validate_name(kind, value) {
-                return error_response(400, "bad_request", &reason);
-            }
+            .map(|s| s.map(str::to_owned).collect())
+            .unwrap_or_default();
+        let (Some(conversation), Some(action)) = (segments.get(2), segments.get(3)) else {
+            return error_response(404, "not_found", "no such route");
+        };
+        store.remember_conversation(conversation)?;
+        match action.as_str() {
+            "connect" => self.accept_socket(&req).await,
+            "messages" => crate::history::page(store, &url),
+            "stats" => self.stats(),
+            _ => error_response(404, "not_found", "no such route"),
         }
-        let pair = WebSocketPair::new()?;
-        self.state.accept_web_socket(&pair.server);
-        pair.server.serialize_attachment(Peer {
-            conversation,
-            user,
-            device,
-        })?;
-        log_event("connect", &[]);
-        Response::from_websocket(pair.client)
     }
 
     async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
-        let text = match message {
-            WebSocketIncomingMessage::String(text) => text,
-            WebSocketIncomingMessage::Binary(_) => {
-                return send_frame(&ws, &error_frame(ErrorCode::BadJson, "frames are JSON text, not binary"));
-            }
-        };
-        let frame = match ClientFrame::decode(text.as_bytes()) {
-            Ok(frame) => frame,
-            Err(err) => return send_frame(&ws, &ServerFrame::from_decode_error(&err)),
-        };
         let Some(peer) = ws.deserialize_attachment::<Peer>()? else {
-            return send_frame(&ws, &error_frame(ErrorCode::Internal, "socket has no identity"));
+            let _ = ws.close(Some(1011), Some("socket has no identity"));
+            return Ok(());
         };
-        match frame {
-            ClientFrame::Hello { .. } => {
-                let (head, chain) = self.head()?;
-                send_frame(
-                    &ws,
-                    &ServerFrame::Welcome {
-                        conversation: peer.conversation,
-                        user: peer.user,
-                        device: peer.device,
-                        head,
-                        chain,
-                        cursors: Vec::new(),
-                        now: now_millis(),
-                    },
-                )
-            }
-            ClientFrame::Send { id, body } => {
-                let reply = match self.store(&peer, &id, &body) {
-                    Ok((seq, at)) => ServerFrame::Sent { id, seq, at },
-                    Err(e) => ServerFrame::Error {
-                        code: ErrorCode::Internal,
-                        message: format!("could not store the message: {e}"),
-                        id: Some(id),
-                    },
-                };
-                send_frame(&ws, &reply)
-            }
-            ClientFrame::Ping { nonce } => send_frame(&ws, &ServerFrame::Pong { nonce }),
-            ClientFrame::Ack { .. } | ClientFrame::Sync { .. } | ClientFrame::Read { .. } => Ok(()),
-        }
+        let bytes = match message {
+            WebSocketIncomingMessage::String(text) => text.into_bytes(),
+            WebSocketIncomingMessage::Binary(bytes) => bytes,
+        };
+        let input = ServerInput::Frame {
+            conn: ConnId(peer.conn),
+            bytes,
+        };
+        self.run(input).await
     }
 
     async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
@@ -143,93 +126,215 @@ impl DurableObject for Conversation {
         };
         // The peer may already be gone; nothing to do if answering fails.
         let _ = ws.close(Some(code), Some("closing"));
-        Ok(())
+        self.socket_gone(&ws).await
     }
 
-    async fn websocket_error(&self, _ws: WebSocket, error: worker::Error) -> Result<()> {
-        log_event("socket_error", &[("error", &error.to_string())]);
-        Ok(())
+    async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
+        log_event("socket_error", serde_json::json!({ "error": error.to_string() }));
+        self.socket_gone(&ws).await
     }
 
     async fn alarm(&self) -> Result<Response> {
+        self.armed.set(None);
+        self.run(ServerInput::Timeout).await?;
         Response::ok("")
     }
 }
 
 impl Conversation {
-    fn head(&self) -> Result<(Seq, ChainHash)> {
-        let rows: Vec<MessageRow> = self
-            .sql
-            .exec("SELECT seq, at, chain FROM messages ORDER BY seq DESC LIMIT 1", None)?
-            .to_array()?;
-        Ok(match rows.first() {
-            Some(row) => (row.seq, ChainHash::from_hex(&row.chain).unwrap_or_default()),
-            None => (0, ChainHash::GENESIS),
-        })
-    }
-
-    /// Stores a message once per (device, client id); returns its seq and time.
-    /// The statements run back to back with no await, so they commit together
-    /// and the output gate holds the reply until they are durable.
-    fn store(&self, peer: &Peer, id: &str, body: &str) -> Result<(Seq, u64)> {
-        let existing: Vec<MessageRow> = self
-            .sql
-            .exec(
-                "SELECT seq, at, chain FROM messages WHERE device = ? AND client_id = ?",
-                vec![peer.device.as_str().into(), id.into()],
-            )?
-            .to_array()?;
-        if let Some(row) = existing.first() {
-            return Ok((row.seq, row.at));
+    async fn accept_socket(&self, req: &Request) -> Result<Response> {
+        if req.headers().get("Upgrade")?.as_deref() != Some("websocket") {
+            return error_response(426, "upgrade_required", "expected Upgrade: websocket");
         }
-        let (head, chain) = self.head()?;
-        let seq = head + 1;
-        let at = now_millis();
-        let chain = chain.next(seq, &peer.user, &peer.device, id, body);
-        self.sql.exec(
-            "INSERT INTO messages (seq, user, device, client_id, body, at, chain) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            vec![
-                sql_int(seq)?,
-                peer.user.as_str().into(),
-                peer.device.as_str().into(),
-                id.into(),
-                body.into(),
-                sql_int(at)?,
-                chain.to_hex().into(),
-            ],
-        )?;
-        Ok((seq, at))
+        // Set by the Worker after it verified the token; never taken from the client.
+        let header = |name: &str| req.headers().get(name).ok().flatten().unwrap_or_default();
+        let (user, device) = (header(crate::USER_HEADER), header(crate::DEVICE_HEADER));
+        for (kind, value) in [("user", &user), ("device", &device)] {
+            if let Err(reason) = validate_name(kind, value) {
+                return error_response(400, "bad_request", &reason);
+            }
+        }
+        let Some(store) = &self.store else {
+            return error_response(503, "storage_unavailable", "conversation storage failed to open");
+        };
+        // Rebuild the core (and re-register surviving sockets) before the new
+        // socket exists, so that it is not mistaken for a resumed one.
+        self.ensure_core()?;
+        let conn = ConnId(store.next_conn_id()?);
+        let pair = WebSocketPair::new()?;
+        self.state.accept_web_socket(&pair.server);
+        pair.server.serialize_attachment(Peer {
+            conn: conn.0,
+            user: user.clone(),
+            device: device.clone(),
+        })?;
+        self.sockets.borrow_mut().insert(conn, pair.server);
+        log_event("connect", serde_json::json!({ "conn": conn.0, "user": user, "device": device }));
+        self.run(ServerInput::Connected {
+            conn,
+            user,
+            device,
+            resumed: false,
+        })
+        .await?;
+        Response::from_websocket(pair.client)
     }
-}
 
-fn sql_int(value: u64) -> Result<SqlStorageValue> {
-    i64::try_from(value)
-        .map_err(|_| worker::Error::from("integer out of range"))
-        .and_then(SqlStorageValue::try_from_i64)
-}
-
-fn now_millis() -> u64 {
-    Date::now().as_millis()
-}
-
-fn error_frame(code: ErrorCode, message: &str) -> ServerFrame {
-    ServerFrame::Error {
-        code,
-        message: message.to_owned(),
-        id: None,
+    fn stats(&self) -> Result<Response> {
+        self.ensure_core()?;
+        let core = self.core.borrow();
+        let Some(core) = core.as_ref() else {
+            return error_response(503, "storage_unavailable", "conversation could not be loaded");
+        };
+        let s = core.stats();
+        json_response(
+            200,
+            &serde_json::json!({
+                "head": s.durable_head,
+                "connections": s.connections,
+                "devices": s.devices,
+                "members": s.members,
+                "pending": s.pending_pushes,
+            }),
+        )
     }
-}
 
-fn send_frame(ws: &WebSocket, frame: &ServerFrame) -> Result<()> {
-    ws.send_with_str(frame.encode())
-}
-
-/// One JSON line per notable event.
-fn log_event(event: &str, fields: &[(&str, &str)]) {
-    let mut line = serde_json::Map::new();
-    line.insert("event".into(), event.into());
-    for (k, v) in fields {
-        line.insert((*k).into(), (*v).into());
+    async fn socket_gone(&self, ws: &WebSocket) -> Result<()> {
+        let Some(peer) = ws.deserialize_attachment::<Peer>()? else {
+            return Ok(());
+        };
+        let conn = ConnId(peer.conn);
+        if self.sockets.borrow_mut().remove(&conn).is_none() && self.core.borrow().is_none() {
+            return Ok(());
+        }
+        self.run(ServerInput::Disconnected { conn }).await
     }
-    worker::console_log!("{}", serde_json::Value::Object(line));
+
+    /// Builds the core from storage if it is not there, and re-registers every
+    /// socket that survived an eviction.
+    fn ensure_core(&self) -> Result<()> {
+        if self.core.borrow().is_some() {
+            return Ok(());
+        }
+        let Some(store) = &self.store else {
+            return Err(worker::Error::from("conversation storage failed to open"));
+        };
+        let conversation = store.conversation()?.unwrap_or_default();
+        let seed = now_millis() ^ (worker::js_sys::Math::random() * (MAX_SEQ as f64)) as u64;
+        let mut core = protocol::Conversation::new(ServerConfig::new(conversation), seed, store)
+            .map_err(|e| worker::Error::from(e.to_string()))?;
+        let now = now_millis();
+        let mut sockets = HashMap::new();
+        for ws in self.state.get_websockets() {
+            let Ok(Some(peer)) = ws.deserialize_attachment::<Peer>() else { continue };
+            let conn = ConnId(peer.conn);
+            sockets.insert(conn, ws);
+            core.handle(
+                now,
+                ServerInput::Connected {
+                    conn,
+                    user: peer.user,
+                    device: peer.device,
+                    resumed: true,
+                },
+                store,
+            );
+        }
+        *self.sockets.borrow_mut() = sockets;
+        *self.core.borrow_mut() = Some(core);
+        // Outputs of the re-registration (pushes from cursors) go out with the
+        // next drain.
+        Ok(())
+    }
+
+    /// Feeds one input to the core, carries out its outputs, re-arms the alarm.
+    async fn run(&self, input: ServerInput) -> Result<()> {
+        self.ensure_core()?;
+        let now = now_millis();
+        let is_timeout = matches!(input, ServerInput::Timeout);
+        let next_deadline = {
+            let mut core_slot = self.core.borrow_mut();
+            let Some(core) = core_slot.as_mut() else { return Ok(()) };
+            let Some(store) = &self.store else { return Ok(()) };
+            core.handle(now, input, store);
+            match self.drain(core, store, now, is_timeout) {
+                Ok(()) => core.poll_timeout(),
+                Err(e) => {
+                    // A failed write leaves the core ahead of storage: forget the
+                    // core and every socket; clients reconnect and resend, and the
+                    // core is rebuilt from what storage really holds.
+                    log_event("storage_error", serde_json::json!({ "error": e.to_string() }));
+                    *core_slot = None;
+                    for (_, ws) in self.sockets.borrow_mut().drain() {
+                        let _ = ws.close(Some(1011), Some("storage error; reconnect"));
+                    }
+                    None
+                }
+            }
+        };
+        self.arm(next_deadline, now).await
+    }
+
+    /// Carries out outputs until the core has nothing more to say; every batch of
+    /// writes is applied synchronously and then reported durable.
+    fn drain(&self, core: &mut protocol::Conversation, store: &Store, now: u64, is_timeout: bool) -> Result<()> {
+        loop {
+            let mut last_write = None;
+            while let Some(output) = core.poll_output() {
+                match output {
+                    ServerOutput::Frame { conn, frame } => self.send(conn, &frame, is_timeout),
+                    ServerOutput::Persist { write, op } => {
+                        match &op {
+                            ServerWrite::Append(message) => store.insert(message)?,
+                            ServerWrite::Cursor(cursor) => store.set_cursor(cursor)?,
+                        }
+                        last_write = Some(write);
+                    }
+                    ServerOutput::Close { conn, code, reason } => {
+                        log_event("close", serde_json::json!({ "conn": conn.0, "code": code, "reason": reason }));
+                        if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
+                            let _ = ws.close(Some(code), Some(reason));
+                        }
+                    }
+                }
+            }
+            match last_write {
+                Some(through) => core.handle(now, ServerInput::Durable { through }, store),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn send(&self, conn: ConnId, frame: &ServerFrame, is_timeout: bool) {
+        match frame {
+            ServerFrame::Error { code, message, .. } => log_event(
+                "frame_error",
+                serde_json::json!({ "conn": conn.0, "code": code.as_str(), "message": message }),
+            ),
+            ServerFrame::Batch { messages, head, .. } => log_event(
+                "gap_fill",
+                serde_json::json!({ "conn": conn.0, "count": messages.len(), "head": head }),
+            ),
+            ServerFrame::Push { messages } if is_timeout => log_event(
+                "resend",
+                serde_json::json!({ "conn": conn.0, "count": messages.len() }),
+            ),
+            _ => {}
+        }
+        if let Some(ws) = self.sockets.borrow().get(&conn) {
+            // A socket that is closing cannot take frames; the core learns it is
+            // gone from websocket_close, and the client resyncs on reconnect.
+            let _ = ws.send_with_str(frame.encode());
+        }
+    }
+
+    async fn arm(&self, deadline: Option<u64>, now: u64) -> Result<()> {
+        let Some(deadline) = deadline else { return Ok(()) };
+        if self.armed.get().is_some_and(|armed| armed <= deadline) {
+            return Ok(());
+        }
+        self.armed.set(Some(deadline));
+        let offset = i64::try_from(deadline.saturating_sub(now)).unwrap_or(i64::MAX);
+        self.state.storage().set_alarm(offset).await
+    }
 }

@@ -7,8 +7,10 @@
 
 mod auth;
 mod conversation;
+mod history;
 mod http;
 mod names;
+mod store;
 
 pub use conversation::Conversation;
 
@@ -41,14 +43,14 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     let method = req.method();
     match (segments.as_slice(), method) {
         (["healthz"], Method::Get) => json_response(200, &serde_json::json!({ "ok": true })),
-        (["v1", "conversations", id, "connect" | "messages"], Method::Get) => {
+        (["v1", "conversations", id, "connect" | "messages" | "stats"], Method::Get) => {
             let id = (*id).to_owned();
             forward_to_conversation(req, &env, &id).await
         }
         (["v1", "dev", "token"], Method::Post) if dev_tokens_enabled(&env) => {
             mint_dev_token(req, &env).await
         }
-        (["healthz"] | ["v1", "conversations", _, "connect" | "messages"], _) => {
+        (["healthz"] | ["v1", "conversations", _, "connect" | "messages" | "stats"], _) => {
             error_response(405, "method_not_allowed", "this route only answers GET")
         }
         (["v1", "dev", "token"], _) if dev_tokens_enabled(&env) => {

@@ -318,6 +318,68 @@ impl Ws {
             .expect("WebSocket send");
     }
 
+    /// Sets how long a read waits.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        if let MaybeTlsStream::Plain(tcp) = self.socket.get_ref() {
+            let _ = tcp.set_read_timeout(Some(timeout));
+        }
+    }
+
+    /// The next frame if one arrives within the read timeout; panics on close.
+    pub fn try_recv(&mut self) -> Option<ServerFrame> {
+        match self.socket.read() {
+            Ok(Message::Text(text)) => Some(
+                ServerFrame::decode(text.as_bytes())
+                    .unwrap_or_else(|e| panic!("bad server frame {text}: {e}")),
+            ),
+            Ok(Message::Close(frame)) => panic!("server closed the socket: {frame:?}"),
+            Ok(_) => None,
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                None
+            }
+            Err(e) => panic!("WebSocket read: {e}"),
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code (panics on timeout).
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.socket.read() {
+                Ok(Message::Close(frame)) => return frame.map_or(1005, |f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return 1006,
+                Err(tungstenite::Error::Protocol(_)) => return 1006,
+                Err(e) => panic!("expected a close, got {e}"),
+            }
+        }
+    }
+
+    /// True if a ping is answered with its pong (other frames are skipped).
+    pub fn send_ping_probe(&mut self) -> bool {
+        const NONCE: u64 = 0x0a11_ce;
+        if self.socket.send(Message::Text(ClientFrame::Ping { nonce: NONCE }.encode().into())).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.socket.read() {
+                Ok(Message::Text(text)) => {
+                    if let Ok(ServerFrame::Pong { nonce: NONCE }) = ServerFrame::decode(text.as_bytes()) {
+                        return true;
+                    }
+                }
+                Ok(Message::Close(_)) => return false,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Next server frame; panics on timeout, close or an undecodable frame.
     pub fn recv(&mut self) -> ServerFrame {
         loop {

@@ -3,6 +3,9 @@
 /// Harness for tests against the real edge (wrangler dev on workerd).
 pub mod edge;
 
+/// A scripted protocol device for edge integration tests.
+pub mod device;
+
 /// Deterministic fault simulator for the delivery core (native only).
 pub mod sim;
 

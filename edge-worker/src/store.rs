@@ -1,0 +1,239 @@
+//! The conversation's SQLite storage (Durable Object SQL API).
+//!
+//! Every call is synchronous. Writes issued back to back with no `.await` between
+//! them commit together, and workerd's output gate holds every outgoing frame
+//! until they are durable: that is what lets the shell report writes as durable
+//! as soon as the calls return.
+
+use protocol::{ChainHash, ConversationStore, Cursor, Seq, StoreError, StoredMessage};
+use serde::Deserialize;
+use worker::{Result, SqlStorage, SqlStorageValue};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    seq       INTEGER PRIMARY KEY,
+    user      TEXT NOT NULL,
+    device    TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    chain     TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (device, client_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    device  TEXT PRIMARY KEY,
+    user    TEXT NOT NULL,
+    through INTEGER NOT NULL
+);
+";
+
+/// Typed access to one conversation's tables.
+pub struct Store {
+    sql: SqlStorage,
+}
+
+#[derive(Deserialize)]
+struct MessageRow {
+    seq: Seq,
+    user: String,
+    device: String,
+    client_id: String,
+    body: String,
+    at: u64,
+    chain: String,
+}
+
+impl MessageRow {
+    fn into_message(self) -> StoredMessage {
+        StoredMessage {
+            seq: self.seq,
+            user: self.user,
+            device: self.device,
+            id: self.client_id,
+            body: self.body,
+            at: self.at,
+            // Only this module writes the column, always from a ChainHash.
+            chain: ChainHash::from_hex(&self.chain).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CursorRow {
+    user: String,
+    device: String,
+    through: Seq,
+}
+
+const MESSAGE_COLUMNS: &str = "seq, user, device, client_id, body, at, chain";
+
+fn int(value: u64) -> Result<SqlStorageValue> {
+    i64::try_from(value)
+        .map_err(|_| worker::Error::from("integer out of range"))
+        .and_then(SqlStorageValue::try_from_i64)
+}
+
+impl Store {
+    /// Opens the tables, creating them on first use.
+    pub fn open(sql: SqlStorage) -> Result<Store> {
+        sql.exec(SCHEMA, None)?;
+        Ok(Store { sql })
+    }
+
+    fn messages(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<MessageRow> = self.sql.exec(query, bindings)?.to_array()?;
+        Ok(rows.into_iter().map(MessageRow::into_message).collect())
+    }
+
+    /// The last stored message, if any.
+    pub fn last(&self) -> Result<Option<StoredMessage>> {
+        let query = format!("SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY seq DESC LIMIT 1");
+        Ok(self.messages(&query, vec![])?.pop())
+    }
+
+    /// The message a device stored under a client message id, if any.
+    pub fn find(&self, device: &str, client_id: &str) -> Result<Option<StoredMessage>> {
+        let query = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE device = ? AND client_id = ?");
+        Ok(self.messages(&query, vec![device.into(), client_id.into()])?.pop())
+    }
+
+    /// Appends a message (its seq must be head + 1).
+    pub fn insert(&self, m: &StoredMessage) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO messages (seq, user, device, client_id, body, at, chain) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                int(m.seq)?,
+                m.user.as_str().into(),
+                m.device.as_str().into(),
+                m.id.as_str().into(),
+                m.body.as_str().into(),
+                int(m.at)?,
+                m.chain.to_hex().into(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records the conversation id on first use (a Durable Object does not
+    /// otherwise know the name it was addressed by after a restart).
+    pub fn remember_conversation(&self, id: &str) -> Result<()> {
+        self.sql.exec(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('conversation', ?)",
+            vec![id.into()],
+        )?;
+        Ok(())
+    }
+
+    /// The conversation id recorded by [`Store::remember_conversation`].
+    pub fn conversation(&self) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: String,
+        }
+        let rows: Vec<Row> = self
+            .sql
+            .exec("SELECT value FROM meta WHERE key = 'conversation'", None)?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.value))
+    }
+
+    /// A connection id never used before in this conversation, even across
+    /// restarts (sockets that survive an eviction keep theirs).
+    pub fn next_conn_id(&self) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: String,
+        }
+        let rows: Vec<Row> = self
+            .sql
+            .exec(
+                "INSERT INTO meta (key, value) VALUES ('next_conn', '1')
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+                 RETURNING value",
+                None,
+            )?
+            .to_array()?;
+        rows.first()
+            .and_then(|r| r.value.parse().ok())
+            .ok_or_else(|| worker::Error::from("connection counter unreadable"))
+    }
+
+    /// Up to `limit` messages with `after < seq < before`, ascending.
+    pub fn range(&self, after: Seq, before: Option<Seq>, limit: u32) -> Result<Vec<StoredMessage>> {
+        let query = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?"
+        );
+        let before = before.unwrap_or(protocol::MAX_SEQ);
+        self.messages(&query, vec![int(after)?, int(before)?, int(u64::from(limit))?])
+    }
+
+    /// The `limit` messages just below `before`, ascending.
+    pub fn before(&self, before: Seq, limit: u32) -> Result<Vec<StoredMessage>> {
+        let query = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        );
+        let mut page = self.messages(&query, vec![int(before)?, int(u64::from(limit))?])?;
+        page.reverse();
+        Ok(page)
+    }
+
+    /// Every device's stored-through cursor.
+    pub fn cursors(&self) -> Result<Vec<Cursor>> {
+        let rows: Vec<CursorRow> = self
+            .sql
+            .exec("SELECT user, device, through FROM cursors ORDER BY device", None)?
+            .to_array()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Cursor {
+                user: r.user,
+                device: r.device,
+                through: r.through,
+            })
+            .collect())
+    }
+
+    /// Records a device's cursor (it only moves forward).
+    pub fn set_cursor(&self, cursor: &Cursor) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO cursors (device, user, through) VALUES (?, ?, ?)
+             ON CONFLICT (device) DO UPDATE SET through = MAX(through, excluded.through)",
+            vec![
+                cursor.device.as_str().into(),
+                cursor.user.as_str().into(),
+                int(cursor.through)?,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+fn read_error(e: worker::Error) -> StoreError {
+    StoreError::Failed(e.to_string())
+}
+
+impl ConversationStore for Store {
+    fn last(&self) -> std::result::Result<Option<StoredMessage>, StoreError> {
+        Store::last(self).map_err(read_error)
+    }
+
+    fn find(&self, device: &str, id: &str) -> std::result::Result<Option<StoredMessage>, StoreError> {
+        Store::find(self, device, id).map_err(read_error)
+    }
+
+    fn after(&self, after: Seq, limit: u32) -> std::result::Result<Vec<StoredMessage>, StoreError> {
+        self.range(after, None, limit).map_err(read_error)
+    }
+
+    fn before(&self, before: Seq, limit: u32) -> std::result::Result<Vec<StoredMessage>, StoreError> {
+        Store::before(self, before, limit).map_err(read_error)
+    }
+
+    fn cursors(&self) -> std::result::Result<Vec<Cursor>, StoreError> {
+        Store::cursors(self).map_err(read_error)
+    }
+}
