@@ -594,7 +594,7 @@ impl Conversation {
             self.strike(conn);
             return;
         }
-        if !ready && !matches!(frame, ClientFrame::Hello { .. }) {
+        if !ready && !matches!(frame, ClientFrame::Hello { .. } | ClientFrame::Ping { .. }) {
             self.error(conn, ErrorCode::NotReady, "send hello first", id);
             self.strike(conn);
             return;

@@ -6,6 +6,7 @@
 //! - `SIM_SEED=n SIM_TRACE=1 cargo test -p ackline-tests --test sim_random -- replay --nocapture`:
 //!   replays one seed and prints its trace.
 
+use std::io::Write as _;
 use std::time::Instant;
 
 use ackline_tests::sim::{self, env_flag, env_u64, Bugs, Options};
@@ -30,7 +31,11 @@ fn run_seeds(default_count: u64) {
     let started = Instant::now();
     let batch = sim::run_many((base..base + count).collect(), threads(), Bugs::default());
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    // Straight to the stderr handle: the test harness captures println!, and
+    // the seed rate and fault mix should show on every `cargo test`.
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
         "simulator: {} of {count} seeds passed (seeds {base}..{}) in {secs:.1}s = {:.0} seeds/s on {} threads; \
          {} messages stored, {:.1} h simulated",
         batch.passed,
@@ -40,7 +45,7 @@ fn run_seeds(default_count: u64) {
         batch.messages,
         batch.sim_ms as f64 / 3_600_000.0
     );
-    println!("fault mix: {}", batch.faults);
+    let _ = writeln!(err, "simulator fault mix: {}", batch.faults);
     if let Some(v) = batch.failures.first() {
         for f in &batch.failures {
             eprintln!("{f}");

@@ -1,0 +1,637 @@
+//! Unit tests of the two state machines, driven by hand against an in-memory
+//! store: each test pins one rule of docs/PROTOCOL.md.
+
+use std::collections::BTreeMap;
+
+use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus};
+use protocol::server::{close, ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, ServerWrite, StoreError};
+use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, ServerFrame, StoredMessage, WriteId};
+
+const T0: u64 = 1_700_000_000_000;
+
+#[derive(Default, Clone)]
+struct Mem {
+    messages: BTreeMap<u64, StoredMessage>,
+    cursors: BTreeMap<String, Cursor>,
+}
+
+impl Mem {
+    fn apply(&mut self, op: &ServerWrite) {
+        match op {
+            ServerWrite::Append(m) => {
+                self.messages.insert(m.seq, m.clone());
+            }
+            ServerWrite::Cursor(c) => {
+                let e = self.cursors.entry(c.device.clone()).or_insert_with(|| c.clone());
+                e.through = e.through.max(c.through);
+            }
+        }
+    }
+}
+
+impl ConversationStore for Mem {
+    fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self.messages.values().next_back().cloned())
+    }
+    fn find(&self, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self.messages.values().find(|m| m.device == device && m.id == id).cloned())
+    }
+    fn after(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        Ok(self.messages.range(after + 1..).take(limit as usize).map(|(_, m)| m.clone()).collect())
+    }
+    fn before(&self, before: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut v: Vec<_> = self.messages.range(..before).rev().take(limit as usize).map(|(_, m)| m.clone()).collect();
+        v.reverse();
+        Ok(v)
+    }
+    fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+        Ok(self.cursors.values().cloned().collect())
+    }
+}
+
+/// A server whose shell applies writes at once but reports durability only
+/// when told (`durable()`), like the simulator.
+struct Server {
+    conv: Conversation,
+    store: Mem,
+    last_write: WriteId,
+    frames: Vec<(ConnId, ServerFrame)>,
+    closes: Vec<(ConnId, u16)>,
+}
+
+impl Server {
+    fn new(cfg: ServerConfig) -> Server {
+        Server::with_store(cfg, Mem::default())
+    }
+    fn with_store(cfg: ServerConfig, store: Mem) -> Server {
+        let conv = Conversation::new(cfg, 1, &store).unwrap();
+        Server { conv, store, last_write: WriteId(0), frames: Vec::new(), closes: Vec::new() }
+    }
+    fn input(&mut self, now: u64, input: ServerInput) {
+        self.conv.handle(now, input, &self.store);
+        while let Some(out) = self.conv.poll_output() {
+            match out {
+                ServerOutput::Frame { conn, frame } => self.frames.push((conn, frame)),
+                ServerOutput::Persist { write, op } => {
+                    self.store.apply(&op);
+                    self.last_write = write;
+                }
+                ServerOutput::Close { conn, code, .. } => self.closes.push((conn, code)),
+            }
+        }
+    }
+    fn durable(&mut self, now: u64) {
+        let through = self.last_write;
+        self.input(now, ServerInput::Durable { through });
+    }
+    fn connect(&mut self, now: u64, conn: u64, user: &str, device: &str) {
+        self.input(now, ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: false });
+    }
+    fn send(&mut self, now: u64, conn: u64, frame: ClientFrame) {
+        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode().into_bytes() });
+    }
+    fn raw(&mut self, now: u64, conn: u64, text: &str) {
+        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: text.as_bytes().to_vec() });
+    }
+    fn take(&mut self) -> Vec<(ConnId, ServerFrame)> {
+        std::mem::take(&mut self.frames)
+    }
+}
+
+fn hello(after: Option<u64>) -> ClientFrame {
+    ClientFrame::Hello { after, chain: None }
+}
+
+fn send(id: &str, body: &str) -> ClientFrame {
+    ClientFrame::Send { id: id.into(), body: body.into() }
+}
+
+fn sent_seqs(frames: &[(ConnId, ServerFrame)]) -> Vec<(String, u64)> {
+    frames
+        .iter()
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Sent { id, seq, .. } => Some((id.clone(), *seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn error_codes(frames: &[(ConnId, ServerFrame)]) -> Vec<ErrorCode> {
+    frames
+        .iter()
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pushed(frames: &[(ConnId, ServerFrame)], to: u64) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|(c, _)| c.0 == to)
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Push { messages } => Some(messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn server_confirms_and_pushes_only_after_durability_with_contiguous_seqs() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    s.take();
+    s.send(T0 + 1, 1, send("m1", "one"));
+    s.send(T0 + 1, 1, send("m2", "two"));
+    assert!(sent_seqs(&s.frames).is_empty(), "nothing confirmed before durability");
+    assert!(pushed(&s.frames, 2).is_empty(), "nothing pushed before durability");
+    s.durable(T0 + 2);
+    let f = s.take();
+    assert_eq!(sent_seqs(&f), vec![("m1".into(), 1), ("m2".into(), 2)]);
+    assert_eq!(pushed(&f, 2), vec![1, 2]);
+    assert_eq!(pushed(&f, 1), vec![1, 2], "the sender's own device gets its messages too");
+    let stats = s.conv.stats();
+    assert_eq!((stats.head, stats.durable_head, stats.connections, stats.members), (2, 2, 2, 2));
+}
+
+#[test]
+fn server_send_is_idempotent_forever_even_after_restart() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    s.send(T0, 1, send("m1", "one"));
+    s.send(T0, 1, send("m1", "one")); // retry before durability: no second message
+    s.durable(T0);
+    s.send(T0, 1, send("m1", "one")); // retry after
+    assert_eq!(sent_seqs(&s.take()), vec![("m1".into(), 1), ("m1".into(), 1)]);
+    // Restart from storage; a retry much later still gets seq 1.
+    let store = s.store.clone();
+    let mut s = Server::with_store(ServerConfig::new("c"), store);
+    s.connect(T0 + 86_400_000, 7, "ann", "a1");
+    s.send(T0 + 86_400_000, 7, hello(Some(1)));
+    s.send(T0 + 86_400_000, 7, send("m1", "one"));
+    s.send(T0 + 86_400_000, 7, send("m2", "two"));
+    s.durable(T0 + 86_400_001);
+    assert_eq!(sent_seqs(&s.take()), vec![("m1".into(), 1), ("m2".into(), 2)]);
+    assert_eq!(s.store.messages.len(), 2);
+}
+
+#[test]
+fn server_rebuilds_head_chain_and_cursors_from_storage() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    s.send(T0, 1, send("m1", "one"));
+    s.durable(T0);
+    s.send(T0, 1, ClientFrame::Ack { seq: 1, ranges: vec![] });
+    s.durable(T0);
+    let chain = s.store.messages[&1].chain;
+    let mut s2 = Server::with_store(ServerConfig::new("c"), s.store.clone());
+    s2.connect(T0, 2, "ann", "a1");
+    s2.send(T0, 2, hello(Some(1)));
+    let f = s2.take();
+    match &f[0].1 {
+        ServerFrame::Welcome { head, chain: c, cursors, .. } => {
+            assert_eq!((*head, *c), (1, chain));
+            assert_eq!(cursors, &vec![Cursor { user: "ann".into(), device: "a1".into(), through: 1 }]);
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+#[test]
+fn server_replaces_a_device_connection_and_enforces_member_limits() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.max_members = 2;
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "ann", "a1");
+    assert_eq!(s.closes, vec![(ConnId(1), close::REPLACED)]);
+    s.connect(T0, 3, "bob", "b1");
+    s.connect(T0, 4, "ann", "a2"); // a second device of a member is fine
+    s.connect(T0, 5, "cat", "c1"); // a third user is not
+    assert_eq!(s.closes.last(), Some(&(ConnId(5), close::POLICY)));
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::TooManyMembers]);
+}
+
+#[test]
+fn server_answers_bad_frames_with_codes_and_closes_abusers() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.abuse_limit = 5;
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, send("m1", "x"));
+    s.raw(T0, 1, "not json");
+    s.raw(T0, 1, r#"{"v":9,"type":"ack","seq":1}"#);
+    s.raw(T0, 1, r#"{"v":1,"type":"launch"}"#);
+    assert_eq!(
+        error_codes(&s.take()),
+        vec![ErrorCode::NotReady, ErrorCode::BadJson, ErrorCode::UnsupportedVersion, ErrorCode::UnknownFrame]
+    );
+    assert!(s.closes.is_empty());
+    s.raw(T0, 1, "{");
+    assert_eq!(s.closes, vec![(ConnId(1), close::POLICY)]);
+    // The connection is forgotten: later frames are ignored.
+    s.raw(T0, 1, "{");
+    assert!(error_codes(&s.take()).len() == 1);
+}
+
+#[test]
+fn server_rate_limits_per_connection_with_a_token_bucket() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.rate_burst = 3;
+    cfg.rate_per_sec = 1;
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    for _ in 0..4 {
+        s.send(T0, 1, ClientFrame::Ping { nonce: 1 }); // ping needs no hello
+    }
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::RateLimited]);
+    s.send(T0 + 1_000, 1, ClientFrame::Ping { nonce: 2 }); // refilled one token
+    assert_eq!(s.take(), vec![(ConnId(1), ServerFrame::Pong { nonce: 2 })]);
+}
+
+#[test]
+fn server_pages_are_bounded_and_never_pass_the_durable_head() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.fresh_page = 3;
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    for i in 0..10 {
+        s.send(T0, 1, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    s.send(T0, 1, send("late", "not durable yet"));
+    s.take();
+    s.send(T0, 1, ClientFrame::Sync { after: Some(2), before: None, limit: 4 });
+    s.send(T0, 1, ClientFrame::Sync { after: Some(8), before: None, limit: 500 });
+    s.send(T0, 1, ClientFrame::Sync { after: None, before: Some(4), limit: 500 });
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 2, hello(None));
+    let pages: Vec<(Vec<u64>, u64, bool)> = s
+        .take()
+        .into_iter()
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Batch { messages, head, more } => Some((messages.iter().map(|m| m.seq).collect(), head, more)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pages,
+        vec![
+            (vec![3, 4, 5, 6], 10, true),
+            (vec![9, 10], 10, false),
+            (vec![1, 2, 3], 10, false),
+            (vec![8, 9, 10], 10, true), // a fresh device's latest page
+        ]
+    );
+}
+
+#[test]
+fn server_pages_respect_the_byte_budget() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.page_bytes = 1_300; // two 400-byte bodies with their fields, not three
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    for i in 0..5 {
+        s.send(T0, 1, send(&format!("m{i}"), &"x".repeat(400)));
+    }
+    s.durable(T0);
+    s.take();
+    s.send(T0, 1, ClientFrame::Sync { after: Some(0), before: None, limit: 500 });
+    match &s.take()[0].1 {
+        ServerFrame::Batch { messages, more, .. } => assert_eq!((messages.len(), *more), (2, true)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn server_resends_unacked_pushes_with_backoff_then_closes() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.max_retries = 2;
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    s.send(T0, 1, send("m1", "x"));
+    s.send(T0, 1, send("m2", "x"));
+    s.durable(T0);
+    s.send(T0, 1, ClientFrame::Ack { seq: 2, ranges: vec![] });
+    s.durable(T0);
+    s.input(T0 + 100, ServerInput::Timeout); // the delivered notice
+    s.take();
+    // bob acknowledges 2 selectively: only 1 is resent.
+    s.send(T0, 2, ClientFrame::Ack { seq: 0, ranges: vec![[2, 2]] });
+    let first = s.conv.poll_timeout().unwrap();
+    assert!((T0 + 1_000..=T0 + 1_300).contains(&first), "first resend after about rto_initial: {}", first - T0);
+    s.input(first, ServerInput::Timeout);
+    assert_eq!(pushed(&s.take(), 2), vec![1]);
+    let second = s.conv.poll_timeout().unwrap();
+    assert!(second - first >= 2_000, "backoff doubles");
+    s.input(second, ServerInput::Timeout);
+    assert_eq!(pushed(&s.take(), 2), vec![1]);
+    let third = s.conv.poll_timeout().unwrap();
+    s.input(third, ServerInput::Timeout);
+    assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
+    assert_eq!(s.conv.stats().connections, 1);
+}
+
+#[test]
+fn server_coalesces_delivered_notices_and_confirms_repeated_acks() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    for i in 0..3 {
+        s.send(T0, 1, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    s.take();
+    s.send(T0 + 1, 2, ClientFrame::Ack { seq: 1, ranges: vec![] });
+    s.durable(T0 + 1);
+    s.send(T0 + 2, 2, ClientFrame::Ack { seq: 3, ranges: vec![] });
+    s.durable(T0 + 2);
+    let due = s.conv.poll_timeout().unwrap();
+    s.input(due, ServerInput::Timeout);
+    let delivered: Vec<_> = s
+        .take()
+        .into_iter()
+        .filter(|(c, f)| c.0 == 1 && matches!(f, ServerFrame::Delivered { .. }))
+        .collect();
+    assert_eq!(delivered.len(), 1, "one notice for both acks");
+    // A repeated ack is confirmed to its sender alone.
+    s.send(due, 2, ClientFrame::Ack { seq: 3, ranges: vec![] });
+    let f = s.take();
+    assert_eq!(f.len(), 1);
+    assert!(matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors }) if cursors[0].through == 3));
+}
+
+// ---------------------------------------------------------------- client
+
+struct Dev {
+    c: Client,
+    sent: Vec<ClientFrame>,
+    shown: Vec<u64>,
+    history: Vec<Vec<u64>>,
+    statuses: Vec<(String, MessageStatus)>,
+    errors: Vec<ClientError>,
+    writes: Vec<(WriteId, ClientWrite)>,
+    disconnects: usize,
+}
+
+impl Dev {
+    fn new(snapshot: ClientSnapshot) -> Dev {
+        Dev {
+            c: Client::new(ClientConfig::new("ann", "a1"), 42, snapshot),
+            sent: vec![],
+            shown: vec![],
+            history: vec![],
+            statuses: vec![],
+            errors: vec![],
+            writes: vec![],
+            disconnects: 0,
+        }
+    }
+    fn drain(&mut self) {
+        while let Some(o) = self.c.poll_output() {
+            match o {
+                ClientOutput::Transmit(f) => self.sent.push(f),
+                ClientOutput::Persist { write, op } => self.writes.push((write, op)),
+                ClientOutput::Message(m) => self.shown.push(m.seq),
+                ClientOutput::History(p) => self.history.push(p.iter().map(|m| m.seq).collect()),
+                ClientOutput::Status { id, status } => self.statuses.push((id, status)),
+                ClientOutput::Error(e) => self.errors.push(e),
+                ClientOutput::Disconnect => self.disconnects += 1,
+            }
+        }
+    }
+    fn input(&mut self, now: u64, i: ClientInput) {
+        self.c.handle(now, i);
+        self.drain();
+    }
+    fn frame(&mut self, now: u64, f: ServerFrame) {
+        self.input(now, ClientInput::Frame(f.encode().into_bytes()));
+    }
+    fn durable(&mut self, now: u64) {
+        if let Some((w, _)) = self.writes.last() {
+            let through = *w;
+            self.input(now, ClientInput::Durable { through });
+        }
+    }
+    fn take_sent(&mut self) -> Vec<ClientFrame> {
+        std::mem::take(&mut self.sent)
+    }
+    fn acks(&mut self) -> Vec<(u64, Vec<[u64; 2]>)> {
+        self.take_sent()
+            .into_iter()
+            .filter_map(|f| match f {
+                ClientFrame::Ack { seq, ranges } => Some((seq, ranges)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn chain_of(n: u64) -> Vec<StoredMessage> {
+    let mut prev = ChainHash::GENESIS;
+    (1..=n)
+        .map(|seq| {
+            let (user, device, id, body) = ("bob", "b1", format!("m{seq}"), format!("body {seq}"));
+            let chain = prev.next(seq, user, device, &id, &body);
+            prev = chain;
+            StoredMessage { seq, user: user.into(), device: device.into(), id, body, at: T0 + seq, chain }
+        })
+        .collect()
+}
+
+fn welcome(head: u64, chain: ChainHash, cursors: Vec<Cursor>) -> ServerFrame {
+    ServerFrame::Welcome { conversation: "c".into(), user: "ann".into(), device: "a1".into(), head, chain, cursors, now: T0 }
+}
+
+/// A device that started at the beginning and is connected and welcomed.
+fn ready_device() -> Dev {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
+    d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.durable(T0);
+    d.take_sent();
+    d
+}
+
+#[test]
+fn client_surfaces_and_acks_only_after_durability() {
+    let mut d = ready_device();
+    let msgs = chain_of(2);
+    d.frame(T0 + 1, ServerFrame::Push { messages: msgs.clone() });
+    assert!(d.shown.is_empty(), "nothing shown before the write is durable");
+    d.input(T0 + 500, ClientInput::Timeout);
+    assert!(d.acks().is_empty(), "nothing acked before the write is durable");
+    d.durable(T0 + 600);
+    assert_eq!(d.shown, vec![1, 2]);
+    let due = d.c.poll_timeout().unwrap();
+    assert!(due <= T0 + 650, "acks are coalesced briefly");
+    d.input(due, ClientInput::Timeout);
+    assert_eq!(d.acks(), vec![(2, vec![])]);
+    // A duplicate is dropped by seq and answered with an immediate ack.
+    d.frame(T0 + 700, ServerFrame::Push { messages: msgs });
+    assert_eq!(d.shown, vec![1, 2]);
+    assert_eq!(d.acks(), vec![(2, vec![])]);
+}
+
+#[test]
+fn client_buffers_out_of_order_pushes_acks_them_selectively_and_fills_the_gap() {
+    let mut d = ready_device();
+    let msgs = chain_of(5);
+    d.frame(T0, ServerFrame::Push { messages: vec![msgs[3].clone(), msgs[4].clone()] });
+    d.durable(T0 + 10);
+    assert!(d.shown.is_empty());
+    let due = d.c.poll_timeout().unwrap();
+    d.input(due, ClientInput::Timeout);
+    assert_eq!(d.acks(), vec![(0, vec![[4, 5]])], "stored out-of-order messages are acked by range");
+    // After the grace period the hole is asked for.
+    let t = T0 + 1_000;
+    d.input(t, ClientInput::Timeout);
+    let syncs: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).collect();
+    assert_eq!(syncs, vec![ClientFrame::Sync { after: Some(0), before: Some(4), limit: 200 }]);
+    d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false });
+    d.durable(t);
+    assert_eq!(d.shown, vec![1, 2, 3, 4, 5]);
+    assert_eq!(d.c.watermark(), Some(5));
+}
+
+#[test]
+fn client_outbox_is_durable_before_the_first_transmit_and_resends_with_backoff() {
+    let mut d = ready_device();
+    let id = d.c.send(T0, "hello").unwrap();
+    d.drain();
+    assert_eq!(id.len(), 26);
+    assert!(d.take_sent().is_empty(), "not transmitted before the outbox write is durable");
+    d.durable(T0 + 1);
+    assert_eq!(d.statuses, vec![(id.clone(), MessageStatus::Pending)]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Send { id: id.clone(), body: "hello".into() }]);
+    let r1 = d.c.poll_timeout().unwrap();
+    d.input(r1, ClientInput::Timeout);
+    assert_eq!(d.take_sent().len(), 1, "resent with the same id");
+    let r2 = d.c.poll_timeout().unwrap();
+    assert!(r2 - r1 > r1 - (T0 + 1), "the backoff grows");
+    d.frame(r2, ServerFrame::Sent { id: id.clone(), seq: 7, at: T0 + 5 });
+    assert_eq!(d.statuses.last(), Some(&(id.clone(), MessageStatus::Sent { seq: 7, at: T0 + 5 })));
+    // Delivered when every other member user has a device through 7.
+    d.frame(r2, ServerFrame::Delivered { cursors: vec![
+        Cursor { user: "bob".into(), device: "b1".into(), through: 7 },
+        Cursor { user: "cat".into(), device: "c1".into(), through: 6 },
+        Cursor { user: "cat".into(), device: "c2".into(), through: 3 },
+    ] });
+    assert!(!matches!(d.statuses.last(), Some((_, MessageStatus::Delivered { .. }))));
+    d.frame(r2, ServerFrame::Delivered { cursors: vec![Cursor { user: "cat".into(), device: "c2".into(), through: 9 }] });
+    assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 7 })));
+    assert_eq!(d.c.outbox_len(), 0);
+}
+
+#[test]
+fn client_restores_its_outbox_and_resends_the_same_id_after_reload() {
+    let mut d = ready_device();
+    let id = d.c.send(T0, "survive me").unwrap();
+    d.drain();
+    d.durable(T0);
+    let outbox = d
+        .writes
+        .iter()
+        .filter_map(|(_, w)| match w {
+            ClientWrite::PutOutbox(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut d2 = Dev::new(ClientSnapshot { outbox, ..ClientSnapshot::default() });
+    d2.input(T0 + 10, ClientInput::Connected);
+    d2.frame(T0 + 10, welcome(0, ChainHash::GENESIS, vec![]));
+    assert!(d2.take_sent().contains(&ClientFrame::Send { id, body: "survive me".into() }));
+}
+
+#[test]
+fn client_refetches_on_a_chain_mismatch_and_reports_persistent_divergence() {
+    let mut d = ready_device();
+    let mut msgs = chain_of(2);
+    msgs[1].body = "tampered".into();
+    d.frame(T0, ServerFrame::Push { messages: msgs.clone() });
+    d.durable(T0);
+    assert_eq!(d.shown, vec![1]);
+    assert_eq!(d.errors, vec![ClientError::ChainMismatch { seq: 2 }]);
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(1), before: None, limit: 200 }));
+    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false });
+    assert!(matches!(d.errors.last(), Some(ClientError::Diverged { seq: 2, .. })));
+    assert_eq!(d.shown, vec![1], "nothing unverified is shown");
+}
+
+#[test]
+fn client_detects_a_server_rolled_back_below_its_watermark() {
+    let mut d = ready_device();
+    d.frame(T0, ServerFrame::Push { messages: chain_of(3) });
+    d.durable(T0);
+    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 2, ClientInput::Connected);
+    let c3 = chain_of(3)[2].chain;
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3) }]);
+    d.frame(T0 + 3, welcome(2, chain_of(2)[1].chain, vec![]));
+    assert_eq!(d.errors, vec![ClientError::Diverged { seq: 2, server_head: 2 }]);
+}
+
+#[test]
+fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
+    let msgs = chain_of(10);
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.take_sent();
+    d.frame(T0, welcome(10, msgs[9].chain, vec![]));
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true });
+    d.durable(T0);
+    assert_eq!(d.shown, vec![8, 9, 10]);
+    assert!(!d.c.history_complete());
+    assert!(d.c.load_older(T0));
+    d.drain();
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: None, before: Some(8), limit: 200 }));
+    // A page that does not chain into seq 8 is refused.
+    let mut bad = msgs[4..7].to_vec();
+    bad[2].body = "forged".into();
+    d.frame(T0, ServerFrame::Batch { messages: bad, head: 10, more: true });
+    assert_eq!(d.errors, vec![ClientError::HistoryMismatch { seq: 8 }]);
+    d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true });
+    d.durable(T0);
+    assert_eq!(d.history, vec![vec![5, 6, 7]]);
+    assert!(d.c.load_older(T0));
+    d.drain();
+    d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false });
+    d.durable(T0);
+    assert_eq!(d.history, vec![vec![5, 6, 7], vec![1, 2, 3, 4]]);
+    assert!(d.c.history_complete());
+    assert!(!d.c.load_older(T0));
+}
+
+#[test]
+fn client_gives_up_on_a_silent_connection() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    let t = d.c.poll_timeout().unwrap();
+    d.input(t, ClientInput::Timeout);
+    assert_eq!(d.disconnects, 1);
+    assert_eq!(d.c.poll_timeout(), None);
+}
+
+#[test]
+fn client_refuses_oversized_bodies() {
+    let mut d = ready_device();
+    let err = d.c.send(T0, "x".repeat(protocol::limits::MAX_BODY_BYTES + 1)).unwrap_err();
+    assert_eq!(err.code(), "body_too_large");
+}
