@@ -635,3 +635,100 @@ fn client_refuses_oversized_bodies() {
     let err = d.c.send(T0, "x".repeat(protocol::limits::MAX_BODY_BYTES + 1)).unwrap_err();
     assert_eq!(err.code(), "body_too_large");
 }
+
+// ------------------------------------------------ regressions from the simulator
+//
+// Each test replays, by hand, a bug the simulator found in a draft of the
+// client (see docs/PROTOCOL.md, "Bugs the simulator found").
+
+/// Seed 1: an armed ack with nothing to acknowledge (watermark 0) was never
+/// cleared, so poll_timeout stayed in the past: a timer storm.
+#[test]
+fn regression_ack_timer_with_nothing_to_ack_does_not_spin() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    // The empty first page overtakes the welcome.
+    d.frame(T0 + 1, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.durable(T0 + 2);
+    d.frame(T0 + 3, welcome(0, ChainHash::GENESIS, vec![]));
+    for _ in 0..10 {
+        let Some(t) = d.c.poll_timeout() else { break };
+        d.input(t, ClientInput::Timeout);
+        assert!(d.c.poll_timeout().is_none_or(|next| next > t), "the timer must move forward");
+    }
+    assert!(d.acks().is_empty());
+}
+
+/// Seed 2: a fresh device acknowledged its `base` (the seq below its first
+/// page) before the inbox record holding that page was durable.
+#[test]
+fn regression_fresh_device_acks_nothing_before_its_first_record_is_durable() {
+    let msgs = chain_of(10);
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.take_sent();
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true });
+    d.frame(T0, welcome(10, msgs[9].chain, vec![]));
+    d.input(T0 + 1_000, ClientInput::Timeout);
+    assert!(d.acks().is_empty());
+    d.durable(T0 + 1_001);
+    let t = d.c.poll_timeout().unwrap();
+    d.input(t, ClientInput::Timeout);
+    assert_eq!(d.acks(), vec![(10, vec![])]);
+}
+
+/// Seed 9: a gap-fill request whose hole was filled by a push kept its
+/// expired deadline armed: another timer storm.
+#[test]
+fn regression_expired_gap_fill_with_nothing_missing_does_not_spin() {
+    let mut d = ready_device();
+    let msgs = chain_of(2);
+    d.frame(T0, ServerFrame::Push { messages: vec![msgs[1].clone()] });
+    d.durable(T0);
+    d.input(T0 + 1_000, ClientInput::Timeout);
+    assert!(d.take_sent().iter().any(|f| matches!(f, ClientFrame::Sync { .. })));
+    d.frame(T0 + 1_001, ServerFrame::Push { messages: vec![msgs[0].clone()] });
+    d.durable(T0 + 1_002);
+    for _ in 0..10 {
+        let Some(t) = d.c.poll_timeout() else { break };
+        d.input(t, ClientInput::Timeout);
+        assert!(d.c.poll_timeout().is_none_or(|next| next > t), "the timer must move forward");
+    }
+}
+
+/// Seed 28: the batch and pushes of a connection arrived before its welcome;
+/// comparing the welcome's head with the inbox *then* reported a divergence.
+#[test]
+fn regression_welcome_overtaken_by_its_own_connection_is_not_divergence() {
+    let msgs = chain_of(11);
+    let mut d = ready_device();
+    d.frame(T0, ServerFrame::Push { messages: msgs[..5].to_vec() });
+    d.durable(T0);
+    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 2, ClientInput::Connected);
+    d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false });
+    d.frame(T0 + 3, ServerFrame::Push { messages: msgs[9..].to_vec() });
+    d.durable(T0 + 4);
+    d.frame(T0 + 5, welcome(9, msgs[8].chain, vec![]));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    assert_eq!(d.shown, (1..=11).collect::<Vec<_>>());
+}
+
+/// Seed 87: a lost `delivered` notice was repaired only by a reconnect, so a
+/// sender that stayed connected never saw its message delivered.
+#[test]
+fn regression_lost_delivered_notice_is_repaired_by_a_refreshing_hello() {
+    let mut d = ready_device();
+    let id = d.c.send(T0, "tick me").unwrap();
+    d.drain();
+    d.durable(T0);
+    d.frame(T0 + 10, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    d.take_sent();
+    // bob stores seq 1, but the notice is lost. Later the client says hello again.
+    let t = d.c.poll_timeout().unwrap();
+    assert!(t <= T0 + 10 + ClientConfig::new("a", "b").status_refresh);
+    d.input(t, ClientInput::Timeout);
+    assert!(matches!(d.take_sent().as_slice(), [ClientFrame::Hello { after: Some(0), .. }]));
+    d.frame(t + 5, welcome(1, chain_of(1)[0].chain, vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }]));
+    assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 1 })));
+}
