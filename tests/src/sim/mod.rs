@@ -135,6 +135,10 @@ pub struct FaultCounts {
     pub lost_writes: u64,
     /// Crashes aimed right after a write.
     pub write_crashes: u64,
+    /// Connections the server closed after unanswered push retries.
+    pub unresponsive_closes: u64,
+    /// Connections the server closed because the device connected again.
+    pub replaced_closes: u64,
 }
 
 impl AddAssign<&FaultCounts> for FaultCounts {
@@ -150,6 +154,8 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.late_joins += o.late_joins;
         self.lost_writes += o.lost_writes;
         self.write_crashes += o.write_crashes;
+        self.unresponsive_closes += o.unresponsive_closes;
+        self.replaced_closes += o.replaced_closes;
     }
 }
 
@@ -159,7 +165,8 @@ impl fmt::Display for FaultCounts {
             f,
             "frames dropped {}, duplicated {}; disconnects {}, partitions {}, server crashes {}, \
              server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
-             crashes right after a write {}, pending writes lost {}",
+             crashes right after a write {}, pending writes lost {}; server closed {} unresponsive \
+             and {} replaced connections",
             self.dropped,
             self.duplicated,
             self.disconnects,
@@ -170,7 +177,9 @@ impl fmt::Display for FaultCounts {
             self.long_offline,
             self.late_joins,
             self.write_crashes,
-            self.lost_writes
+            self.lost_writes,
+            self.unresponsive_closes,
+            self.replaced_closes
         )
     }
 }

@@ -786,8 +786,12 @@ impl World {
                 }
                 ServerOutput::Close { conn, code, reason } => {
                     self.log(|| format!("server closes conn{} {code} {reason}", conn.0));
-                    if code == protocol::server::close::POLICY {
-                        self.fail(format!("server closed an honest client for abuse: {reason}"));
+                    match code {
+                        protocol::server::close::POLICY => {
+                            self.fail(format!("server closed an honest client for abuse: {reason}"))
+                        }
+                        protocol::server::close::UNRESPONSIVE => self.counts.unresponsive_closes += 1,
+                        _ => self.counts.replaced_closes += 1,
                     }
                     self.close_conn(conn.0, false, true);
                 }
@@ -811,6 +815,18 @@ impl World {
             }
             ServerFrame::Welcome { head, .. } if *head > durable.head() => {
                 Err(format!("welcome announces head {head} beyond the durable head {}", durable.head()))
+            }
+            ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors } => {
+                for c in cursors {
+                    let stored = durable.cursors.get(&c.device).map_or(0, |d| d.through);
+                    if c.through > stored {
+                        return Err(format!(
+                            "announces {} stored through {} but only {stored} is durable",
+                            c.device, c.through
+                        ));
+                    }
+                }
+                Ok(())
             }
             ServerFrame::Error { code, message, .. } => {
                 // An honest client never provokes protocol errors; busy
