@@ -29,7 +29,11 @@ suite() {
 }
 
 suite native cargo test
-suite wasm-browser wasm-pack test --headless --chrome --mode no-install client-wasm
+# The client's session tests talk to a real edge that this wrapper starts; its
+# URL is compiled into the tests through ACKLINE_EDGE_URL.
+export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
+suite wasm-browser node tests/browser/lib/with-edge.mjs wasm-client -- \
+  wasm-pack test --headless --chrome --mode no-install client-wasm
 suite e2e-browser node --test --test-concurrency=1 tests/browser/
 
 printf '\n==== summary\n'

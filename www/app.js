@@ -1,28 +1,18 @@
-// Walking-skeleton demo: loads the wasm client, connects to the conversation's
-// Durable Object, and shows each line coming back with its stored seq.
-import init, { Connection } from './pkg/ackline.js';
+// Ackline demo chat. Uses the `ackline` package exactly as an app would:
+// open a client with a token, join a conversation, render its events.
+import init, { Ackline } from './pkg/ackline.js';
 
 const params = new URLSearchParams(location.search);
 const conversation = params.get('c') || 'lobby';
 const user = params.get('user') || 'guest';
-const device = params.get('device') || `web-${Math.random().toString(36).slice(2, 10)}`;
+// One device id per browser profile and user, kept across reloads.
+const deviceKey = `ackline-demo-device-${user}`;
+const device = params.get('device') || localStorage.getItem(deviceKey) || `${user}-${Math.random().toString(36).slice(2, 8)}`;
+localStorage.setItem(deviceKey, device);
 
 const statusEl = document.getElementById('status');
 const list = document.getElementById('messages');
-
-function setStatus(state, text) {
-  statusEl.dataset.state = state;
-  statusEl.textContent = text;
-}
-
-function show(text, cls) {
-  const li = document.createElement('li');
-  if (cls) li.className = cls;
-  li.textContent = text;
-  list.append(li);
-  list.scrollTop = list.scrollHeight;
-  return li;
-}
+const rows = new Map(); // client message id -> <li>
 
 // Dev-only: the local edge mints tokens when ACKLINE_DEV_TOKENS=1. A real app
 // gets its token from its own backend.
@@ -37,21 +27,75 @@ async function devToken() {
   return body.token;
 }
 
-await init();
-const wsUrl = new URL(`/v1/conversations/${encodeURIComponent(conversation)}/connect`, location.href);
-wsUrl.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+function row(id) {
+  let li = rows.get(id);
+  if (!li) {
+    li = document.createElement('li');
+    li.dataset.id = id;
+    li.innerHTML = '<span class="seq"></span><span class="who"></span><span class="body"></span><span class="tick"></span>';
+    rows.set(id, li);
+  }
+  return li;
+}
 
-let conn;
+function place(li) {
+  // Stored messages in seq order, pending ones (no seq yet) at the end.
+  const seq = Number(li.dataset.seq || Infinity);
+  const after = [...list.children].find((other) => other !== li && Number(other.dataset.seq || Infinity) > seq);
+  if (after) list.insertBefore(li, after); else list.append(li);
+  list.scrollTop = list.scrollHeight;
+}
+
+function setState(li, state) {
+  li.dataset.state = state;
+  li.querySelector('.tick').textContent = { pending: '🕓', sent: '✓', delivered: '✓✓', failed: '⚠' }[state] || '';
+}
+
+function showStored(m) {
+  const li = row(m.id);
+  li.dataset.seq = String(m.seq);
+  li.querySelector('.seq').textContent = `#${m.seq}`;
+  li.querySelector('.who').textContent = m.mine ? 'you' : m.user;
+  li.querySelector('.body').textContent = m.body;
+  li.title = new Date(m.at).toLocaleString();
+  if (!m.mine) setState(li, 'received');
+  else if (!['delivered'].includes(li.dataset.state)) setState(li, 'sent');
+  place(li);
+}
+
+function showPending(p) {
+  const li = row(p.id);
+  if (li.dataset.seq) return;
+  li.querySelector('.who').textContent = 'you';
+  li.querySelector('.body').textContent = p.body;
+  setState(li, 'pending');
+  place(li);
+}
+
+await init();
+let client;
+let room;
 try {
-  wsUrl.search = new URLSearchParams({ access_token: await devToken() }).toString();
-  conn = await Connection.open(wsUrl.href, (frame) => {
-    if (frame.type === 'welcome') statusEl.dataset.head = String(frame.head);
-    if (frame.type === 'error') show(`error ${frame.code}: ${frame.message}`, 'error');
+  client = await Ackline.open({ url: location.origin, token: devToken, dbName: `ackline-demo-${user}-${device}` });
+  client.on('status', (s) => {
+    statusEl.dataset.state = s.state;
+    statusEl.dataset.outbox = String(s.outbox);
+    statusEl.textContent = `${s.state}${s.outbox ? ` · ${s.outbox} unsent` : ''}${s.lastError ? ` · ${s.lastError.code}` : ''}`;
   });
-  setStatus('open', `connected to ${conversation} (${statusEl.dataset.head} stored)`);
-  window.ackline = conn; // for tests and curious users
+  room = await client.conversation(conversation);
+  room.on('message', showStored);
+  room.on('pending', showPending);
+  room.on('update', (u) => {
+    const li = row(u.id);
+    if (u.seq) li.dataset.seq = String(u.seq);
+    if (u.status !== 'pending' || !li.dataset.state) setState(li, u.status);
+  });
+  for (const p of room.pending()) showPending(p);
+  for (const m of await room.history({ limit: 50 })) showStored(m);
+  window.ackline = { client, room }; // for tests and curious users
 } catch (e) {
-  setStatus('error', `offline: ${e.message}`);
+  statusEl.dataset.state = 'error';
+  statusEl.textContent = `error: ${e.code || ''} ${e.message}`;
 }
 
 document.getElementById('composer').addEventListener('submit', async (event) => {
@@ -59,18 +103,9 @@ document.getElementById('composer').addEventListener('submit', async (event) => 
   const input = document.getElementById('body');
   const body = input.value;
   input.value = '';
-  const li = show(body);
-  li.dataset.state = 'pending';
   try {
-    const { seq } = await conn.send(body);
-    li.dataset.seq = String(seq);
-    li.dataset.state = 'sent';
-    const tag = document.createElement('span');
-    tag.className = 'seq';
-    tag.textContent = `#${seq}`;
-    li.prepend(tag);
+    await room.send(body);
   } catch (e) {
-    li.classList.add('error');
-    li.title = `${e.code}: ${e.message}`;
+    statusEl.textContent = `send failed: ${e.code}: ${e.message}`;
   }
 });

@@ -1,7 +1,21 @@
-//! Ackline browser client (walking skeleton): a WebSocket connection to one
-//! conversation that sends messages and resolves each `send` when the server has
-//! stored it and answered with its sequence number.
+//! Ackline browser client: reliable chat delivery over WebSocket, with every
+//! message and the outbox kept in IndexedDB.
+//!
+//! ```js
+//! import init, { Ackline } from 'ackline';
+//! await init();
+//! const client = await Ackline.open({ url: 'https://chat.example', token });
+//! const room = await client.conversation('lobby');
+//! room.on('message', (m) => show(m));          // each stored message once, in seq order
+//! room.on('update', (u) => tick(u.id, u.status)); // pending -> sent -> delivered
+//! const { id, seq } = await room.send('hello'); // resolves once the server stored it
+//! ```
+//!
+//! The delivery logic lives in the sans-IO `protocol` crate; this crate is the
+//! shell that gives it a WebSocket, IndexedDB and timers (see `session.rs`).
 
+mod errors;
+mod session;
 pub mod store;
 
 use std::cell::RefCell;
@@ -9,146 +23,350 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use js_sys::{Function, Promise};
-use protocol::{ClientFrame, ServerFrame};
+use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{MessageEvent, WebSocket};
 
-type Settle = (Function, Function);
+use crate::errors::js_error;
+use crate::session::{Listeners, Session, SessionConfig, TokenSource};
+use crate::store::IdbStore;
 
-/// A live connection to one conversation.
-#[wasm_bindgen]
-pub struct Connection {
-    ws: WebSocket,
-    pending: Rc<RefCell<HashMap<String, Settle>>>,
-    // Keeps the message handler alive as long as the connection.
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
+pub use crate::errors::to_js;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** Options of `Ackline.open`. */
+export interface OpenOptions {
+  /** Base URL of the Ackline edge, e.g. "https://chat.example" (http(s) or ws(s)). */
+  url: string;
+  /** A JWT from your backend, or a function returning one (called on every (re)connect). */
+  token: string | (() => string | Promise<string>);
+  /** IndexedDB database name (default "ackline"); use one per signed-in user. */
+  dbName?: string;
 }
 
-/// The error a JS caller sees: an `Error` with a stable `code`.
-fn js_error(code: &str, message: &str) -> JsValue {
-    let err = js_sys::Error::new(message);
-    // Setting a property on a fresh Error object cannot fail.
-    let _ = js_sys::Reflect::set(&err, &"code".into(), &code.into());
-    err.into()
+/** A message stored by the server, as delivered to every member device. */
+export interface Message {
+  conversation: string;
+  seq: number;
+  /** Client message id (ULID) chosen by the sending device. */
+  id: string;
+  user: string;
+  device: string;
+  body: string;
+  /** Server time of storage, epoch milliseconds. */
+  at: number;
+  /** Sent from this device. */
+  mine: boolean;
 }
 
-fn to_js<T: serde::Serialize>(value: &T) -> JsValue {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .unwrap_or(JsValue::NULL)
+/** An own message accepted locally and queued in the outbox. */
+export interface PendingMessage {
+  conversation: string;
+  id: string;
+  body: string;
+  created: number;
 }
 
-/// What `send` resolves with.
-#[derive(serde::Serialize)]
-struct SendResult<'a> {
-    id: &'a str,
-    seq: u64,
-    at: u64,
+/** Status change of an own message. */
+export interface MessageUpdate {
+  conversation: string;
+  id: string;
+  status: "pending" | "sent" | "delivered" | "failed";
+  seq?: number;
+  at?: number;
+  /** Set when status is "failed". */
+  code?: string;
 }
 
-fn random_id() -> String {
-    let now = js_sys::Date::now() as u64;
-    let rand = (js_sys::Math::random() * 4294967296.0) as u64;
-    format!("{now:012x}{rand:08x}")
+/** What `send` resolves with. */
+export interface SendResult { id: string; seq: number; at: number; }
+
+export interface ConnectionStatus {
+  conversation: string;
+  state: "connecting" | "open" | "offline" | "closed";
+  /** Messages not yet confirmed by the server. */
+  outbox: number;
+  lastError: { code: string; message: string } | null;
 }
 
-#[wasm_bindgen]
-impl Connection {
-    /// Opens a WebSocket to `url`, says hello and resolves once the server
-    /// welcomed it. `on_frame` receives every server frame as a plain object.
-    pub async fn open(url: String, on_frame: Function) -> Result<Connection, JsValue> {
-        let ws = WebSocket::new(&url).map_err(|_| js_error("bad_url", "cannot open WebSocket"))?;
-        let pending: Rc<RefCell<HashMap<String, Settle>>> = Rc::default();
-        // Settled by the first `welcome` (resolve) or a socket error (reject).
-        let welcome: Rc<RefCell<Option<Settle>>> = Rc::default();
-        let welcomed = Promise::new(&mut |resolve, reject| {
-            *welcome.borrow_mut() = Some((resolve, reject));
-        });
-        let on_open = {
-            let ws = ws.clone();
-            Closure::once_into_js(move || {
-                let _ = ws.send_with_str(&ClientFrame::Hello { after: None, chain: None }.encode());
-            })
+/** An error event, and the shape of every rejected promise (an Error with a code). */
+export interface AcklineError extends Error { code: string; }
+
+export interface ConversationEvents {
+  message: Message;
+  pending: PendingMessage;
+  update: MessageUpdate;
+}
+
+export interface ClientEvents {
+  status: ConnectionStatus;
+  error: { conversation: string; code: string; message: string };
+}
+"#;
+
+#[derive(Deserialize)]
+struct TokenClaims {
+    sub: String,
+    device: String,
+}
+
+/// Reads `sub` and `device` from a JWT's payload (the server verifies it; the
+/// client only needs to know who it is).
+fn token_identity(token: &str) -> Result<TokenClaims, JsValue> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(base64url_decode)
+        .ok_or_else(|| js_error("bad_token", "the token is not a JWT"))?;
+    serde_json::from_slice(&payload)
+        .map_err(|e| js_error("bad_token", &format!("the token has no sub/device claims: {e}")))
+}
+
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for b in text.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => break,
+            _ => return None,
         };
-        ws.set_onopen(Some(on_open.unchecked_ref()));
-        let on_error = {
-            let welcome = welcome.clone();
-            Closure::once_into_js(move || {
-                if let Some((_, reject)) = welcome.borrow_mut().take() {
-                    let _ = reject.call1(&JsValue::NULL, &js_error("connect_failed", "WebSocket failed"));
-                }
-            })
-        };
-        ws.set_onerror(Some(on_error.unchecked_ref()));
-        let on_message = {
-            let pending = pending.clone();
-            Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
-                let Some(text) = event.data().as_string() else { return };
-                let frame = match ServerFrame::decode(text.as_bytes()) {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        web_sys::console::warn_1(&format!("ackline: bad server frame: {e}").into());
-                        return;
-                    }
-                };
-                match &frame {
-                    ServerFrame::Welcome { .. } => {
-                        if let Some((resolve, _)) = welcome.borrow_mut().take() {
-                            let _ = resolve.call1(&JsValue::NULL, &to_js(&frame));
-                        }
-                    }
-                    ServerFrame::Sent { id, seq, at } => {
-                        if let Some((resolve, _)) = pending.borrow_mut().remove(id) {
-                            let result = to_js(&SendResult { id, seq: *seq, at: *at });
-                            let _ = resolve.call1(&JsValue::NULL, &result);
-                        }
-                    }
-                    ServerFrame::Error { id: Some(id), code, message } => {
-                        if let Some((_, reject)) = pending.borrow_mut().remove(id) {
-                            let _ = reject.call1(&JsValue::NULL, &js_error(code.as_str(), message));
-                        }
-                    }
-                    _ => {}
-                }
-                let _ = on_frame.call1(&JsValue::NULL, &to_js(&frame));
-            })
-        };
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        wasm_bindgen_futures::JsFuture::from(welcomed).await?;
-        Ok(Connection {
-            ws,
-            pending,
-            _on_message: on_message,
-        })
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
     }
+    Some(out)
+}
 
-    /// Sends `body`; resolves with `{ id, seq, at }` once the server stored it.
-    pub fn send(&self, body: String) -> Promise {
-        let id = random_id();
-        let frame = ClientFrame::Send { id: id.clone(), body }.encode();
-        let pending = self.pending.clone();
-        let ws = self.ws.clone();
-        Promise::new(&mut |resolve, reject| {
-            if ws.send_with_str(&frame).is_err() {
-                let _ = reject.call1(&JsValue::NULL, &js_error("not_connected", "socket is not open"));
-                return;
+fn socket_base(url: &str) -> Result<String, JsValue> {
+    let url = url.trim_end_matches('/');
+    let rest = url
+        .strip_prefix("https://")
+        .map(|r| format!("wss://{r}"))
+        .or_else(|| url.strip_prefix("http://").map(|r| format!("ws://{r}")))
+        .or_else(|| (url.starts_with("ws://") || url.starts_with("wss://")).then(|| url.to_owned()));
+    rest.ok_or_else(|| js_error("bad_url", "url must start with http://, https://, ws:// or wss://"))
+}
+
+struct ClientState {
+    store: Rc<IdbStore>,
+    socket_base: String,
+    token: TokenSource,
+    user: String,
+    device: String,
+    listeners: Rc<Listeners>,
+    sessions: RefCell<HashMap<String, Session>>,
+    /// window `online` and document `visibilitychange` handlers.
+    _wake: Option<Closure<dyn FnMut()>>,
+}
+
+/// An Ackline client: one device, any number of conversations.
+#[wasm_bindgen]
+pub struct Ackline {
+    state: Rc<ClientState>,
+}
+
+#[wasm_bindgen]
+impl Ackline {
+    /// Opens the local database and prepares a client. Rejects with
+    /// `code` `store_unavailable`, `store_blocked`, `bad_url` or `bad_token`.
+    #[wasm_bindgen(unchecked_return_type = "Ackline")]
+    pub async fn open(#[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue) -> Result<Ackline, JsValue> {
+        let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).unwrap_or(JsValue::UNDEFINED);
+        let url = get("url")
+            .as_string()
+            .ok_or_else(|| js_error("bad_options", "options.url (string) is required"))?;
+        let socket_base = socket_base(&url)?;
+        let token_value = get("token");
+        let (token, first) = if let Some(t) = token_value.as_string() {
+            (TokenSource::Fixed(t.clone()), t)
+        } else if let Some(f) = token_value.dyn_ref::<Function>() {
+            let value = f.call0(&JsValue::NULL)?;
+            let value = match value.dyn_into::<Promise>() {
+                Ok(p) => wasm_bindgen_futures::JsFuture::from(p).await?,
+                Err(v) => v,
+            };
+            let first = value
+                .as_string()
+                .ok_or_else(|| js_error("bad_token", "the token callback must return a string"))?;
+            (TokenSource::Callback(f.clone()), first)
+        } else {
+            return Err(js_error("bad_options", "options.token must be a string or a function"));
+        };
+        let identity = token_identity(&first)?;
+        let db_name = get("dbName").as_string().unwrap_or_else(|| "ackline".to_owned());
+        let store = IdbStore::open(&db_name).await?;
+        let state = Rc::new_cyclic(|weak: &std::rc::Weak<ClientState>| {
+            let weak = weak.clone();
+            let wake = Closure::<dyn FnMut()>::new(move || {
+                if let Some(state) = weak.upgrade() {
+                    let sessions: Vec<Session> = state.sessions.borrow().values().cloned().collect();
+                    for s in sessions {
+                        s.nudge();
+                    }
+                }
+            });
+            if let Some(window) = web_sys::window() {
+                let _ = window.add_event_listener_with_callback("online", wake.as_ref().unchecked_ref());
+                if let Some(doc) = window.document() {
+                    let _ = doc.add_event_listener_with_callback("visibilitychange", wake.as_ref().unchecked_ref());
+                }
             }
-            pending.borrow_mut().insert(id.clone(), (resolve, reject));
-        })
+            ClientState {
+                store: Rc::new(store),
+                socket_base,
+                token,
+                user: identity.sub,
+                device: identity.device,
+                listeners: Rc::new(Listeners::default()),
+                sessions: RefCell::new(HashMap::new()),
+                _wake: Some(wake),
+            }
+        });
+        Ok(Ackline { state })
     }
 
-    /// Sends raw text, for demonstrating how the server answers bad input.
-    #[wasm_bindgen(js_name = sendRaw)]
-    pub fn send_raw(&self, text: String) -> Result<(), JsValue> {
-        self.ws
-            .send_with_str(&text)
-            .map_err(|_| js_error("not_connected", "socket is not open"))
+    /// The user id from the token.
+    #[wasm_bindgen(getter)]
+    pub fn user(&self) -> String {
+        self.state.user.clone()
     }
 
-    /// Closes the connection.
+    /// The device id from the token.
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> String {
+        self.state.device.clone()
+    }
+
+    /// The session of conversation `id` (one per id; opened on first call):
+    /// restores its stored state and starts connecting.
+    #[wasm_bindgen(unchecked_return_type = "Conversation")]
+    pub async fn conversation(&self, id: String) -> Result<Conversation, JsValue> {
+        if let Some(existing) = self.state.sessions.borrow().get(&id) {
+            return Ok(Conversation { session: existing.clone() });
+        }
+        let cfg = SessionConfig {
+            socket_url: format!(
+                "{}/v1/conversations/{}/connect",
+                self.state.socket_base,
+                String::from(js_sys::encode_uri_component(&id))
+            ),
+            token: self.state.token.clone(),
+            conversation: id.clone(),
+            user: self.state.user.clone(),
+            device: self.state.device.clone(),
+        };
+        let session = Session::start(cfg, self.state.store.clone(), self.state.listeners.clone()).await?;
+        // Another call may have opened it meanwhile: keep the first.
+        let session = self
+            .state
+            .sessions
+            .borrow_mut()
+            .entry(id)
+            .or_insert(session)
+            .clone();
+        Ok(Conversation { session })
+    }
+
+    /// Listens to client events: `status` (connection state, outbox size, last
+    /// error, per conversation) and `error`.
+    pub fn on(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "keyof ClientEvents")] event: String,
+        listener: Function,
+    ) {
+        self.state.listeners.add(&event, listener);
+    }
+
+    /// Removes a listener added with `on`.
+    pub fn off(&self, event: String, listener: Function) {
+        self.state.listeners.remove(&event, &listener);
+    }
+
+    /// Cuts (false) or restores (true) every connection of this client on purpose.
+    #[wasm_bindgen(js_name = setOnline)]
+    pub fn set_online(&self, online: bool) {
+        let sessions: Vec<Session> = self.state.sessions.borrow().values().cloned().collect();
+        for s in sessions {
+            s.set_online(online);
+        }
+    }
+
+    /// Closes every connection and the database. Unfinished `send` promises
+    /// reject with code `closed`; their messages stay in the outbox and are sent
+    /// by the next client opened on this database.
     pub fn close(&self) {
-        let _ = self.ws.close();
+        let sessions: Vec<Session> = self.state.sessions.borrow_mut().drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            s.close();
+        }
+        self.state.store.close();
+    }
+}
+
+/// One conversation of a client.
+#[wasm_bindgen]
+pub struct Conversation {
+    session: Session,
+}
+
+#[wasm_bindgen]
+impl Conversation {
+    /// Sends `body`. The message is in the outbox (and announced with a
+    /// `pending` event) at once; the promise resolves with `{ id, seq, at }` once
+    /// the server stored it, and rejects with an Error with a `code` if the body
+    /// is too large or the server refuses it.
+    #[wasm_bindgen(unchecked_return_type = "Promise<SendResult>")]
+    pub fn send(&self, body: String) -> Promise {
+        self.session.send(body)
+    }
+
+    /// Listens to `message` (each stored message once, in seq order, own ones
+    /// included), `pending` (an own message entered the outbox) and `update`
+    /// (an own message became sent, delivered or failed).
+    pub fn on(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "keyof ConversationEvents")] event: String,
+        listener: Function,
+    ) {
+        self.session.listeners.add(&event, listener);
+    }
+
+    /// Removes a listener added with `on`.
+    pub fn off(&self, event: String, listener: Function) {
+        self.session.listeners.remove(&event, &listener);
+    }
+
+    /// Up to `limit` (default 50) messages below seq `before` (default: all),
+    /// ascending: from IndexedDB first, fetching older pages from the server
+    /// when the local copy has fewer.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Message[]>")]
+    pub fn history(&self, #[wasm_bindgen(unchecked_param_type = "{ before?: number; limit?: number }")] options: JsValue) -> Promise {
+        let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).ok().and_then(|v| v.as_f64());
+        let before = get("before").map_or(protocol::MAX_SEQ, |b| b.max(0.0) as u64);
+        let limit = get("limit").map_or(50, |l| l.clamp(1.0, f64::from(protocol::limits::MAX_PAGE)) as u32);
+        let session = self.session.clone();
+        wasm_bindgen_futures::future_to_promise(async move { session.history(before, limit).await })
+    }
+
+    /// Own messages that were still unconfirmed when the page loaded.
+    #[wasm_bindgen(unchecked_return_type = "PendingMessage[]")]
+    pub fn pending(&self) -> JsValue {
+        self.session.pending_messages()
+    }
+
+    /// Messages of this conversation not yet confirmed by the server.
+    #[wasm_bindgen(getter, js_name = outboxSize)]
+    pub fn outbox_size(&self) -> usize {
+        self.session.outbox_len()
     }
 }
 

@@ -1,17 +1,31 @@
 //! The browser client's IndexedDB store, through the `idb` crate.
 //!
-//! One database per client (`IdbStore::open(name)`) with four object stores:
+//! It stores exactly what the core's client machine ([`protocol::Client`]) asks
+//! for, so the shell is a thin loop: every `ClientOutput::Persist { write, op }`
+//! becomes one [`IdbStore::apply`] (or several, batched, one [`IdbStore::apply_all`]),
+//! and when it resolves the shell feeds `ClientInput::Durable { through: write }`
+//! back. On start, [`IdbStore::load_snapshot`] gives the [`ClientSnapshot`] for
+//! `Client::new`.
+//!
+//! One database per client (`IdbStore::open(name)`) with four object stores; the
+//! records of one conversation are told apart by a `conversation` field:
 //!
 //! | store | key | records |
 //! |---|---|---|
 //! | `messages` | `["conversation", "seq"]` | [`StoredMessage`] fields plus `conversation` |
-//! | `outbox` | `"id"`, index `by_conversation` on `["conversation", "created_at"]` | [`OutboxRecord`] |
-//! | `conversations` | `"conversation"` | [`ConversationRecord`] (watermark, chain head, oldest seq) |
+//! | `outbox` | `"id"`, index `by_conversation` on `["conversation", "created"]` | [`OutboxEntry`] fields plus `conversation` |
+//! | `conversations` | `"conversation"` | [`InboxState`] fields plus `conversation` |
 //! | `meta` | `"key"` | `{ key, value }` (the device id) |
 //!
 //! Schema versions, applied in order by the `upgradeneeded` handler from whatever
 //! version the database has (0 for a new one): v1 creates `messages`, `outbox` and
-//! `meta`; v2 adds `conversations` and the outbox's `by_conversation` index.
+//! `meta`; v2 adds `conversations`; v3 stores the core's records: outbox records
+//! get `created` (from v1/v2's `created_at`, which is removed along with
+//! `attempts`) and `seq`/`at` = null, the `by_conversation` index moves to
+//! `["conversation", "created"]`, and conversation records get `base` = 0 and
+//! `oldest` = null (v2's `oldest` was a bare seq; `watermark` and `chain` are
+//! kept). Messages and the device id are unchanged. A record that is not an
+//! object is left as it was (and reads of it report [`StoreError::Corrupt`]).
 //!
 //! Guarantees:
 //! - Every write resolves only after its transaction's `complete` event, and every
@@ -20,6 +34,11 @@
 //!   three-line hand-written binding of `IDBDatabase.transaction(names, mode, options)`
 //!   is used instead (see `transaction_with_options`); browsers without the option
 //!   ignore it.
+//! - Writes commit in the order they were called, even when the caller does not
+//!   await one before starting the next: every write transaction spans the same
+//!   three stores (`messages`, `outbox`, `conversations`), and IndexedDB runs
+//!   read-write transactions with overlapping scopes in creation order. That is
+//!   the order the core requires for `Durable { through }`.
 //! - A write is all-or-nothing: if anything fails while its requests are being
 //!   queued, the transaction is aborted, so a batch is never half stored.
 //! - Nothing from the browser is unwrapped: every failure becomes a [`StoreError`]
@@ -34,11 +53,12 @@
 //! values above 2^53 - 1 are rejected with [`StoreError::Failed`].
 
 use std::cell::{Cell, RefCell};
+use std::future::IntoFuture;
 use std::rc::Rc;
 
 use idb::{CursorDirection, Factory, IndexParams, KeyPath, KeyRange, ObjectStore, ObjectStoreParams, Query};
 use js_sys::{Array, Object, Promise, Reflect};
-use protocol::{ChainHash, Millis, Seq, StoredMessage};
+use protocol::{ChainHash, ClientSnapshot, ClientWrite, InboxState, Millis, OutboxEntry, Seq, StoredMessage};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -46,45 +66,18 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{DomException, IdbDatabase, IdbOpenDbRequest, IdbTransaction, IdbTransactionMode, IdbVersionChangeEvent};
 
 /// Current schema version. Opening runs the upgrade steps from the stored version.
-pub const DB_VERSION: u32 = 2;
+pub const DB_VERSION: u32 = 3;
 
 const MESSAGES: &str = "messages";
 const OUTBOX: &str = "outbox";
 const CONVERSATIONS: &str = "conversations";
 const META: &str = "meta";
 const BY_CONVERSATION: &str = "by_conversation";
+/// The scope of every write transaction (see the ordering guarantee above).
+const WRITE_SCOPE: [&str; 3] = [MESSAGES, OUTBOX, CONVERSATIONS];
 const DEVICE_ID_KEY: &str = "device_id";
 /// Rejection value of the open promise when the open request reports `blocked`.
 const BLOCKED: &str = "ackline:blocked";
-
-/// A message typed by the user and not yet confirmed by the server.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct OutboxRecord {
-    /// Client message id (the idempotency key of `send`); the record's key.
-    pub id: String,
-    /// Conversation the message goes to.
-    pub conversation: String,
-    /// Message text.
-    pub body: String,
-    /// Local creation time; the outbox is read in `(created_at, id)` order.
-    pub created_at: Millis,
-    /// How many times it has been transmitted.
-    pub attempts: u32,
-}
-
-/// What the device knows about one conversation.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct ConversationRecord {
-    /// Conversation id; the record's key.
-    pub conversation: String,
-    /// Highest seq such that 1..=watermark are stored locally (the cumulative ack).
-    pub watermark: Seq,
-    /// Chain value at `watermark` (stored as 32 hex digits).
-    pub chain: ChainHash,
-    /// Lowest seq stored locally, for paging back through history.
-    #[serde(default)]
-    pub oldest: Option<Seq>,
-}
 
 /// Why a store operation failed. [`StoreError::code`] is stable for the app.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +217,29 @@ struct MessageRow<'a> {
     chain: &'a ChainHash,
 }
 
+/// The `outbox` record: an [`OutboxEntry`] plus its conversation (read back
+/// straight into `OutboxEntry`, which ignores `conversation`).
+#[derive(Serialize)]
+struct OutboxRow<'a> {
+    conversation: &'a str,
+    id: &'a str,
+    body: &'a str,
+    created: Millis,
+    seq: Option<Seq>,
+    at: Option<Millis>,
+}
+
+/// The `conversations` record: an [`InboxState`] plus its conversation (read back
+/// straight into `InboxState`).
+#[derive(Serialize)]
+struct InboxRow<'a> {
+    conversation: &'a str,
+    base: Seq,
+    watermark: Seq,
+    chain: &'a ChainHash,
+    oldest: Option<&'a StoredMessage>,
+}
+
 /// The `meta` record.
 #[derive(Serialize, Deserialize)]
 struct MetaRow {
@@ -300,8 +316,13 @@ impl std::fmt::Debug for IdbStore {
     }
 }
 
-/// Creates the object stores of every version above `old`, in order.
-fn upgrade(req: &IdbOpenDbRequest, old: f64) -> Result<(), StoreError> {
+type Slot = Rc<RefCell<Option<StoreError>>>;
+
+/// Runs the upgrade steps of every version above `old`, in order, inside the
+/// version change transaction. Record migrations finish asynchronously (the
+/// transaction waits for their requests); a failure there is put in `slot` and
+/// aborts the transaction, which fails the open.
+fn upgrade(req: &IdbOpenDbRequest, old: f64, slot: &Slot) -> Result<(), StoreError> {
     let db: IdbDatabase = req
         .result()
         .map_err(|e| from_js(&e))?
@@ -324,12 +345,157 @@ fn upgrade(req: &IdbOpenDbRequest, old: f64) -> Result<(), StoreError> {
         let mut params = ObjectStoreParams::new();
         params.key_path(Some(KeyPath::new_single("conversation")));
         db.create_object_store(CONVERSATIONS, params).map_err(from_idb)?;
-        let outbox = tx.object_store(OUTBOX).map(ObjectStore::from).map_err(|e| from_js(&e))?;
+    }
+    if old < 3.0 {
+        let raw_outbox = tx.object_store(OUTBOX).map_err(|e| from_js(&e))?;
+        let outbox = ObjectStore::from(raw_outbox.clone());
+        // v2 indexed ["conversation", "created_at"].
+        if outbox.index_names().iter().any(|n| n == BY_CONVERSATION) {
+            outbox.delete_index(BY_CONVERSATION).map_err(from_idb)?;
+        }
         outbox
-            .create_index(BY_CONVERSATION, KeyPath::new_array(["conversation", "created_at"]), Some(IndexParams::new()))
+            .create_index(BY_CONVERSATION, KeyPath::new_array(["conversation", "created"]), Some(IndexParams::new()))
             .map_err(from_idb)?;
+        if old >= 1.0 {
+            migrate_records(&tx, raw_outbox, slot, outbox_v3)?;
+        }
+        if old >= 2.0 {
+            let conversations = tx.object_store(CONVERSATIONS).map_err(|e| from_js(&e))?;
+            migrate_records(&tx, conversations, slot, conversation_v3)?;
+        }
     }
     Ok(())
+}
+
+/// Rewrites every record of `store` with `fix` (records that are not objects are
+/// left alone): one `getAll`, then one `put` per record from its success handler.
+fn migrate_records(
+    tx: &IdbTransaction,
+    store: web_sys::IdbObjectStore,
+    slot: &Slot,
+    fix: fn(&Object) -> Result<(), JsValue>,
+) -> Result<(), StoreError> {
+    let req = store.get_all().map_err(|e| from_js(&e))?;
+    let on_success = {
+        let (req, tx, slot) = (req.clone(), tx.clone(), slot.clone());
+        Closure::once_into_js(move |_: JsValue| {
+            let result = (|| -> Result<(), JsValue> {
+                let rows: Array = req.result()?.dyn_into()?;
+                for row in rows.iter() {
+                    if let Some(obj) = row.dyn_ref::<Object>() {
+                        fix(obj)?;
+                        store.put(obj)?;
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                *slot.borrow_mut() = Some(match from_js(&e) {
+                    StoreError::Failed(m) => StoreError::Failed(format!("upgrade to v3: {m}")),
+                    other => other,
+                });
+                let _ = tx.abort();
+            }
+        })
+    };
+    // An error event aborts the version change transaction by itself.
+    req.set_onsuccess(Some(on_success.unchecked_ref()));
+    Ok(())
+}
+
+fn field(row: &Object, name: &str) -> Result<JsValue, JsValue> {
+    Reflect::get(row, &JsValue::from_str(name))
+}
+
+fn set_field(row: &Object, name: &str, value: &JsValue) -> Result<(), JsValue> {
+    Reflect::set(row, &JsValue::from_str(name), value).map(|_| ())
+}
+
+/// v1/v2 outbox record `{ id, conversation, body, created_at, attempts }` to v3
+/// `{ id, conversation, body, created, seq: null, at: null }`.
+fn outbox_v3(row: &Object) -> Result<(), JsValue> {
+    let created_at = field(row, "created_at")?;
+    if !created_at.is_undefined() {
+        if field(row, "created")?.is_undefined() {
+            set_field(row, "created", &created_at)?;
+        }
+        Reflect::delete_property(row, &JsValue::from_str("created_at"))?;
+    }
+    Reflect::delete_property(row, &JsValue::from_str("attempts"))?;
+    for name in ["seq", "at"] {
+        if field(row, name)?.is_undefined() {
+            set_field(row, name, &JsValue::NULL)?;
+        }
+    }
+    Ok(())
+}
+
+/// v2 conversation record `{ conversation, watermark, chain, oldest: seq }` to v3
+/// `{ conversation, base: 0, watermark, chain, oldest: null }` (a v2 device stored
+/// from seq 1 on, so its history is complete).
+fn conversation_v3(row: &Object) -> Result<(), JsValue> {
+    if field(row, "base")?.is_undefined() {
+        set_field(row, "base", &JsValue::from_f64(0.0))?;
+    }
+    set_field(row, "oldest", &JsValue::NULL)
+}
+
+/// Queues the requests of one core write in `tx` (which spans [`WRITE_SCOPE`]).
+fn queue_write(tx: &Tx, conversation: &str, op: &ClientWrite) -> Result<(), StoreError> {
+    match op {
+        ClientWrite::Inbox { messages, state } => {
+            let store = tx.store(MESSAGES)?;
+            for m in messages {
+                let row = to_js(&MessageRow {
+                    conversation,
+                    seq: m.seq,
+                    user: &m.user,
+                    device: &m.device,
+                    id: &m.id,
+                    body: &m.body,
+                    at: m.at,
+                    chain: &m.chain,
+                })?;
+                store.put(&row, None).map_err(from_idb)?;
+            }
+            if let Some(state) = state {
+                let row = to_js(&InboxRow {
+                    conversation,
+                    base: state.base,
+                    watermark: state.watermark,
+                    chain: &state.chain,
+                    oldest: state.oldest.as_ref(),
+                })?;
+                tx.store(CONVERSATIONS)?.put(&row, None).map_err(from_idb)?;
+            }
+        }
+        ClientWrite::PutOutbox(entry) => {
+            let row = to_js(&OutboxRow {
+                conversation,
+                id: &entry.id,
+                body: &entry.body,
+                created: entry.created,
+                seq: entry.seq,
+                at: entry.at,
+            })?;
+            tx.store(OUTBOX)?.put(&row, None).map_err(from_idb)?;
+        }
+        ClientWrite::RemoveOutbox { id } => {
+            // Deleting a missing key succeeds. The key names no conversation: ids are
+            // ULIDs, unique across conversations.
+            tx.store(OUTBOX)?.delete(JsValue::from_str(id)).map_err(from_idb)?;
+        }
+        ClientWrite::ClearInbox => {
+            tx.store(MESSAGES)?.delete(all_of(conversation)?).map_err(from_idb)?;
+            tx.store(CONVERSATIONS)?.delete(JsValue::from_str(conversation)).map_err(from_idb)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every `[conversation, number]` key of one conversation.
+fn all_of(conversation: &str) -> Result<Query, StoreError> {
+    key_range(&seq_key(conversation, f64::NEG_INFINITY), &seq_key(conversation, f64::INFINITY), false, false)
 }
 
 impl IdbStore {
@@ -345,12 +511,12 @@ impl IdbStore {
             other => other,
         })?;
 
-        let upgrade_error: Rc<RefCell<Option<StoreError>>> = Rc::default();
+        let upgrade_error: Slot = Rc::default();
         let on_upgrade = {
             let req = req.clone();
             let slot = upgrade_error.clone();
             Closure::once(move |event: IdbVersionChangeEvent| {
-                if let Err(e) = upgrade(&req, event.old_version()) {
+                if let Err(e) = upgrade(&req, event.old_version(), &slot) {
                     if let Some(tx) = req.transaction() {
                         let _ = tx.abort();
                     }
@@ -497,85 +663,75 @@ impl IdbStore {
         }
     }
 
-    /// Stores (or replaces) an outbox record; resolves once it is durably committed.
-    pub async fn put_outbox(&self, rec: &OutboxRecord) -> Result<(), StoreError> {
-        let value = to_js(rec)?;
-        self.write(&[OUTBOX], |tx| {
-            tx.store(OUTBOX)?.put(&value, None).map_err(from_idb)?;
-            Ok(())
-        })
-        .await
+    /// Carries out one core write (`ClientOutput::Persist { op, .. }` of the
+    /// client of `conversation`) in one strict read-write transaction; resolves
+    /// after `complete`, so the shell may then report `Durable { through: write }`.
+    ///
+    /// - `Inbox { messages, state }`: puts every message (keyed by
+    ///   `(conversation, seq)`, so repeating a write is harmless) and, when `state`
+    ///   is given, replaces the conversation's inbox record.
+    /// - `PutOutbox(entry)`: inserts or replaces the entry (keyed by its id).
+    /// - `RemoveOutbox { id }`: deletes the entry (a missing one is ignored).
+    /// - `ClearInbox`: deletes every message of the conversation and its inbox
+    ///   record (other conversations and the outbox are untouched).
+    pub async fn apply(&self, conversation: &str, op: &ClientWrite) -> Result<(), StoreError> {
+        self.apply_all(conversation, std::slice::from_ref(op)).await
     }
 
-    /// Deletes the outbox records with these ids (missing ones are ignored), in one
-    /// transaction.
-    pub async fn remove_outbox(&self, ids: &[String]) -> Result<(), StoreError> {
-        if ids.is_empty() {
+    /// Carries out several core writes, in order, in ONE strict read-write
+    /// transaction (all or none of them are stored); resolves after `complete`,
+    /// so every one of them is durable then. For batching consecutive `Persist`
+    /// outputs: report `Durable { through }` with the last one's write id.
+    pub async fn apply_all(&self, conversation: &str, ops: &[ClientWrite]) -> Result<(), StoreError> {
+        if ops.is_empty() {
             return self.check();
         }
-        self.write(&[OUTBOX], |tx| {
-            let outbox = tx.store(OUTBOX)?;
-            for id in ids {
-                outbox.delete(JsValue::from_str(id)).map_err(from_idb)?;
-            }
-            Ok(())
-        })
-        .await
+        let mut scope: Vec<&str> = Vec::new();
+        for op in ops { let need: &[&str] = match op { ClientWrite::PutOutbox(_) | ClientWrite::RemoveOutbox { .. } => &[OUTBOX], _ => &[MESSAGES, CONVERSATIONS] }; for n in need { if !scope.contains(n) { scope.push(n) } } }
+        self.write(&scope, |tx| ops.iter().try_for_each(|op| queue_write(tx, conversation, op))).await
     }
 
-    /// The outbox of one conversation in creation order (`created_at`, then `id`).
-    pub async fn outbox(&self, conversation: &str) -> Result<Vec<OutboxRecord>, StoreError> {
-        let tx = self.read_tx(&[OUTBOX])?;
-        let index = tx.store(OUTBOX)?.index(BY_CONVERSATION).map_err(from_idb)?;
-        let range = key_range(&seq_key(conversation, f64::NEG_INFINITY), &seq_key(conversation, f64::INFINITY), false, false)?;
-        let rows = index.get_all(Some(range), None).map_err(from_idb)?.await.map_err(from_idb)?;
-        rows.into_iter()
-            .map(|v| serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("outbox record", e)))
-            .collect()
-    }
-
-    /// Writes `messages` (idempotent puts keyed by `(conversation, seq)`) and the
-    /// conversation record `state` in ONE transaction; resolves after `complete`, so
-    /// the caller may ack the batch then. `state.conversation` is ignored: the record
-    /// is stored under `conversation`.
-    pub async fn store_batch(
-        &self,
-        conversation: &str,
-        messages: &[StoredMessage],
-        state: &ConversationRecord,
-    ) -> Result<(), StoreError> {
-        let record = to_js(&ConversationRecord { conversation: conversation.to_owned(), ..state.clone() })?;
-        self.write(&[MESSAGES, CONVERSATIONS], |tx| {
-            let store = tx.store(MESSAGES)?;
-            for m in messages {
-                let row = to_js(&MessageRow {
-                    conversation,
-                    seq: m.seq,
-                    user: &m.user,
-                    device: &m.device,
-                    id: &m.id,
-                    body: &m.body,
-                    at: m.at,
-                    chain: &m.chain,
-                })?;
-                store.put(&row, None).map_err(from_idb)?;
-            }
-            tx.store(CONVERSATIONS)?.put(&record, None).map_err(from_idb)?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// The stored state of one conversation, if any.
-    pub async fn conversation(&self, conversation: &str) -> Result<Option<ConversationRecord>, StoreError> {
-        let tx = self.read_tx(&[CONVERSATIONS])?;
-        let row = tx
-            .store(CONVERSATIONS)?
-            .get(JsValue::from_str(conversation))
+    /// What the client of `conversation` needs on start, read in one transaction:
+    /// the inbox record (`None` if there is none), the stored messages above its
+    /// watermark in ascending seq (none without an inbox record), and the outbox
+    /// in creation order (`created`, then `id`).
+    pub async fn load_snapshot(&self, conversation: &str) -> Result<ClientSnapshot, StoreError> {
+        let tx = self.read_tx(&WRITE_SCOPE)?;
+        let messages = tx.store(MESSAGES)?;
+        // `into_future` attaches the request's handlers: do it before awaiting
+        // anything, or an early success event would be missed.
+        let inbox = tx.store(CONVERSATIONS)?.get(JsValue::from_str(conversation)).map_err(from_idb)?.into_future();
+        let outbox = tx
+            .store(OUTBOX)?
+            .index(BY_CONVERSATION)
             .map_err(from_idb)?
+            .get_all(Some(all_of(conversation)?), None)
+            .map_err(from_idb)?
+            .into_future();
+        let inbox: Option<InboxState> = inbox
             .await
-            .map_err(from_idb)?;
-        row.map(|v| serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("conversation record", e))).transpose()
+            .map_err(from_idb)?
+            .map(|v| serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("inbox record", e)))
+            .transpose()?;
+        let above = match &inbox {
+            Some(state) => {
+                let range = key_range(
+                    &seq_key(conversation, state.watermark as f64),
+                    &seq_key(conversation, f64::INFINITY),
+                    true,
+                    false,
+                )?;
+                decode_messages(messages.get_all(Some(range), None).map_err(from_idb)?.await.map_err(from_idb)?)?
+            }
+            None => Vec::new(),
+        };
+        let outbox = outbox
+            .await
+            .map_err(from_idb)?
+            .into_iter()
+            .map(|v| serde_wasm_bindgen::from_value::<OutboxEntry>(v).map_err(|e| corrupt("outbox record", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ClientSnapshot { inbox, above, outbox })
     }
 
     /// The `limit` highest-seq messages with `seq < before`, returned ascending.

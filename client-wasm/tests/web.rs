@@ -1,7 +1,7 @@
-//! Browser tests of the client (run by `wasm-pack test --headless --chrome`).
+//! API-level browser tests that need no server (run by `wasm-pack test --headless --chrome`).
 #![cfg(target_arch = "wasm32")]
 
-use ackline::{protocol_version, Connection};
+use ackline::{protocol_version, Ackline};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::*;
 
@@ -12,14 +12,26 @@ fn speaks_protocol_version_1() {
     assert_eq!(protocol_version(), 1);
 }
 
-#[wasm_bindgen_test]
-async fn unreachable_server_rejects_with_a_coded_error() {
-    let on_frame = js_sys::Function::new_no_args("");
-    let err = match Connection::open("ws://127.0.0.1:9/v1/conversations/x/connect".into(), on_frame).await {
-        Ok(_) => panic!("connecting to a closed port must fail"),
+async fn open_error(options: &str) -> (String, String) {
+    let parsed = js_sys::JSON::parse(options).unwrap();
+    let err = match Ackline::open(parsed).await {
+        Ok(_) => panic!("open must fail for {options}"),
         Err(err) => err,
     };
+    assert!(err.is_instance_of::<js_sys::Error>(), "errors are JS Error objects");
     let code = js_sys::Reflect::get(&err, &JsValue::from_str("code")).unwrap();
-    assert_eq!(code.as_string().as_deref(), Some("connect_failed"));
-    assert!(err.is_instance_of::<js_sys::Error>());
+    let message = js_sys::Reflect::get(&err, &JsValue::from_str("message")).unwrap();
+    (code.as_string().unwrap(), message.as_string().unwrap())
+}
+
+#[wasm_bindgen_test]
+async fn bad_options_reject_with_coded_errors() {
+    assert_eq!(open_error(r#"{}"#).await.0, "bad_options");
+    assert_eq!(open_error(r#"{"url":"ftp://x","token":"a.b.c"}"#).await.0, "bad_url");
+    assert_eq!(open_error(r#"{"url":"http://x"}"#).await.0, "bad_options");
+    assert_eq!(open_error(r#"{"url":"http://x","token":"not-a-jwt"}"#).await.0, "bad_token");
+    // A JWT whose payload lacks the device claim.
+    let (code, message) = open_error(r#"{"url":"http://x","token":"e30.eyJzdWIiOiJhbm4ifQ.sig"}"#).await;
+    assert_eq!(code, "bad_token");
+    assert!(message.contains("device"), "{message}");
 }

@@ -1,0 +1,858 @@
+//! One conversation's session in the page: the shell around [`protocol::Client`].
+//!
+//! It carries the core's outputs out — frames onto the WebSocket, writes into
+//! IndexedDB (batched: every write queued while a transaction runs goes into
+//! the next one, in order), app events to JS listeners — and feeds back socket
+//! events, transaction completions and the one timer the core asks for.
+//! Reconnects back off exponentially with full jitter and react to
+//! `online`/`offline` and page visibility; a heartbeat (`ping` every
+//! [`HEARTBEAT_MS`] while idle) detects half-open connections.
+//!
+//! Listeners are called only after every internal borrow is released, so a
+//! listener may call back into the client (for example `send` from inside a
+//! `message` handler).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+
+use gloo_timers::callback::Timeout;
+use js_sys::Function;
+use protocol::{
+    Client, ClientConfig, ClientError, ClientFrame, ClientInput, ClientOutput, ClientWrite,
+    MessageStatus, Millis, StoredMessage, WriteId,
+};
+use serde::Serialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+use crate::errors::{js_error, to_js};
+use crate::store::{IdbStore, StoreError};
+
+/// Idle time after which the client pings the server.
+pub const HEARTBEAT_MS: u32 = 15_000;
+/// Without any frame for this long after a ping, the connection is taken as dead.
+pub const HEARTBEAT_DEAD_MS: f64 = 10_000.0;
+/// First reconnect delay; doubles per failed attempt up to [`RECONNECT_MAX_MS`].
+pub const RECONNECT_BASE_MS: f64 = 250.0;
+/// Largest reconnect delay.
+pub const RECONNECT_MAX_MS: f64 = 15_000.0;
+/// Retry delay after IndexedDB refused a write.
+const STORE_RETRY_MS: u32 = 1_000;
+
+pub(crate) fn now() -> Millis {
+    js_sys::Date::now() as Millis
+}
+
+/// Connection state reported in `status` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// Opening the socket or waiting for `welcome`.
+    Connecting,
+    /// Connected and synchronised.
+    Open,
+    /// Not connected; a reconnect is scheduled (or the browser is offline).
+    Offline,
+    /// `close()` was called.
+    Closed,
+}
+
+/// A message as the app sees it.
+#[derive(Serialize)]
+struct AppMessage<'a> {
+    conversation: &'a str,
+    seq: u64,
+    id: &'a str,
+    user: &'a str,
+    device: &'a str,
+    body: &'a str,
+    at: u64,
+    mine: bool,
+}
+
+impl<'a> AppMessage<'a> {
+    fn new(conversation: &'a str, m: &'a StoredMessage, device: &str) -> Self {
+        AppMessage {
+            conversation,
+            seq: m.seq,
+            id: &m.id,
+            user: &m.user,
+            device: &m.device,
+            body: &m.body,
+            at: m.at,
+            mine: m.device == device,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PendingEvent<'a> {
+    conversation: &'a str,
+    id: &'a str,
+    body: &'a str,
+    created: u64,
+}
+
+#[derive(Serialize)]
+struct UpdateEvent<'a> {
+    conversation: &'a str,
+    id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct SendResult<'a> {
+    id: &'a str,
+    seq: u64,
+    at: u64,
+}
+
+#[derive(Serialize, Clone)]
+pub(crate) struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct StatusEvent<'a> {
+    conversation: &'a str,
+    state: LinkState,
+    outbox: usize,
+    #[serde(rename = "lastError")]
+    last_error: Option<&'a ErrorInfo>,
+}
+
+/// Events for JS listeners, collected under the borrow and fired after it.
+enum AppEvent {
+    Conversation(&'static str, JsValue),
+    Client(&'static str, JsValue),
+    Resolve(Function, JsValue),
+    Reject(Function, JsValue),
+}
+
+/// How the session gets a token for each (re)connect.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// A fixed token.
+    Fixed(String),
+    /// A JS function returning a token or a promise of one.
+    Callback(Function),
+}
+
+/// Who this session is and where it connects.
+pub struct SessionConfig {
+    /// `ws://` or `wss://` URL of the connect route, without the token.
+    pub socket_url: String,
+    /// Source of tokens.
+    pub token: TokenSource,
+    /// Conversation id.
+    pub conversation: String,
+    /// Authenticated user (the token's `sub`).
+    pub user: String,
+    /// Authenticated device (the token's `device`).
+    pub device: String,
+}
+
+/// Listener lists shared by the client object and its sessions.
+#[derive(Default)]
+pub struct Listeners {
+    map: RefCell<HashMap<String, Vec<Function>>>,
+}
+
+impl Listeners {
+    pub fn add(&self, event: &str, f: Function) {
+        self.map.borrow_mut().entry(event.to_owned()).or_default().push(f);
+    }
+
+    pub fn remove(&self, event: &str, f: &Function) {
+        if let Some(list) = self.map.borrow_mut().get_mut(event) {
+            list.retain(|g| !Object_is(g, f));
+        }
+    }
+
+    fn fire(&self, event: &str, value: &JsValue) {
+        let list = self.map.borrow().get(event).cloned().unwrap_or_default();
+        for f in list {
+            if let Err(e) = f.call1(&JsValue::NULL, value) {
+                web_sys::console::error_2(&format!("ackline: '{event}' listener threw").into(), &e);
+            }
+        }
+    }
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = Object, js_name = is)]
+    fn Object_is(a: &JsValue, b: &JsValue) -> bool;
+}
+
+struct Inner {
+    cfg: SessionConfig,
+    core: Client,
+    store: Rc<IdbStore>,
+    ws: Option<WebSocket>,
+    /// Keeps the socket's handlers alive while it is current.
+    ws_handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+    state: LinkState,
+    /// Wanted offline by the app (`setOnline(false)`) or the browser.
+    held_offline: bool,
+    closed: bool,
+    reconnect_attempts: u32,
+    reconnect_timer: Option<Timeout>,
+    core_timer: Option<(Millis, Timeout)>,
+    heartbeat_timer: Option<Timeout>,
+    last_rx: f64,
+    /// Writes waiting for the next IndexedDB transaction, in order.
+    writes: VecDeque<(WriteId, ClientWrite)>,
+    writer_running: bool,
+    /// `send()` promises by client message id.
+    sends: HashMap<String, (Function, Function)>,
+    /// `history()` promises waiting for the next page from the server.
+    history_waiters: Vec<(Function, Function)>,
+    last_error: Option<ErrorInfo>,
+    events: Vec<AppEvent>,
+    /// The core dropped the connection; `pump` schedules a reconnect.
+    reconnect_wanted: bool,
+    /// Outbox entries without a seq when the page loaded.
+    initial_pending: Vec<protocol::OutboxEntry>,
+}
+
+/// A conversation session; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Session {
+    inner: Rc<RefCell<Inner>>,
+    /// Conversation-level listeners (`message`, `pending`, `update`).
+    pub listeners: Rc<Listeners>,
+    /// Client-level listeners (`status`, `error`).
+    client_listeners: Rc<Listeners>,
+}
+
+impl Session {
+    /// Loads the conversation's snapshot from IndexedDB and starts connecting.
+    pub async fn start(
+        cfg: SessionConfig,
+        store: Rc<IdbStore>,
+        client_listeners: Rc<Listeners>,
+    ) -> Result<Session, StoreError> {
+        let snapshot = store.load_snapshot(&cfg.conversation).await?;
+        let seed = (js_sys::Math::random() * 9007199254740991.0) as u64 ^ now();
+        let core = Client::new(ClientConfig::new(&cfg.user, &cfg.device), seed, snapshot.clone());
+        let session = Session {
+            inner: Rc::new(RefCell::new(Inner {
+                cfg,
+                core,
+                store,
+                ws: None,
+                ws_handlers: Vec::new(),
+                state: LinkState::Connecting,
+                held_offline: false,
+                closed: false,
+                reconnect_attempts: 0,
+                reconnect_timer: None,
+                core_timer: None,
+                heartbeat_timer: None,
+                last_rx: 0.0,
+                writes: VecDeque::new(),
+                writer_running: false,
+                sends: HashMap::new(),
+                history_waiters: Vec::new(),
+                last_error: None,
+                events: Vec::new(),
+                reconnect_wanted: false,
+                initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
+            })),
+            listeners: Rc::new(Listeners::default()),
+            client_listeners,
+        };
+        session.connect();
+        Ok(session)
+    }
+
+    fn weak(&self) -> WeakSession {
+        WeakSession {
+            inner: Rc::downgrade(&self.inner),
+            listeners: Rc::downgrade(&self.listeners),
+            client_listeners: Rc::downgrade(&self.client_listeners),
+        }
+    }
+
+    /// Messages that were still unconfirmed in the outbox when the page loaded
+    /// (sent before a reload or a crash), for the app to show as pending.
+    pub fn pending_messages(&self) -> JsValue {
+        let inner = self.inner.borrow();
+        let conv = inner.cfg.conversation.clone();
+        let list = js_sys::Array::new();
+        for e in &inner.initial_pending {
+            if e.seq.is_none() {
+                list.push(&to_js(&PendingEvent {
+                    conversation: &conv,
+                    id: &e.id,
+                    body: &e.body,
+                    created: e.created,
+                }));
+            }
+        }
+        list.into()
+    }
+
+    /// Queues a message; the promise resolves with `{id, seq, at}` once stored.
+    pub fn send(&self, body: String) -> js_sys::Promise {
+        let mut reject_now = None;
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed {
+                reject_now = Some((reject, js_error("closed", "the client was closed")));
+                return;
+            }
+            match inner.core.send(now(), body.clone()) {
+                Ok(id) => {
+                    let conv = inner.cfg.conversation.clone();
+                    let created = now();
+                    inner.events.push(AppEvent::Conversation(
+                        "pending",
+                        to_js(&PendingEvent { conversation: &conv, id: &id, body: &body, created }),
+                    ));
+                    inner.sends.insert(id, (resolve, reject));
+                }
+                Err(e) => reject_now = Some((reject, client_error_js(&e))),
+            }
+        });
+        if let Some((reject, err)) = reject_now {
+            let _ = reject.call1(&JsValue::NULL, &err);
+        }
+        self.pump();
+        promise
+    }
+
+    /// Local history below `before` (resolves once the server was asked for
+    /// older messages when the local copy has fewer than `limit`).
+    pub async fn history(&self, before: u64, limit: u32) -> Result<JsValue, JsValue> {
+        let (store, conv) = {
+            let inner = self.inner.borrow();
+            (inner.store.clone(), inner.cfg.conversation.clone())
+        };
+        let mut page = store.messages_before(&conv, before, limit).await?;
+        let reached_start = page.first().is_some_and(|m| m.seq == 1) || before <= 1;
+        if (page.len() as u32) < limit && !reached_start {
+            let waiter = js_sys::Promise::new(&mut |resolve, reject| {
+                let mut inner = self.inner.borrow_mut();
+                if inner.core.load_older(now()) {
+                    inner.history_waiters.push((resolve, reject));
+                } else {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+            });
+            self.pump();
+            wasm_bindgen_futures::JsFuture::from(waiter).await?;
+            page = store.messages_before(&conv, before, limit).await?;
+        }
+        let device = self.inner.borrow().cfg.device.clone();
+        let list = js_sys::Array::new();
+        for m in &page {
+            list.push(&to_js(&AppMessage::new(&conv, m, &device)));
+        }
+        Ok(list.into())
+    }
+
+    /// Cuts (false) or restores (true) this session's connection on purpose.
+    pub fn set_online(&self, online: bool) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.held_offline = !online;
+            inner.reconnect_attempts = 0;
+        }
+        if online {
+            self.connect();
+        } else {
+            self.drop_socket(LinkState::Offline);
+            self.pump();
+        }
+    }
+
+    /// The browser went online/offline or the page became visible.
+    pub fn nudge(&self) {
+        let disconnected = {
+            let inner = self.inner.borrow();
+            inner.ws.is_none() && !inner.closed && !inner.held_offline
+        };
+        if disconnected {
+            self.inner.borrow_mut().reconnect_attempts = 0;
+            self.connect();
+        }
+    }
+
+    /// Closes the socket and stops every timer; pending promises reject.
+    pub fn close(&self) {
+        self.drop_socket(LinkState::Closed);
+        let mut inner = self.inner.borrow_mut();
+        inner.closed = true;
+        inner.reconnect_timer = None;
+        inner.core_timer = None;
+        inner.heartbeat_timer = None;
+        let err = js_error("closed", "the client was closed");
+        let sends: Vec<_> = inner.sends.drain().map(|(_, (_, reject))| reject).collect();
+        let waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
+        drop(inner);
+        for reject in sends.into_iter().chain(waiters) {
+            let _ = reject.call1(&JsValue::NULL, &err);
+        }
+    }
+
+    /// Number of messages not yet confirmed by the server.
+    pub fn outbox_len(&self) -> usize {
+        self.inner.borrow().core.outbox_len()
+    }
+
+    fn connect(&self) {
+        {
+            let inner = self.inner.borrow();
+            if inner.closed || inner.held_offline || inner.ws.is_some() {
+                return;
+            }
+        }
+        self.set_state(LinkState::Connecting);
+        let token = self.inner.borrow().cfg.token.clone();
+        let weak = self.weak();
+        wasm_bindgen_futures::spawn_local(async move {
+            let token = match token {
+                TokenSource::Fixed(t) => Ok(t),
+                TokenSource::Callback(f) => resolve_token(&f).await,
+            };
+            let Some(session) = weak.upgrade() else { return };
+            match token {
+                Ok(token) => session.open_socket(&token),
+                Err(e) => {
+                    session.record_error("token_failed", &format!("token callback failed: {e:?}"));
+                    session.schedule_reconnect();
+                    session.pump();
+                }
+            }
+        });
+    }
+
+    fn open_socket(&self, token: &str) {
+        let url = {
+            let inner = self.inner.borrow();
+            if inner.closed || inner.held_offline || inner.ws.is_some() {
+                return;
+            }
+            let sep = if inner.cfg.socket_url.contains('?') { '&' } else { '?' };
+            format!("{}{sep}access_token={}", inner.cfg.socket_url, js_sys::encode_uri_component(token))
+        };
+        let ws = match WebSocket::new(&url) {
+            Ok(ws) => ws,
+            Err(_) => {
+                self.record_error("bad_url", "cannot open a WebSocket to the configured url");
+                self.schedule_reconnect();
+                self.pump();
+                return;
+            }
+        };
+        let weak = self.weak();
+        let on_open = Closure::<dyn FnMut(JsValue)>::new({
+            let weak = weak.clone();
+            move |_| {
+                if let Some(s) = weak.upgrade() {
+                    s.on_open();
+                }
+            }
+        });
+        let on_message = Closure::<dyn FnMut(JsValue)>::new({
+            let weak = weak.clone();
+            move |event: JsValue| {
+                let Some(s) = weak.upgrade() else { return };
+                let Some(text) = event.dyn_ref::<MessageEvent>().and_then(|e| e.data().as_string()) else {
+                    return;
+                };
+                s.on_frame(text);
+            }
+        });
+        let on_close = Closure::<dyn FnMut(JsValue)>::new({
+            let weak = weak.clone();
+            move |event: JsValue| {
+                if let Some(s) = weak.upgrade() {
+                    let reason = event
+                        .dyn_ref::<CloseEvent>()
+                        .map(|e| (e.code(), e.reason()))
+                        .unwrap_or((1006, String::new()));
+                    s.on_socket_closed(reason);
+                }
+            }
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        let mut inner = self.inner.borrow_mut();
+        inner.ws = Some(ws);
+        inner.ws_handlers = vec![on_open, on_message, on_close];
+    }
+
+    fn on_open(&self) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.last_rx = js_sys::Date::now();
+            inner.core.handle(now(), ClientInput::Connected);
+        }
+        self.arm_heartbeat();
+        self.pump();
+    }
+
+    fn on_frame(&self, text: String) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.last_rx = js_sys::Date::now();
+            let was_ready = inner.core.is_ready();
+            inner.core.handle(now(), ClientInput::Frame(text.into_bytes()));
+            if !was_ready && inner.core.is_ready() {
+                inner.reconnect_attempts = 0;
+                inner.state = LinkState::Open;
+                inner.push_status();
+            }
+        }
+        self.pump();
+    }
+
+    fn on_socket_closed(&self, (code, reason): (u16, String)) {
+        let (closed, held) = {
+            let inner = self.inner.borrow();
+            (inner.closed, inner.held_offline)
+        };
+        self.drop_socket(if closed { LinkState::Closed } else { LinkState::Offline });
+        if code == 1008 || (4000..5000).contains(&code) {
+            self.record_error("connection_closed", &format!("server closed the connection ({code}): {reason}"));
+        }
+        if !closed && !held {
+            self.schedule_reconnect();
+        }
+        self.pump();
+    }
+
+    /// Forgets the current socket (closing it) and tells the core.
+    fn drop_socket(&self, state: LinkState) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(ws) = inner.ws.take() {
+            ws.set_onopen(None);
+            ws.set_onmessage(None);
+            ws.set_onclose(None);
+            let _ = ws.close();
+            inner.core.handle(now(), ClientInput::Disconnected);
+        }
+        inner.ws_handlers.clear();
+        inner.heartbeat_timer = None;
+        inner.state = state;
+        inner.push_status();
+    }
+
+    fn schedule_reconnect(&self) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.closed || inner.held_offline {
+            return;
+        }
+        let ceiling = (RECONNECT_BASE_MS * 2f64.powi(inner.reconnect_attempts.min(16) as i32)).min(RECONNECT_MAX_MS);
+        // Full jitter: a uniformly random delay up to the ceiling, so that many
+        // clients cut at once do not reconnect in lockstep.
+        let delay = (js_sys::Math::random() * ceiling).max(50.0) as u32;
+        inner.reconnect_attempts += 1;
+        let weak = self.weak();
+        inner.reconnect_timer = Some(Timeout::new(delay, move || {
+            if let Some(s) = weak.upgrade() {
+                s.inner.borrow_mut().reconnect_timer = None;
+                s.connect();
+            }
+        }));
+    }
+
+    fn arm_heartbeat(&self) {
+        let weak = self.weak();
+        self.inner.borrow_mut().heartbeat_timer = Some(Timeout::new(HEARTBEAT_MS, move || {
+            let Some(s) = weak.upgrade() else { return };
+            s.heartbeat();
+        }));
+    }
+
+    fn heartbeat(&self) {
+        let idle = {
+            let inner = self.inner.borrow();
+            if inner.ws.is_none() {
+                return;
+            }
+            js_sys::Date::now() - inner.last_rx
+        };
+        if idle >= f64::from(HEARTBEAT_MS) + HEARTBEAT_DEAD_MS {
+            // Nothing came back, not even a pong: a half-open connection.
+            self.record_error("heartbeat_timeout", "no answer from the server; reconnecting");
+            self.drop_socket(LinkState::Offline);
+            self.schedule_reconnect();
+            self.pump();
+            return;
+        }
+        if idle >= f64::from(HEARTBEAT_MS) {
+            if let Some(ws) = &self.inner.borrow().ws {
+                let _ = ws.send_with_str(&ClientFrame::Ping { nonce: now() }.encode());
+            }
+        }
+        let weak = self.weak();
+        self.inner.borrow_mut().heartbeat_timer = Some(Timeout::new(HEARTBEAT_MS / 3, move || {
+            if let Some(s) = weak.upgrade() {
+                s.heartbeat();
+            }
+        }));
+    }
+
+    fn record_error(&self, code: &str, message: &str) {
+        let mut inner = self.inner.borrow_mut();
+        inner.last_error = Some(ErrorInfo {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        });
+        let conv = inner.cfg.conversation.clone();
+        inner.events.push(AppEvent::Client(
+            "error",
+            to_js(&serde_json::json!({ "conversation": conv, "code": code, "message": message })),
+        ));
+        inner.push_status();
+    }
+
+    fn set_state(&self, state: LinkState) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.state != state {
+            inner.state = state;
+            inner.push_status();
+        }
+    }
+
+    /// Carries out the core's outputs, starts the writer, re-arms the timer and
+    /// fires app events. Call after every input.
+    pub fn pump(&self) {
+        let (start_writer, reconnect) = {
+            let mut inner = self.inner.borrow_mut();
+            inner.drain_outputs();
+            let reconnect = std::mem::take(&mut inner.reconnect_wanted);
+            inner.arm_core_timer(self.weak());
+            let start = !inner.writes.is_empty() && !inner.writer_running;
+            if start {
+                inner.writer_running = true;
+            }
+            (start, reconnect)
+        };
+        if reconnect {
+            self.schedule_reconnect();
+        }
+        if start_writer {
+            let weak = self.weak();
+            wasm_bindgen_futures::spawn_local(async move { run_writer(weak).await });
+        }
+        self.fire_events();
+    }
+
+    fn fire_events(&self) {
+        let events = std::mem::take(&mut self.inner.borrow_mut().events);
+        for event in events {
+            match event {
+                AppEvent::Conversation(name, value) => self.listeners.fire(name, &value),
+                AppEvent::Client(name, value) => self.client_listeners.fire(name, &value),
+                AppEvent::Resolve(f, value) | AppEvent::Reject(f, value) => {
+                    let _ = f.call1(&JsValue::NULL, &value);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn push_status(&mut self) {
+        let status = to_js(&StatusEvent {
+            conversation: &self.cfg.conversation,
+            state: self.state,
+            outbox: self.core.outbox_len(),
+            last_error: self.last_error.as_ref(),
+        });
+        self.events.push(AppEvent::Client("status", status));
+    }
+
+    fn drain_outputs(&mut self) {
+        let mut status_changed = false;
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                ClientOutput::Transmit(frame) => {
+                    if let Some(ws) = &self.ws {
+                        // A socket that is not open yet or closing drops the frame;
+                        // the core resends whatever needs it after reconnecting.
+                        let _ = ws.send_with_str(&frame.encode());
+                    }
+                }
+                ClientOutput::Persist { write, op } => self.writes.push_back((write, op)),
+                ClientOutput::Message(m) => {
+                    let value = to_js(&AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device));
+                    self.events.push(AppEvent::Conversation("message", value));
+                }
+                ClientOutput::History(_) => {
+                    for (resolve, _) in self.history_waiters.drain(..) {
+                        self.events.push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
+                    }
+                }
+                ClientOutput::Status { id, status } => {
+                    status_changed = true;
+                    self.on_status(&id, status);
+                }
+                ClientOutput::Error(e) => {
+                    self.last_error = Some(ErrorInfo {
+                        code: e.code().to_owned(),
+                        message: e.to_string(),
+                    });
+                    let value = client_error_js(&e);
+                    self.events.push(AppEvent::Client("error", value));
+                    status_changed = true;
+                }
+                ClientOutput::Disconnect => {
+                    if let Some(ws) = self.ws.take() {
+                        ws.set_onopen(None);
+                        ws.set_onmessage(None);
+                        ws.set_onclose(None);
+                        let _ = ws.close();
+                        self.core.handle(now(), ClientInput::Disconnected);
+                    }
+                    self.ws_handlers.clear();
+                    self.state = LinkState::Offline;
+                    status_changed = true;
+                    self.reconnect_wanted = true;
+                }
+            }
+        }
+        if status_changed {
+            self.push_status();
+        }
+    }
+
+    fn on_status(&mut self, id: &str, status: MessageStatus) {
+        let conv = self.cfg.conversation.clone();
+        let (name, seq, at, code) = match &status {
+            MessageStatus::Pending => ("pending", None, None, None),
+            MessageStatus::Sent { seq, at } => ("sent", Some(*seq), Some(*at), None),
+            MessageStatus::Delivered { seq } => ("delivered", Some(*seq), None, None),
+            MessageStatus::Failed { code } => ("failed", None, None, Some(code.as_str())),
+        };
+        self.events.push(AppEvent::Conversation(
+            "update",
+            to_js(&UpdateEvent { conversation: &conv, id, status: name, seq, at, code }),
+        ));
+        match status {
+            MessageStatus::Sent { seq, at } => {
+                if let Some((resolve, _)) = self.sends.remove(id) {
+                    self.events.push(AppEvent::Resolve(resolve, to_js(&SendResult { id, seq, at })));
+                }
+            }
+            MessageStatus::Failed { code } => {
+                if let Some((_, reject)) = self.sends.remove(id) {
+                    let err = js_error(code.as_str(), &format!("the server refused message {id}"));
+                    self.events.push(AppEvent::Reject(reject, err));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn arm_core_timer(&mut self, weak: WeakSession) {
+        let Some(deadline) = self.core.poll_timeout() else {
+            self.core_timer = None;
+            return;
+        };
+        if self.core_timer.as_ref().is_some_and(|(armed, _)| *armed == deadline) {
+            return;
+        }
+        let delay = deadline.saturating_sub(now()).min(u64::from(u32::MAX)) as u32;
+        let timer = Timeout::new(delay, move || {
+            let Some(s) = weak.upgrade() else { return };
+            {
+                let mut inner = s.inner.borrow_mut();
+                inner.core_timer = None;
+                inner.core.handle(now(), ClientInput::Timeout);
+            }
+            s.pump();
+        });
+        self.core_timer = Some((deadline, timer));
+    }
+}
+
+fn client_error_js(e: &ClientError) -> JsValue {
+    js_error(e.code(), &e.to_string())
+}
+
+async fn resolve_token(f: &Function) -> Result<String, JsValue> {
+    let value = f.call0(&JsValue::NULL)?;
+    let value = match value.dyn_into::<js_sys::Promise>() {
+        Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise).await?,
+        Err(value) => value,
+    };
+    value
+        .as_string()
+        .ok_or_else(|| js_error("bad_token", "the token callback must return a string"))
+}
+
+#[derive(Clone)]
+struct WeakSession {
+    inner: Weak<RefCell<Inner>>,
+    listeners: Weak<Listeners>,
+    client_listeners: Weak<Listeners>,
+}
+
+impl WeakSession {
+    fn upgrade(&self) -> Option<Session> {
+        Some(Session {
+            inner: self.inner.upgrade()?,
+            listeners: self.listeners.upgrade()?,
+            client_listeners: self.client_listeners.upgrade()?,
+        })
+    }
+}
+
+/// Writes queued batches to IndexedDB one transaction at a time, in order, and
+/// reports each batch durable to the core when its transaction completed.
+async fn run_writer(weak: WeakSession) {
+    loop {
+        let Some(session) = weak.upgrade() else { return };
+        let (store, conv, batch) = {
+            let mut inner = session.inner.borrow_mut();
+            if inner.writes.is_empty() || inner.closed {
+                inner.writer_running = false;
+                return;
+            }
+            let batch: Vec<(WriteId, ClientWrite)> = inner.writes.drain(..).collect();
+            (inner.store.clone(), inner.cfg.conversation.clone(), batch)
+        };
+        drop(session);
+        let ops: Vec<ClientWrite> = batch.iter().map(|(_, op)| op.clone()).collect();
+        let result = store.apply_all(&conv, &ops).await;
+        let Some(session) = weak.upgrade() else { return };
+        match result {
+            Ok(()) => {
+                if let Some((through, _)) = batch.last() {
+                    session.inner.borrow_mut().core.handle(now(), ClientInput::Durable { through: *through });
+                }
+                session.pump();
+            }
+            Err(e) => {
+                // Nothing of the batch was stored: put it back in front and try
+                // again later. The core holds acks and surfacing meanwhile.
+                session.record_error(e.code(), &e.to_string());
+                {
+                    let mut inner = session.inner.borrow_mut();
+                    for item in batch.into_iter().rev() {
+                        inner.writes.push_front(item);
+                    }
+                }
+                session.pump();
+                drop(session);
+                gloo_timers::future::TimeoutFuture::new(STORE_RETRY_MS).await;
+            }
+        }
+    }
+}

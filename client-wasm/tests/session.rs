@@ -1,0 +1,217 @@
+//! Session tests in headless Chromium against a real edge (wrangler dev on
+//! workerd). scripts/test.sh starts the edge and compiles its URL in through
+//! ACKLINE_EDGE_URL; without it these tests fail, they are never skipped.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use ackline::{Ackline, Conversation};
+use hmac::{Hmac, Mac};
+use js_sys::{Function, Reflect};
+use sha2::Sha256;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+/// Must match TEST_SECRET in tests/browser/lib/edge.mjs.
+const TEST_SECRET: &[u8] = b"ackline-test-secret-not-for-production";
+
+fn edge_url() -> &'static str {
+    option_env!("ACKLINE_EDGE_URL")
+        .expect("ACKLINE_EDGE_URL is not set: run these tests through scripts/test.sh, which starts an edge")
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// An HS256 JWT for `user` on `device`, valid for an hour in `conversations`.
+fn token(user: &str, device: &str, conversations: &[&str]) -> String {
+    let exp = (js_sys::Date::now() / 1000.0) as u64 + 3600;
+    let claims = serde_json::json!({ "sub": user, "device": device, "exp": exp, "conversations": conversations });
+    let input = format!("{}.{}", b64url(br#"{"alg":"HS256","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(TEST_SECRET).expect("hmac key");
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", (js_sys::Math::random() * 1e12) as u64)
+}
+
+async fn open(user: &str, device: &str, conv: &str, db: &str) -> Ackline {
+    let options = js_sys::Object::new();
+    Reflect::set(&options, &"url".into(), &edge_url().into()).unwrap();
+    Reflect::set(&options, &"token".into(), &token(user, device, &[conv]).into()).unwrap();
+    Reflect::set(&options, &"dbName".into(), &db.into()).unwrap();
+    Ackline::open(options.into()).await.expect("open client")
+}
+
+/// Collects a conversation's events of one kind.
+fn collect(conv: &Conversation, event: &str) -> Rc<RefCell<Vec<JsValue>>> {
+    let seen: Rc<RefCell<Vec<JsValue>>> = Rc::default();
+    let sink = seen.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| sink.borrow_mut().push(v));
+    conv.on(event.into(), f.as_ref().unchecked_ref::<Function>().clone());
+    f.forget();
+    seen
+}
+
+fn field(v: &JsValue, name: &str) -> JsValue {
+    Reflect::get(v, &name.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn seq_of(v: &JsValue) -> u64 {
+    field(v, "seq").as_f64().unwrap_or(-1.0) as u64
+}
+
+async fn sleep(ms: u32) {
+    gloo_timers::future::TimeoutFuture::new(ms).await;
+}
+
+async fn wait_until(what: &str, timeout_ms: f64, mut done: impl FnMut() -> bool) {
+    let start = js_sys::Date::now();
+    while !done() {
+        assert!(js_sys::Date::now() - start < timeout_ms, "timed out waiting for {what}");
+        sleep(20).await;
+    }
+}
+
+async fn delete_db(name: &str) {
+    if let Ok(factory) = idb::Factory::new() {
+        if let Ok(request) = factory.delete(name) {
+            let _ = request.await;
+        }
+    }
+}
+
+fn assert_in_order_once(received: &[JsValue], count: u64) {
+    let seqs: Vec<u64> = received.iter().map(seq_of).collect();
+    assert_eq!(seqs, (1..=count).collect::<Vec<_>>(), "each seq once, in order");
+}
+
+#[wasm_bindgen_test]
+async fn two_clients_exchange_messages_with_ticks() {
+    let conv_id = unique("pair");
+    let (db_a, db_b) = (unique("db-a"), unique("db-b"));
+    let a = open("ann", "ann-web", &conv_id, &db_a).await;
+    let b = open("bob", "bob-web", &conv_id, &db_b).await;
+    let ca = a.conversation(conv_id.clone()).await.unwrap();
+    let cb = b.conversation(conv_id.clone()).await.unwrap();
+    let got_a = collect(&ca, "message");
+    let got_b = collect(&cb, "message");
+    let updates = collect(&ca, "update");
+    let mut results = Vec::new();
+    for i in 0..20 {
+        results.push(JsFuture::from(ca.send(format!("hello {i}"))));
+    }
+    for (i, r) in results.into_iter().enumerate() {
+        let sent = r.await.expect("send resolves");
+        assert_eq!(seq_of(&sent), i as u64 + 1, "sends keep their order");
+    }
+    let reply = JsFuture::from(cb.send("hi ann".into())).await.unwrap();
+    assert_eq!(seq_of(&reply), 21);
+    wait_until("both sides hold 21 messages", 20_000.0, || {
+        got_a.borrow().len() == 21 && got_b.borrow().len() == 21
+    })
+    .await;
+    assert_in_order_once(&got_a.borrow(), 21);
+    assert_in_order_once(&got_b.borrow(), 21);
+    assert_eq!(field(&got_b.borrow()[0], "body").as_string().unwrap(), "hello 0");
+    assert_eq!(field(&got_a.borrow()[0], "mine").as_bool(), Some(true));
+    assert_eq!(field(&got_b.borrow()[0], "mine").as_bool(), Some(false));
+    wait_until("all 20 delivered ticks", 20_000.0, || {
+        updates
+            .borrow()
+            .iter()
+            .filter(|u| field(u, "status").as_string().as_deref() == Some("delivered"))
+            .count()
+            == 20
+    })
+    .await;
+    a.close();
+    b.close();
+    delete_db(&db_a).await;
+    delete_db(&db_b).await;
+}
+
+#[wasm_bindgen_test]
+async fn outbox_survives_closing_and_is_sent_once_after_reopening() {
+    let conv_id = unique("outbox");
+    let (db_a, db_b) = (unique("db-a"), unique("db-b"));
+    let a = open("ann", "ann-web", &conv_id, &db_a).await;
+    let ca = a.conversation(conv_id.clone()).await.unwrap();
+    a.set_online(false);
+    let durable = collect(&ca, "update");
+    let mut sends = Vec::new();
+    for i in 0..5 {
+        sends.push(ca.send(format!("queued {i}")));
+    }
+    wait_until("5 outbox writes durable", 10_000.0, || durable.borrow().len() == 5).await;
+    a.close();
+    for p in sends {
+        let err = JsFuture::from(p).await.expect_err("closing rejects unfinished sends");
+        assert_eq!(field(&err, "code").as_string().as_deref(), Some("closed"));
+    }
+
+    let a2 = open("ann", "ann-web", &conv_id, &db_a).await;
+    let ca2 = a2.conversation(conv_id.clone()).await.unwrap();
+    let pending = js_sys::Array::from(&ca2.pending());
+    assert_eq!(pending.length(), 5, "the reopened client lists its queued messages");
+    let b = open("bob", "bob-web", &conv_id, &db_b).await;
+    let cb = b.conversation(conv_id.clone()).await.unwrap();
+    let got_b = collect(&cb, "message");
+    wait_until("bob holds the 5 queued messages", 20_000.0, || got_b.borrow().len() >= 5).await;
+    sleep(500).await;
+    assert_in_order_once(&got_b.borrow(), 5);
+    let bodies: Vec<String> = got_b.borrow().iter().map(|m| field(m, "body").as_string().unwrap()).collect();
+    assert_eq!(bodies, (0..5).map(|i| format!("queued {i}")).collect::<Vec<_>>());
+    wait_until("outbox empty", 10_000.0, || ca2.outbox_size() == 0).await;
+    a2.close();
+    b.close();
+    delete_db(&db_a).await;
+    delete_db(&db_b).await;
+}
+
+#[wasm_bindgen_test]
+async fn offline_client_catches_up_on_2000_messages_once_in_order() {
+    const COUNT: u64 = 2_000;
+    let conv_id = unique("catchup");
+    let (db_a, db_b) = (unique("db-a"), unique("db-b"));
+    let a = open("ann", "ann-web", &conv_id, &db_a).await;
+    let b = open("bob", "bob-web", &conv_id, &db_b).await;
+    let ca = a.conversation(conv_id.clone()).await.unwrap();
+    let cb = b.conversation(conv_id.clone()).await.unwrap();
+    let got_b = collect(&cb, "message");
+    // Bob is connected once (so he is a member from seq 1), then goes offline.
+    JsFuture::from(ca.send("first".into())).await.unwrap();
+    wait_until("bob has the first message", 10_000.0, || got_b.borrow().len() == 1).await;
+    b.set_online(false);
+    let mut last = None;
+    for i in 1..COUNT {
+        last = Some(ca.send(format!("m{i}")));
+    }
+    JsFuture::from(last.unwrap()).await.unwrap();
+    let start = js_sys::Date::now();
+    b.set_online(true);
+    wait_until("bob caught up", 60_000.0, || got_b.borrow().len() as u64 >= COUNT).await;
+    let elapsed = js_sys::Date::now() - start;
+    web_sys::console::log_1(&format!("catch-up of {} messages: {elapsed:.0} ms", COUNT - 1).into());
+    sleep(300).await;
+    assert_in_order_once(&got_b.borrow(), COUNT);
+    a.close();
+    b.close();
+    delete_db(&db_a).await;
+    delete_db(&db_b).await;
+}
