@@ -686,9 +686,7 @@ impl IdbStore {
         if ops.is_empty() {
             return self.check();
         }
-        let mut scope: Vec<&str> = Vec::new();
-        for op in ops { let need: &[&str] = match op { ClientWrite::PutOutbox(_) | ClientWrite::RemoveOutbox { .. } => &[OUTBOX], _ => &[MESSAGES, CONVERSATIONS] }; for n in need { if !scope.contains(n) { scope.push(n) } } }
-        self.write(&scope, |tx| ops.iter().try_for_each(|op| queue_write(tx, conversation, op))).await
+        self.write(&WRITE_SCOPE, |tx| ops.iter().try_for_each(|op| queue_write(tx, conversation, op))).await
     }
 
     /// What the client of `conversation` needs on start, read in one transaction:

@@ -1,12 +1,13 @@
-//! Browser tests of the IndexedDB store (`wasm-pack test --headless --chrome -- --test store`).
+//! Browser tests of the IndexedDB store
+//! (`wasm-pack test --headless --chrome --mode no-install client-wasm --test store`).
 //! Every test uses its own database and deletes it at the end.
 #![cfg(target_arch = "wasm32")]
 
 use std::cell::Cell;
 
-use ackline::store::{ConversationRecord, IdbStore, OutboxRecord, StoreError, DB_VERSION};
-use idb::{Database, DatabaseEvent, Factory, KeyPath, ObjectStoreParams, TransactionMode};
-use protocol::{ChainHash, StoredMessage};
+use ackline::store::{IdbStore, StoreError, DB_VERSION};
+use idb::{Database, DatabaseEvent, Factory, IndexParams, KeyPath, ObjectStoreParams, TransactionMode};
+use protocol::{ChainHash, ClientSnapshot, ClientWrite, InboxState, OutboxEntry, StoredMessage};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_test::*;
 
@@ -35,25 +36,69 @@ fn messages(from: u64, to: u64) -> Vec<StoredMessage> {
     out
 }
 
-fn state(conversation: &str, batch: &[StoredMessage]) -> ConversationRecord {
-    ConversationRecord {
-        conversation: conversation.into(),
+/// The inbox record after storing `batch` contiguously from seq 1.
+fn state(batch: &[StoredMessage]) -> InboxState {
+    InboxState {
+        base: 0,
         watermark: batch.last().map_or(0, |m| m.seq),
         chain: batch.last().map_or(ChainHash::GENESIS, |m| m.chain),
-        oldest: batch.first().map(|m| m.seq),
+        oldest: None,
     }
+}
+
+fn inbox(batch: &[StoredMessage], state: Option<InboxState>) -> ClientWrite {
+    ClientWrite::Inbox { messages: batch.to_vec(), state }
 }
 
 fn seqs(ms: &[StoredMessage]) -> Vec<u64> {
     ms.iter().map(|m| m.seq).collect()
 }
 
-fn outbox_rec(id: &str, conversation: &str, created_at: u64) -> OutboxRecord {
-    OutboxRecord { id: id.into(), conversation: conversation.into(), body: format!("body of {id}"), created_at, attempts: 0 }
+fn entry(id: &str, created: u64) -> OutboxEntry {
+    OutboxEntry { id: id.into(), body: format!("body of {id}"), created, seq: None, at: None }
+}
+
+fn put(id: &str, created: u64) -> ClientWrite {
+    ClientWrite::PutOutbox(entry(id, created))
+}
+
+fn remove(id: &str) -> ClientWrite {
+    ClientWrite::RemoveOutbox { id: id.into() }
+}
+
+fn ids(v: &[OutboxEntry]) -> Vec<&str> {
+    v.iter().map(|e| e.id.as_str()).collect()
 }
 
 async fn sleep_ms(ms: u32) {
     gloo_timers::future::TimeoutFuture::new(ms).await;
+}
+
+/// Polls two futures to completion concurrently (no futures crate needed); `a`
+/// is polled first.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
+    use std::task::Poll;
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() {
+            Poll::Ready((ra.take().unwrap(), rb.take().unwrap()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 #[wasm_bindgen_test]
@@ -75,21 +120,25 @@ fn error_codes_are_stable() {
 }
 
 #[wasm_bindgen_test]
-async fn same_batch_twice_is_idempotent() {
+async fn same_inbox_write_twice_is_idempotent() {
     let name = db_name("idem");
     let store = IdbStore::open(&name).await.unwrap();
     let batch = messages(1, 20);
-    let st = state("c1", &batch);
-    store.store_batch("c1", &batch, &st).await.unwrap();
-    store.store_batch("c1", &batch, &st).await.unwrap();
-    let all = store.messages_after("c1", 0, 1000).await.unwrap();
-    assert_eq!(all, batch);
-    assert_eq!(store.conversation("c1").await.unwrap(), Some(st.clone()));
-    assert_eq!(store.conversation("nope").await.unwrap(), None);
-    // The record is stored under the `conversation` argument, whatever `state` says.
-    store.store_batch("c2", &[], &ConversationRecord { watermark: 7, ..Default::default() }).await.unwrap();
-    let c2 = store.conversation("c2").await.unwrap().unwrap();
-    assert_eq!((c2.conversation.as_str(), c2.watermark, c2.oldest), ("c2", 7, None));
+    let st = state(&batch);
+    let write = inbox(&batch, Some(st.clone()));
+    store.apply("c1", &write).await.unwrap();
+    store.apply("c1", &write).await.unwrap();
+    assert_eq!(store.messages_after("c1", 0, 1000).await.unwrap(), batch);
+    let snap = store.load_snapshot("c1").await.unwrap();
+    assert_eq!(snap, ClientSnapshot { inbox: Some(st.clone()), above: vec![], outbox: vec![] });
+    assert_eq!(store.load_snapshot("nope").await.unwrap(), ClientSnapshot::default());
+    // `state: None` leaves the inbox record alone; an empty batch is fine.
+    store.apply("c1", &inbox(&messages(21, 21), None)).await.unwrap();
+    store.apply("c1", &inbox(&[], None)).await.unwrap();
+    store.apply_all("c1", &[]).await.unwrap();
+    let snap = store.load_snapshot("c1").await.unwrap();
+    assert_eq!(snap.inbox, Some(st));
+    assert_eq!(seqs(&snap.above), [21]);
     store.close();
     delete_db(&name).await;
 }
@@ -99,11 +148,11 @@ async fn paging_before_and_after() {
     let name = db_name("paging");
     let store = IdbStore::open(&name).await.unwrap();
     let batch = messages(1, 50);
-    store.store_batch("a", &batch, &state("a", &batch)).await.unwrap();
+    store.apply("a", &inbox(&batch, Some(state(&batch)))).await.unwrap();
     // A neighbouring conversation (and one whose id is a prefix) must never leak in.
     let other = messages(1, 5);
-    store.store_batch("ab", &other, &state("ab", &other)).await.unwrap();
-    store.store_batch("", &other, &state("", &other)).await.unwrap();
+    store.apply("ab", &inbox(&other, Some(state(&other)))).await.unwrap();
+    store.apply("", &inbox(&other, Some(state(&other)))).await.unwrap();
 
     let r = |a: u64, b: u64| (a..=b).collect::<Vec<u64>>();
     assert_eq!(seqs(&store.messages_before("a", 51, 10).await.unwrap()), r(41, 50));
@@ -136,35 +185,33 @@ async fn paging_before_and_after() {
 async fn outbox_order_remove_and_survives_reopen() {
     let name = db_name("outbox");
     let store = IdbStore::open(&name).await.unwrap();
-    assert!(store.outbox("c").await.unwrap().is_empty());
-    // Inserted out of order; same created_at is ordered by id.
-    for rec in [outbox_rec("m3", "c", 300), outbox_rec("m1", "c", 100), outbox_rec("m2b", "c", 200), outbox_rec("m2a", "c", 200), outbox_rec("x1", "other", 50)] {
-        store.put_outbox(&rec).await.unwrap();
+    assert!(store.load_snapshot("c").await.unwrap().outbox.is_empty());
+    // Inserted out of order; same `created` is ordered by id.
+    for op in [put("m3", 300), put("m1", 100), put("m2b", 200), put("m2a", 200)] {
+        store.apply("c", &op).await.unwrap();
     }
-    // put_outbox resolved after `complete`: a second connection sees it at once.
+    store.apply("other", &put("x1", 50)).await.unwrap();
+    // apply resolved after `complete`: a second connection sees it at once.
     let second = IdbStore::open(&name).await.unwrap();
-    let ids = |v: Vec<OutboxRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(second.outbox("c").await.unwrap()), ["m1", "m2a", "m2b", "m3"]);
+    assert_eq!(ids(&second.load_snapshot("c").await.unwrap().outbox), ["m1", "m2a", "m2b", "m3"]);
     second.close();
-    // Replacing a record (a retry bumps attempts) keeps one copy.
-    let mut retried = outbox_rec("m1", "c", 100);
-    retried.attempts = 2;
-    store.put_outbox(&retried).await.unwrap();
+    // Replacing an entry (the server assigned its seq) keeps one copy.
+    let confirmed = OutboxEntry { seq: Some(9), at: Some(1_700_000_000_009), ..entry("m1", 100) };
+    store.apply("c", &ClientWrite::PutOutbox(confirmed.clone())).await.unwrap();
     store.close();
-    assert!(matches!(store.outbox("c").await, Err(StoreError::Failed(_))), "calls after close() fail");
+    assert!(matches!(store.load_snapshot("c").await, Err(StoreError::Failed(_))), "calls after close() fail");
+    assert!(matches!(store.apply("c", &put("late", 1)).await, Err(StoreError::Failed(_))));
+    assert!(matches!(store.apply_all("c", &[]).await, Err(StoreError::Failed(_))));
 
     let store = IdbStore::open(&name).await.unwrap();
-    let got = store.outbox("c").await.unwrap();
-    assert_eq!(got[0], retried);
-    assert_eq!(got[1], outbox_rec("m2a", "c", 200));
-    assert_eq!(ids(got), ["m1", "m2a", "m2b", "m3"]);
-    assert_eq!(ids(store.outbox("other").await.unwrap()), ["x1"]);
-    store.remove_outbox(&["m2a".into(), "m3".into(), "never-existed".into()]).await.unwrap();
-    store.remove_outbox(&[]).await.unwrap();
-    assert_eq!(ids(store.outbox("c").await.unwrap()), ["m1", "m2b"]);
+    let got = store.load_snapshot("c").await.unwrap().outbox;
+    assert_eq!(got, vec![confirmed.clone(), entry("m2a", 200), entry("m2b", 200), entry("m3", 300)]);
+    assert_eq!(ids(&store.load_snapshot("other").await.unwrap().outbox), ["x1"]);
+    store.apply_all("c", &[remove("m2a"), remove("m3"), remove("never-existed")]).await.unwrap();
+    assert_eq!(ids(&store.load_snapshot("c").await.unwrap().outbox), ["m1", "m2b"]);
     drop(store);
     let store = IdbStore::open(&name).await.unwrap();
-    assert_eq!(ids(store.outbox("c").await.unwrap()), ["m1", "m2b"]);
+    assert_eq!(store.load_snapshot("c").await.unwrap().outbox, vec![confirmed, entry("m2b", 200)]);
     store.close();
     delete_db(&name).await;
 }
@@ -199,61 +246,161 @@ async fn device_id_is_created_once_and_stable() {
     delete_db(&name).await;
 }
 
-/// Polls two futures to completion concurrently (no futures crate needed).
-async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
-    use std::task::Poll;
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    let (mut ra, mut rb) = (None, None);
-    std::future::poll_fn(|cx| {
-        if ra.is_none() {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                ra = Some(v);
-            }
-        }
-        if rb.is_none() {
-            if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                rb = Some(v);
-            }
-        }
-        if ra.is_some() && rb.is_some() {
-            Poll::Ready((ra.take().unwrap(), rb.take().unwrap()))
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
-}
-
 #[wasm_bindgen_test]
-async fn five_thousand_messages_in_one_batch() {
+async fn five_thousand_messages_in_one_apply() {
     let name = db_name("bulk");
     let store = IdbStore::open(&name).await.unwrap();
     let batch = messages(1, 5000);
     let t0 = js_sys::Date::now();
-    store.store_batch("big", &batch, &state("big", &batch)).await.unwrap();
+    store.apply("big", &inbox(&batch, Some(state(&batch)))).await.unwrap();
     let t1 = js_sys::Date::now();
     let all = store.messages_after("big", 0, 10_000).await.unwrap();
     let t2 = js_sys::Date::now();
     assert_eq!(all.len(), 5000);
     assert_eq!(all, batch);
     assert_eq!(seqs(&store.messages_before("big", 5001, 100).await.unwrap()), (4901..=5000).collect::<Vec<_>>());
-    assert_eq!(store.conversation("big").await.unwrap().unwrap().watermark, 5000);
-    console_log!("store_batch of 5000 messages: {} ms; reading them back: {} ms", t1 - t0, t2 - t1);
+    let snap = store.load_snapshot("big").await.unwrap();
+    assert_eq!(snap.inbox.unwrap().watermark, 5000);
+    assert!(snap.above.is_empty());
+    console_log!("apply of 5000 messages: {} ms; reading them back: {} ms", t1 - t0, t2 - t1);
     store.close();
     delete_db(&name).await;
 }
 
 #[wasm_bindgen_test]
-async fn a_failed_batch_stores_nothing() {
+async fn a_failed_write_stores_nothing() {
     let name = db_name("atomic");
     let store = IdbStore::open(&name).await.unwrap();
     let mut batch = messages(1, 10);
     batch[9].seq = u64::MAX; // not representable as a JS number: rejected
-    let err = store.store_batch("c", &batch, &state("c", &batch[..9])).await.unwrap_err();
+    let err = store.apply("c", &inbox(&batch, Some(state(&batch[..9])))).await.unwrap_err();
     assert_eq!(err.code(), "store_failed");
     assert!(store.messages_after("c", 0, 100).await.unwrap().is_empty(), "no half batch");
-    assert_eq!(store.conversation("c").await.unwrap(), None);
+    assert_eq!(store.load_snapshot("c").await.unwrap(), ClientSnapshot::default());
+    // In a batch of writes, a bad one undoes the good ones queued before it.
+    let good = messages(1, 3);
+    let ops = [put("o1", 1), inbox(&good, Some(state(&good))), remove("o1"), put("o2", 2), inbox(&batch, None)];
+    assert_eq!(store.apply_all("c", &ops).await.unwrap_err().code(), "store_failed");
+    assert_eq!(store.load_snapshot("c").await.unwrap(), ClientSnapshot::default());
+    assert!(store.messages_after("c", 0, 100).await.unwrap().is_empty());
+    // The same batch without the bad write is stored whole, in order.
+    store.apply_all("c", &ops[..4]).await.unwrap();
+    let snap = store.load_snapshot("c").await.unwrap();
+    assert_eq!(snap, ClientSnapshot { inbox: Some(state(&good)), above: vec![], outbox: vec![entry("o2", 2)] });
+    store.close();
+    delete_db(&name).await;
+}
+
+#[wasm_bindgen_test]
+async fn writes_commit_in_call_order_without_awaiting() {
+    let name = db_name("order");
+    let store = IdbStore::open(&name).await.unwrap();
+    let batch = messages(1, 2000);
+    // A big inbox write, then a tiny outbox write on other object stores, the
+    // second started before the first is awaited: the second still commits (and
+    // resolves) after the first, as `Durable { through }` needs. (The store
+    // guarantees this by giving every write the same scope; Chrome also happened
+    // to keep this order with disjoint scopes when tried, so this pins the
+    // behaviour more than it proves the mechanism.)
+    let order = std::cell::RefCell::new(Vec::new());
+    let big = async {
+        store.apply("c", &inbox(&batch, Some(state(&batch)))).await.unwrap();
+        order.borrow_mut().push("inbox");
+    };
+    let small = async {
+        store.apply("c", &put("o1", 1)).await.unwrap();
+        order.borrow_mut().push("outbox");
+    };
+    futures_join(big, small).await;
+    assert_eq!(*order.borrow(), ["inbox", "outbox"]);
+    // Later writes see the effects of earlier ones, not awaited either.
+    let (a, b) = futures_join(store.apply("c", &put("o2", 2)), store.apply("c", &remove("o2"))).await;
+    a.unwrap();
+    b.unwrap();
+    let (a, b) = futures_join(store.apply("d", &inbox(&batch[..5], Some(state(&batch[..5])))), store.apply("d", &ClientWrite::ClearInbox)).await;
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(ids(&store.load_snapshot("c").await.unwrap().outbox), ["o1"]);
+    assert_eq!(store.load_snapshot("d").await.unwrap(), ClientSnapshot::default());
+    store.close();
+    delete_db(&name).await;
+}
+
+#[wasm_bindgen_test]
+async fn snapshot_round_trips_after_writes() {
+    let name = db_name("snapshot");
+    let store = IdbStore::open(&name).await.unwrap();
+    // A device that joined late: its first page was 101..=110 (base 100), older
+    // history is still missing, and 113 and 115 arrived out of order.
+    let all = messages(1, 120);
+    let page = all[100..110].to_vec();
+    let st = InboxState { base: 100, watermark: 110, chain: page[9].chain, oldest: Some(page[0].clone()) };
+    let confirmed = OutboxEntry { seq: Some(116), at: Some(1_700_000_000_116), ..entry("o2", 20) };
+    store.apply("c", &inbox(&page[..5], Some(InboxState { watermark: 105, chain: page[4].chain, ..st.clone() }))).await.unwrap();
+    store
+        .apply_all(
+            "c",
+            &[
+                put("o3", 30),
+                put("o1", 10),
+                inbox(&page[5..], Some(st.clone())),
+                put("o2", 20),
+                inbox(&[all[114].clone(), all[112].clone()], None),
+                ClientWrite::PutOutbox(confirmed.clone()),
+                put("gone", 5),
+                remove("gone"),
+            ],
+        )
+        .await
+        .unwrap();
+    store.apply("other", &inbox(&all[..3], Some(state(&all[..3])))).await.unwrap();
+    store.apply("other", &put("x", 1)).await.unwrap();
+    store.close();
+
+    let store = IdbStore::open(&name).await.unwrap();
+    let expected = ClientSnapshot {
+        inbox: Some(st.clone()),
+        above: vec![all[112].clone(), all[114].clone()],
+        outbox: vec![entry("o1", 10), confirmed, entry("o3", 30)],
+    };
+    assert_eq!(store.load_snapshot("c").await.unwrap(), expected);
+    assert_eq!(seqs(&store.messages_after("c", 0, 100).await.unwrap()), [101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 113, 115]);
+    // Older history arrives and reaches seq 1: `oldest` becomes None.
+    let done = InboxState { oldest: None, ..st };
+    store.apply("c", &inbox(&all[..100], Some(done.clone()))).await.unwrap();
+    let snap = store.load_snapshot("c").await.unwrap();
+    assert_eq!(snap.inbox, Some(done));
+    assert_eq!(seqs(&snap.above), [113, 115]);
+    // Messages stored without an inbox record are not "above" anything.
+    store.apply("loose", &inbox(&all[..3], None)).await.unwrap();
+    assert_eq!(store.load_snapshot("loose").await.unwrap(), ClientSnapshot::default());
+    store.close();
+    delete_db(&name).await;
+}
+
+#[wasm_bindgen_test]
+async fn clear_inbox_empties_only_that_conversation() {
+    let name = db_name("clear");
+    let store = IdbStore::open(&name).await.unwrap();
+    let batch = messages(1, 30);
+    for conv in ["a", "ab", "b"] {
+        store.apply_all(conv, &[inbox(&batch[..20], Some(state(&batch[..20]))), inbox(&batch[25..], None), put(&format!("o-{conv}"), 1)]).await.unwrap();
+    }
+    let before_b = store.load_snapshot("b").await.unwrap();
+    assert_eq!(seqs(&before_b.above), [26, 27, 28, 29, 30]);
+    store.apply("a", &ClientWrite::ClearInbox).await.unwrap();
+    // The outbox is not part of the inbox: it stays.
+    assert_eq!(store.load_snapshot("a").await.unwrap(), ClientSnapshot { inbox: None, above: vec![], outbox: vec![entry("o-a", 1)] });
+    assert!(store.messages_after("a", 0, 100).await.unwrap().is_empty());
+    assert!(store.messages_before("a", u64::MAX, 100).await.unwrap().is_empty());
+    assert_eq!(store.load_snapshot("b").await.unwrap(), before_b);
+    assert_eq!(store.load_snapshot("ab").await.unwrap().inbox, Some(state(&batch[..20])));
+    assert_eq!(store.messages_after("ab", 0, 100).await.unwrap().len(), 25);
+    // Clearing an empty conversation is fine; the cleared one fills again.
+    store.apply("a", &ClientWrite::ClearInbox).await.unwrap();
+    store.apply("nothing-here", &ClientWrite::ClearInbox).await.unwrap();
+    store.apply("a", &inbox(&batch[..2], Some(state(&batch[..2])))).await.unwrap();
+    assert_eq!(store.load_snapshot("a").await.unwrap().inbox, Some(state(&batch[..2])));
     store.close();
     delete_db(&name).await;
 }
@@ -263,16 +410,28 @@ async fn corrupt_records_are_reported() {
     let name = db_name("corrupt");
     IdbStore::open(&name).await.unwrap().close();
     let db = Factory::new().unwrap().open(&name, None).unwrap().await.unwrap();
-    let tx = db.transaction(&["conversations", "messages"], TransactionMode::ReadWrite).unwrap();
-    let bad = js_sys::JSON::parse(r#"{"conversation":"c","watermark":"lots","chain":"zz"}"#).unwrap();
+    let tx = db.transaction(&["conversations", "messages", "outbox"], TransactionMode::ReadWrite).unwrap();
+    let bad = js_sys::JSON::parse(r#"{"conversation":"c","base":0,"watermark":"lots","chain":"zz","oldest":null}"#).unwrap();
     tx.object_store("conversations").unwrap().put(&bad, None).unwrap().await.unwrap();
     let bad = js_sys::JSON::parse(r#"{"conversation":"c","seq":1,"body":3}"#).unwrap();
+    tx.object_store("messages").unwrap().put(&bad, None).unwrap().await.unwrap();
+    let bad = js_sys::JSON::parse(r#"{"conversation":"d","id":"o1","created":5,"body":false}"#).unwrap();
+    tx.object_store("outbox").unwrap().put(&bad, None).unwrap().await.unwrap();
+    // A good inbox record next to a corrupt message above its watermark.
+    let ok = js_sys::JSON::parse(&format!(r#"{{"conversation":"e","base":0,"watermark":0,"chain":"{}","oldest":null}}"#, ChainHash::GENESIS.to_hex())).unwrap();
+    tx.object_store("conversations").unwrap().put(&ok, None).unwrap().await.unwrap();
+    let bad = js_sys::JSON::parse(r#"{"conversation":"e","seq":4,"chain":1}"#).unwrap();
     tx.object_store("messages").unwrap().put(&bad, None).unwrap().await.unwrap();
     tx.await.unwrap();
     db.close();
     let store = IdbStore::open(&name).await.unwrap();
-    assert_eq!(store.conversation("c").await.unwrap_err().code(), "store_corrupt");
+    assert_eq!(store.load_snapshot("c").await.unwrap_err().code(), "store_corrupt");
     assert_eq!(store.messages_after("c", 0, 10).await.unwrap_err().code(), "store_corrupt");
+    assert_eq!(store.load_snapshot("d").await.unwrap_err().code(), "store_corrupt");
+    assert_eq!(store.load_snapshot("e").await.unwrap_err().code(), "store_corrupt");
+    // A fresh write over the bad records repairs them.
+    store.apply("c", &ClientWrite::ClearInbox).await.unwrap();
+    assert_eq!(store.load_snapshot("c").await.unwrap(), ClientSnapshot::default());
     store.close();
     delete_db(&name).await;
 }
@@ -295,19 +454,68 @@ async fn create_v1(name: &str) -> Database {
     req.await.unwrap()
 }
 
+/// The v2 schema, written by hand as the v2 code did (v1 plus `conversations`
+/// and the outbox index on `["conversation", "created_at"]`).
+async fn create_v2(name: &str) -> Database {
+    let mut req = Factory::new().unwrap().open(name, Some(2)).unwrap();
+    req.on_upgrade_needed(|event| {
+        let db = event.database().unwrap();
+        let mut p = ObjectStoreParams::new();
+        p.key_path(Some(KeyPath::new_array(["conversation", "seq"])));
+        db.create_object_store("messages", p).unwrap();
+        let mut p = ObjectStoreParams::new();
+        p.key_path(Some(KeyPath::new_single("id")));
+        let outbox = db.create_object_store("outbox", p).unwrap();
+        outbox.create_index("by_conversation", KeyPath::new_array(["conversation", "created_at"]), Some(IndexParams::new())).unwrap();
+        let mut p = ObjectStoreParams::new();
+        p.key_path(Some(KeyPath::new_single("key")));
+        db.create_object_store("meta", p).unwrap();
+        let mut p = ObjectStoreParams::new();
+        p.key_path(Some(KeyPath::new_single("conversation")));
+        db.create_object_store("conversations", p).unwrap();
+    });
+    req.await.unwrap()
+}
+
+/// A `messages` record as every version stored it.
+fn message_row(conversation: &str, m: &StoredMessage) -> JsValue {
+    js_sys::JSON::parse(&format!(
+        r#"{{"conversation":"{conversation}","seq":{},"user":"{}","device":"{}","id":"{}","body":"{}","at":{},"chain":"{}"}}"#,
+        m.seq,
+        m.user,
+        m.device,
+        m.id,
+        m.body,
+        m.at,
+        m.chain.to_hex()
+    ))
+    .unwrap()
+}
+
+/// After an upgrade: the schema is the current one.
+async fn assert_current_schema(name: &str) {
+    let db = Factory::new().unwrap().open(name, None).unwrap().await.unwrap();
+    assert_eq!(db.version().unwrap(), DB_VERSION);
+    let mut names = db.store_names();
+    names.sort();
+    assert_eq!(names, ["conversations", "messages", "meta", "outbox"]);
+    let tx = db.transaction(&["outbox"], TransactionMode::ReadOnly).unwrap();
+    let outbox = tx.object_store("outbox").unwrap();
+    assert_eq!(outbox.index_names(), ["by_conversation"]);
+    let key_path = outbox.index("by_conversation").unwrap().key_path().unwrap();
+    assert_eq!(key_path, Some(KeyPath::new_array(["conversation", "created"])));
+    tx.await.unwrap();
+    db.close();
+}
+
 #[wasm_bindgen_test]
 async fn upgrade_from_v1_keeps_data() {
-    let name = db_name("upgrade");
+    let name = db_name("upgrade-v1");
     let db = create_v1(&name).await;
     assert_eq!(db.version().unwrap(), 1);
     let tx = db.transaction(&["messages", "outbox", "meta"], TransactionMode::ReadWrite).unwrap();
     let m = &messages(1, 1)[0];
-    let row = js_sys::JSON::parse(&format!(
-        r#"{{"conversation":"c","seq":1,"user":"{}","device":"{}","id":"{}","body":"{}","at":{},"chain":"{}"}}"#,
-        m.user, m.device, m.id, m.body, m.at, m.chain.to_hex()
-    ))
-    .unwrap();
-    tx.object_store("messages").unwrap().put(&row, None).unwrap().await.unwrap();
+    tx.object_store("messages").unwrap().put(&message_row("c", m), None).unwrap().await.unwrap();
     let ob = js_sys::JSON::parse(r#"{"id":"o1","conversation":"c","body":"queued in v1","created_at":5,"attempts":1}"#).unwrap();
     tx.object_store("outbox").unwrap().put(&ob, None).unwrap().await.unwrap();
     let meta = js_sys::JSON::parse(r#"{"key":"device_id","value":"dev-v1"}"#).unwrap();
@@ -317,23 +525,76 @@ async fn upgrade_from_v1_keeps_data() {
 
     let store = IdbStore::open(&name).await.unwrap();
     assert_eq!(store.messages_after("c", 0, 10).await.unwrap(), vec![m.clone()]);
-    assert_eq!(
-        store.outbox("c").await.unwrap(),
-        vec![OutboxRecord { id: "o1".into(), conversation: "c".into(), body: "queued in v1".into(), created_at: 5, attempts: 1 }]
-    );
+    let expected_outbox = vec![OutboxEntry { id: "o1".into(), body: "queued in v1".into(), created: 5, seq: None, at: None }];
+    // No inbox record in v1: nothing is "above".
+    assert_eq!(store.load_snapshot("c").await.unwrap(), ClientSnapshot { inbox: None, above: vec![], outbox: expected_outbox });
     assert_eq!(store.device_id(|| "new".into()).await.unwrap(), "dev-v1");
-    assert_eq!(store.conversation("c").await.unwrap(), None);
-    store.store_batch("c", &[], &ConversationRecord { watermark: 1, chain: m.chain, oldest: Some(1), ..Default::default() }).await.unwrap();
-    assert_eq!(store.conversation("c").await.unwrap().unwrap().chain, m.chain);
+    store.apply("c", &inbox(&[], Some(state(std::slice::from_ref(m))))).await.unwrap();
+    assert_eq!(store.load_snapshot("c").await.unwrap().inbox.unwrap().chain, m.chain);
     store.close();
+    assert_current_schema(&name).await;
+    delete_db(&name).await;
+}
 
+#[wasm_bindgen_test]
+async fn upgrade_from_v2_keeps_data() {
+    let name = db_name("upgrade-v2");
+    let db = create_v2(&name).await;
+    assert_eq!(db.version().unwrap(), 2);
+    let all = messages(1, 8);
+    let tx = db.transaction(&["messages", "outbox", "meta", "conversations"], TransactionMode::ReadWrite).unwrap();
+    let store = tx.object_store("messages").unwrap();
+    // 1..=5 contiguous, 7 and 8 out of order; "d" has messages but no record.
+    for m in all[..5].iter().chain(&all[6..]) {
+        store.put(&message_row("c", m), None).unwrap().await.unwrap();
+    }
+    store.put(&message_row("d", &all[0]), None).unwrap().await.unwrap();
+    let conv = js_sys::JSON::parse(&format!(
+        r#"{{"conversation":"c","watermark":5,"chain":"{}","oldest":1}}"#,
+        all[4].chain.to_hex()
+    ))
+    .unwrap();
+    tx.object_store("conversations").unwrap().put(&conv, None).unwrap().await.unwrap();
+    let outbox = tx.object_store("outbox").unwrap();
+    for row in [
+        r#"{"id":"o3","conversation":"c","body":"third","created_at":30,"attempts":0}"#,
+        r#"{"id":"o1","conversation":"c","body":"first","created_at":10,"attempts":4}"#,
+        r#"{"id":"o2","conversation":"c","body":"second","created_at":10,"attempts":1}"#,
+        r#"{"id":"x","conversation":"d","body":"elsewhere","created_at":1,"attempts":0}"#,
+    ] {
+        outbox.put(&js_sys::JSON::parse(row).unwrap(), None).unwrap().await.unwrap();
+    }
+    let meta = js_sys::JSON::parse(r#"{"key":"device_id","value":"dev-v2"}"#).unwrap();
+    tx.object_store("meta").unwrap().put(&meta, None).unwrap().await.unwrap();
+    tx.await.unwrap();
+    db.close();
+
+    let store = IdbStore::open(&name).await.unwrap();
+    let ob = |id: &str, body: &str, created| OutboxEntry { id: id.into(), body: body.into(), created, seq: None, at: None };
+    assert_eq!(
+        store.load_snapshot("c").await.unwrap(),
+        ClientSnapshot {
+            inbox: Some(InboxState { base: 0, watermark: 5, chain: all[4].chain, oldest: None }),
+            above: vec![all[6].clone(), all[7].clone()],
+            outbox: vec![ob("o1", "first", 10), ob("o2", "second", 10), ob("o3", "third", 30)],
+        }
+    );
+    assert_eq!(store.load_snapshot("d").await.unwrap(), ClientSnapshot { inbox: None, above: vec![], outbox: vec![ob("x", "elsewhere", 1)] });
+    assert_eq!(seqs(&store.messages_after("c", 0, 100).await.unwrap()), [1, 2, 3, 4, 5, 7, 8]);
+    assert_eq!(store.device_id(|| "new".into()).await.unwrap(), "dev-v2");
+    // Migrated entries are ordinary v3 records: the core's writes apply to them.
+    store.apply_all("c", &[remove("o1"), put("o4", 5)]).await.unwrap();
+    assert_eq!(ids(&store.load_snapshot("c").await.unwrap().outbox), ["o4", "o2", "o3"]);
+    store.close();
+    assert_current_schema(&name).await;
+    // The migrated records carry no leftover v2 fields.
     let db = Factory::new().unwrap().open(&name, None).unwrap().await.unwrap();
-    assert_eq!(db.version().unwrap(), DB_VERSION);
-    let mut names = db.store_names();
-    names.sort();
-    assert_eq!(names, ["conversations", "messages", "meta", "outbox"]);
     let tx = db.transaction(&["outbox"], TransactionMode::ReadOnly).unwrap();
-    assert_eq!(tx.object_store("outbox").unwrap().index_names(), ["by_conversation"]);
+    let row = tx.object_store("outbox").unwrap().get(JsValue::from_str("o2")).unwrap().await.unwrap().unwrap();
+    assert_eq!(
+        js_sys::JSON::stringify(&row).unwrap().as_string().unwrap(),
+        r#"{"id":"o2","conversation":"c","body":"second","created":10,"seq":null,"at":null}"#
+    );
     tx.await.unwrap();
     db.close();
     delete_db(&name).await;
@@ -344,13 +605,14 @@ async fn another_tab_upgrading_closes_our_connections() {
     let name = db_name("versionchange");
     let a = IdbStore::open(&name).await.unwrap();
     let b = IdbStore::open(&name).await.unwrap();
-    a.put_outbox(&outbox_rec("m1", "c", 1)).await.unwrap();
+    a.apply("c", &put("m1", 1)).await.unwrap();
     // "Another tab" with newer code: not blocked, because both handles close.
     let t0 = js_sys::Date::now();
     let newer = Factory::new().unwrap().open(&name, Some(DB_VERSION + 1)).unwrap().await.unwrap();
     console_log!("upgrade by another connection went through in {} ms", js_sys::Date::now() - t0);
-    assert!(matches!(a.outbox("c").await, Err(StoreError::VersionChange)));
-    assert!(matches!(b.put_outbox(&outbox_rec("m2", "c", 2)).await, Err(StoreError::VersionChange)));
+    assert!(matches!(a.load_snapshot("c").await, Err(StoreError::VersionChange)));
+    assert!(matches!(b.apply("c", &put("m2", 2)).await, Err(StoreError::VersionChange)));
+    assert!(matches!(b.apply_all("c", &[]).await, Err(StoreError::VersionChange)));
     assert!(matches!(b.device_id(|| "x".into()).await, Err(StoreError::VersionChange)));
     // This code's version is now older than the database's.
     assert!(matches!(IdbStore::open(&name).await, Err(StoreError::VersionChange)));
@@ -362,8 +624,8 @@ async fn another_tab_upgrading_closes_our_connections() {
 #[wasm_bindgen_test]
 async fn open_blocked_by_an_old_connection() {
     let name = db_name("blocked");
-    // An "old tab" at v1 that ignores versionchange.
-    let old = create_v1(&name).await;
+    // An "old tab" at v2 that ignores versionchange.
+    let old = create_v2(&name).await;
     let err = IdbStore::open(&name).await.unwrap_err();
     assert!(matches!(err, StoreError::Blocked), "{err:?}");
     assert_eq!(err.code(), "store_blocked");
@@ -382,8 +644,8 @@ async fn open_blocked_by_an_old_connection() {
         }
     }
     let store = store.expect("open succeeds once the old connection closed");
-    store.put_outbox(&outbox_rec("m1", "c", 1)).await.unwrap();
-    assert_eq!(store.outbox("c").await.unwrap().len(), 1);
+    store.apply("c", &put("m1", 1)).await.unwrap();
+    assert_eq!(store.load_snapshot("c").await.unwrap().outbox.len(), 1);
     store.close();
     delete_db(&name).await; // would hang if the orphan connection stayed open
 }
