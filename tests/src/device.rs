@@ -204,6 +204,16 @@ impl Device {
         });
     }
 
+    /// Reads until the server closes the socket; returns the close code.
+    pub fn expect_close(&mut self) -> u16 {
+        let mut frames = Vec::new();
+        let code = self.ws.expect_close(|f| frames.push(f));
+        for f in frames {
+            self.absorb(f);
+        }
+        code
+    }
+
     /// Whether the socket is still open (a ping gets its pong).
     pub fn is_open(&mut self) -> bool {
         self.ws.send_ping_probe()

@@ -343,11 +343,18 @@ impl Ws {
         }
     }
 
-    /// Reads until the socket closes; returns the close code (panics on timeout).
-    pub fn expect_close(&mut self) -> u16 {
+    /// Reads until the socket closes, handing every frame before it to
+    /// `on_frame`; returns the close code (panics on a read timeout).
+    pub fn expect_close(&mut self, mut on_frame: impl FnMut(ServerFrame)) -> u16 {
+        self.set_read_timeout(Duration::from_secs(30));
         loop {
             match self.socket.read() {
                 Ok(Message::Close(frame)) => return frame.map_or(1005, |f| u16::from(f.code)),
+                Ok(Message::Text(text)) => {
+                    if let Ok(frame) = ServerFrame::decode(text.as_bytes()) {
+                        on_frame(frame);
+                    }
+                }
                 Ok(_) => continue,
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return 1006,
                 Err(tungstenite::Error::Protocol(_)) => return 1006,
