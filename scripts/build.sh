@@ -13,11 +13,17 @@ wasm-pack --quiet build client-wasm --release --target web --mode no-install --o
 "$root/node_modules/.bin/wasm-opt" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals \
   client-wasm/pkg/ackline_bg.wasm -o client-wasm/pkg/ackline_bg.wasm
 
-say "demo app -> build/www"
-rm -rf build/www
-mkdir -p build/www/pkg
+say "npm package -> build/ackline-<version>.tgz (npm pack)"
+mkdir -p build
+rm -f build/ackline-*.tgz
+(cd client-wasm/pkg && npm pack --silent --pack-destination "$root/build" >/dev/null)
+
+say "demo app -> build/www (the package taken from the tarball, as a user gets it)"
+rm -rf build/www build/unpacked
+mkdir -p build/www/pkg build/unpacked
 cp www/*.html www/*.css www/*.js build/www/
-cp client-wasm/pkg/ackline.js client-wasm/pkg/ackline_bg.wasm build/www/pkg/
+tar -xzf build/ackline-*.tgz -C build/unpacked
+cp build/unpacked/package/ackline.js build/unpacked/package/ackline_bg.wasm build/www/pkg/
 
 say "edge-worker -> edge-worker/build (worker-build)"
 (

@@ -3,7 +3,8 @@
 #   1. native cargo tests: protocol unit/property tests, the fault simulator, and
 #      integration tests that start real `wrangler dev` (workerd) themselves;
 #   2. wasm-pack test --headless --chrome: the client in real Chromium;
-#   3. browser end-to-end tests: Playwright + Debian Chromium via `node --test`.
+#   3. the npm package: the packed tarball's contents and its TypeScript types;
+#   4. browser end-to-end tests: Playwright + Debian Chromium via `node --test`.
 # Every suite runs even if an earlier one failed; the exit code is non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,7 @@ suite native cargo test
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
 suite wasm-browser node tests/browser/lib/with-edge.mjs wasm-client -- \
   wasm-pack test --headless --chrome --mode no-install client-wasm
+suite npm-package node --test tests/package/
 suite e2e-browser node --test --test-concurrency=1 tests/browser/
 
 printf '\n==== summary\n'

@@ -103,6 +103,16 @@ export interface ClientEvents {
   status: ConnectionStatus;
   error: { conversation: string; code: string; message: string };
 }
+
+// Typed listeners (merged into the classes below).
+export interface Ackline {
+  on<K extends keyof ClientEvents>(event: K, listener: (event: ClientEvents[K]) => void): void;
+  off<K extends keyof ClientEvents>(event: K, listener: (event: ClientEvents[K]) => void): void;
+}
+export interface Conversation {
+  on<K extends keyof ConversationEvents>(event: K, listener: (event: ConversationEvents[K]) => void): void;
+  off<K extends keyof ConversationEvents>(event: K, listener: (event: ConversationEvents[K]) => void): void;
+}
 "#;
 
 #[derive(Deserialize)]
@@ -277,16 +287,14 @@ impl Ackline {
     }
 
     /// Listens to client events: `status` (connection state, outbox size, last
-    /// error, per conversation) and `error`.
-    pub fn on(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "keyof ClientEvents")] event: String,
-        listener: Function,
-    ) {
+    /// error, per conversation) and `error`. (Typed in the custom TS section.)
+    #[wasm_bindgen(skip_typescript)]
+    pub fn on(&self, event: String, listener: Function) {
         self.state.listeners.add(&event, listener);
     }
 
     /// Removes a listener added with `on`.
+    #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: String, listener: Function) {
         self.state.listeners.remove(&event, &listener);
     }
@@ -332,15 +340,13 @@ impl Conversation {
     /// Listens to `message` (each stored message once, in seq order, own ones
     /// included), `pending` (an own message entered the outbox) and `update`
     /// (an own message became sent, delivered or failed).
-    pub fn on(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "keyof ConversationEvents")] event: String,
-        listener: Function,
-    ) {
+    #[wasm_bindgen(skip_typescript)]
+    pub fn on(&self, event: String, listener: Function) {
         self.session.listeners.add(&event, listener);
     }
 
     /// Removes a listener added with `on`.
+    #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: String, listener: Function) {
         self.session.listeners.remove(&event, &listener);
     }
