@@ -21,7 +21,7 @@ after(async () => {
 
 async function sendLine(page, text) {
   await page.fill('#body', text);
-  await page.click('button[type=submit]');
+  await page.click('#composer button[type=submit]');
   const item = page.locator('#messages li[data-seq]', { hasText: text });
   await item.waitFor({ timeout: 15_000 });
   return Number(await item.getAttribute('data-seq'));
