@@ -1,5 +1,5 @@
 # The two commands of the README, plus their parts.
-.PHONY: dev test setup build soak
+.PHONY: dev test setup build bench
 
 dev:      ## run Ackline locally: edge on workerd + demo app on http://127.0.0.1:8787
 	bash scripts/dev.sh
@@ -12,3 +12,6 @@ setup:    ## install the toolchain pieces that are missing
 
 build:    ## build the npm package, the demo app and the edge worker
 	bash scripts/build.sh
+
+bench:    ## benchmarks (not part of test): prints a table, writes target/bench/*.json
+	bash scripts/bench.sh
