@@ -9,4 +9,7 @@ pub mod device;
 /// Deterministic fault simulator for the delivery core (native only).
 pub mod sim;
 
+/// The client store conformance suite, shared with the browser's IndexedDB store.
+pub mod store_suite;
+
 pub use protocol;

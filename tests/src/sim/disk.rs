@@ -125,7 +125,8 @@ pub struct ClientData {
 }
 
 impl ClientData {
-    fn apply(&mut self, op: &ClientWrite) {
+    /// Applies one write.
+    pub fn apply(&mut self, op: &ClientWrite) {
         match op {
             ClientWrite::Inbox { messages, state } => {
                 for m in messages {
