@@ -75,6 +75,9 @@ async function start() {
   const rowsBySeq = new Map(); // seq -> <li>
   const rowsById = new Map(); // client message id -> <li> (stored or outgoing)
   const ownStatus = new Map(); // own message id -> best status reported
+  // Own messages the server has not stored yet. (The client's status `outbox`
+  // counts every message not yet delivered, sent ones included.)
+  const unsent = new Set();
   // What the `message` event stream looked like: each seq once, ascending.
   const stats = { messageEvents: 0, lastEventSeq: 0, outOfOrder: [], conflicts: [], historyPages: 0 };
   let stick = true; // keep the view at the bottom while the user is there
@@ -164,6 +167,7 @@ async function start() {
     li.querySelector('.who').textContent = m.mine ? 'you' : (ownUser ? `${m.user} (other device)` : m.user);
     setTime(li, m.at);
     if (m.mine) {
+      if (unsent.delete(m.id)) statusSoon();
       const known = ownStatus.get(m.id);
       setState(li, m.seq <= deliveredFloor ? 'delivered' : (known && known !== 'pending' ? known : 'sent'));
     } else {
@@ -176,6 +180,8 @@ async function start() {
 
   function showPending(p) {
     if (rowsById.has(p.id)) return;
+    const known = ownStatus.get(p.id);
+    if (!known || known === 'pending') unsent.add(p.id);
     const li = newRow(p.id, 'you', p.body);
     li.classList.add('own');
     li.dataset.mine = '1';
@@ -263,16 +269,26 @@ async function start() {
   function renderStatus() {
     statusEl.dataset.state = conn.state;
     statusEl.dataset.outbox = String(conn.outbox);
+    statusEl.dataset.unsent = String(unsent.size);
     statusEl.querySelector('.label').textContent = { open: 'online', connecting: 'connecting…', offline: 'offline', closed: 'closed' }[conn.state] || conn.state;
-    const outbox = statusEl.querySelector('.outbox');
-    outbox.hidden = conn.outbox === 0;
-    outbox.textContent = `${conn.outbox} unsent`;
-    statusEl.title = conn.lastError ? `last error: ${conn.lastError.code}: ${conn.lastError.message}` : '';
+    const badge = statusEl.querySelector('.outbox');
+    badge.hidden = unsent.size === 0;
+    badge.textContent = `${unsent.size} unsent`;
+    statusEl.title = `${unsent.size} unsent, ${conn.outbox} not yet delivered`
+      + (conn.lastError ? `; last error: ${conn.lastError.code}: ${conn.lastError.message}` : '');
     renderBanner();
   }
 
+  let statusQueued = false;
+  function statusSoon() {
+    if (statusQueued) return;
+    statusQueued = true;
+    setTimeout(() => { statusQueued = false; renderStatus(); }, 0);
+  }
+
   function renderBanner() {
-    const queued = conn.outbox ? ` ${conn.outbox} message${conn.outbox === 1 ? '' : 's'} will be sent when it is back.` : '';
+    const n = unsent.size;
+    const queued = n ? ` ${n} message${n === 1 ? '' : 's'} will be sent when it is back.` : '';
     let kind = '';
     let text = '';
     if (error) {
@@ -344,6 +360,7 @@ async function start() {
     });
     room.on('pending', (p) => {
       showPending(p);
+      statusSoon();
       followBottom();
     });
     room.on('update', (u) => {
@@ -353,11 +370,13 @@ async function start() {
         deliveredFloor = u.seq;
         localStorage.setItem(floorKey, String(deliveredFloor));
       }
+      if (u.status !== 'pending' && unsent.delete(u.id)) statusSoon();
       const li = rowsById.get(u.id);
       if (li) setState(li, u.status);
       if (u.status === 'failed' && li) li.title = `refused: ${u.code}`;
     });
     for (const p of room.pending()) showPending(p);
+    renderStatus();
     for (const m of await room.history({ limit: 50 })) showStored(m);
     updateOlder();
     scroller.scrollTop = scroller.scrollHeight;

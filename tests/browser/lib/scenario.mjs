@@ -165,6 +165,7 @@ export class Device {
         undelivered: document.querySelectorAll('#messages li[data-mine="1"]:not([data-state=delivered])').length,
         state: status.dataset.state,
         outbox: Number(status.dataset.outbox),
+        unsent: Number(status.dataset.unsent),
         queued: window.__sends?.queued.length ?? 0,
         resolved: window.__sends?.resolved ?? 0,
       };
