@@ -1037,13 +1037,16 @@ impl Client {
             return;
         }
         let bugs = self.cfg.bugs;
-        let max_buffer = self.cfg.max_buffer;
-        let Some(inbox) = self.inbox.as_mut() else {
+        let max_buffer = self.cfg.max_buffer.max(1);
+        if self.inbox.is_none() {
             return; // a fresh device takes nothing before its first page
-        };
+        }
         let mut dup = false;
         let mut surfaced_again = Vec::new();
+        let mut msgs = msgs;
+        msgs.sort_by_key(|m| m.seq);
         for m in msgs {
+            let Some(inbox) = self.inbox.as_mut() else { return };
             if m.seq == 0 || m.seq > MAX_SEQ {
                 continue;
             }
@@ -1059,9 +1062,27 @@ impl Client {
                 continue;
             }
             if inbox.buffer.len() >= max_buffer {
-                // Dropped without being acknowledged: it is pushed or paged again.
-                continue;
+                // Full: first move the contiguous run out of the buffer.
+                self.advance(now);
+                let Some(inbox) = self.inbox.as_mut() else { return };
+                if inbox.buffer.len() >= max_buffer {
+                    // Still full: a lower seq is worth more (it fills the hole
+                    // first), so evict the highest. An evicted message was either
+                    // never acknowledged or is durably on disk as its selective
+                    // ack says; gap-fill fetches it again either way.
+                    match inbox.buffer.last_key_value().map(|(k, _)| *k) {
+                        Some(top) if top > m.seq => {
+                            inbox.buffer.remove(&top);
+                            // It may be acknowledged already (so never pushed
+                            // again): remember that it exists so gap-fill
+                            // fetches it.
+                            self.head_auth = self.head_auth.max(top);
+                        }
+                        _ => continue, // dropped unacknowledged: it comes again
+                    }
+                }
             }
+            let Some(inbox) = self.inbox.as_mut() else { return };
             inbox.buffer.insert(m.seq, Held { msg: m, written: false });
         }
         for m in surfaced_again {

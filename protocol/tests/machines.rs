@@ -732,3 +732,56 @@ fn regression_lost_delivered_notice_is_repaired_by_a_refreshing_hello() {
     d.frame(t + 5, welcome(1, chain_of(1)[0].chain, vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }]));
     assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 1 })));
 }
+
+/// Seed 9100005: with the out-of-order buffer full, the message that fills
+/// the hole was refused like any other, so gap-fill never made progress.
+#[test]
+fn regression_full_buffer_still_takes_the_message_that_fills_the_hole() {
+    let mut cfg = ClientConfig::new("ann", "a1");
+    cfg.max_buffer = 2;
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.c = Client::new(cfg, 42, ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.durable(T0);
+    let msgs = chain_of(5);
+    d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone(), msgs[4].clone()] });
+    d.durable(T0);
+    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..2].to_vec(), head: 5, more: false });
+    d.durable(T0 + 2);
+    // 3 and 4 were kept (5 dropped unacknowledged); 1 evicted 4, then 1 and 2
+    // filled the hole; 4 and 5 are fetched again.
+    assert_eq!(d.shown, vec![1, 2, 3]);
+    d.input(T0 + 2, ClientInput::Timeout);
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(3), before: None, limit: 200 }));
+}
+
+/// Seed 9100766: an evicted buffered message had already been acknowledged
+/// selectively, so the server never pushed it again, and the client forgot it
+/// existed: stuck one message short.
+#[test]
+fn regression_evicted_acknowledged_message_is_fetched_again() {
+    let mut cfg = ClientConfig::new("ann", "a1");
+    cfg.max_buffer = 2;
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.c = Client::new(cfg, 42, ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.durable(T0);
+    let msgs = chain_of(4);
+    d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone()] });
+    d.durable(T0);
+    d.input(T0 + 100, ClientInput::Timeout);
+    assert!(d.acks().contains(&(0, vec![[3, 4]])), "3 and 4 acknowledged selectively");
+    d.frame(T0 + 101, ServerFrame::Push { messages: vec![msgs[1].clone()] });
+    d.frame(T0 + 102, ServerFrame::Push { messages: vec![msgs[0].clone()] });
+    d.durable(T0 + 103);
+    assert_eq!(d.shown, vec![1, 2]);
+    // The eviction made it ask for the hole at once; its answer arrives.
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(0), before: Some(2), limit: 200 }));
+    d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false });
+    let sent = d.take_sent();
+    assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 200 }), "{sent:?}");
+}

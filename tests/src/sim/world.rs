@@ -130,9 +130,12 @@ impl World {
         scfg.fresh_page = *pick(&mut rng, &[3, 8, 50]) as u32;
         scfg.max_retries = *pick(&mut rng, &[2, 6]) as u32;
         scfg.cache = *pick(&mut rng, &[0, 8, 512]) as usize;
+        scfg.page_bytes = *pick(&mut rng, &[300, 2_000, 256 * 1024]) as usize;
         scfg.bugs = opts.bugs;
         let page = *pick(&mut rng, &[4, 10, 200]) as u32;
         let window = *pick(&mut rng, &[1, 4, 16]) as usize;
+        let max_buffer = *pick(&mut rng, &[2, 64, 4_096]) as usize;
+        let (ack_delay, ack_every) = *pick2(&mut rng, &[(0, 1), (50, 32), (500, 1_000)]);
         let devs = USERS
             .iter()
             .map(|(user, device)| {
@@ -140,6 +143,9 @@ impl World {
                 cfg.page = page;
                 cfg.fresh_page = scfg.fresh_page;
                 cfg.window = window;
+                cfg.max_buffer = max_buffer;
+                cfg.ack_delay = ack_delay;
+                cfg.ack_every = ack_every;
                 cfg.bugs = opts.bugs;
                 DeviceNode {
                     cfg,
@@ -1024,6 +1030,10 @@ impl World {
 }
 
 fn pick<'a>(rng: &mut Rng, xs: &'a [u64]) -> &'a u64 {
+    &xs[rng.below(xs.len() as u64) as usize]
+}
+
+fn pick2<'a>(rng: &mut Rng, xs: &'a [(u64, u64)]) -> &'a (u64, u64) {
     &xs[rng.below(xs.len() as u64) as usize]
 }
 
