@@ -23,7 +23,14 @@ const offlineSwitch = $('#offline-switch');
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
-const TICKS = { pending: '🕓', sent: '✓', delivered: '✓✓', failed: '⚠' };
+// Inline SVG ticks (no emoji font needed).
+const svg = (w, body) => `<svg viewBox="0 0 ${w} 12" width="${w}" height="12" aria-hidden="true" fill="none" stroke="currentColor" stroke-width="1.7" stroke-linecap="round" stroke-linejoin="round">${body}</svg>`;
+const TICKS = {
+  pending: svg(12, '<circle cx="6" cy="6" r="4.8"/><path d="M6 3.3V6l1.8 1.2"/>'),
+  sent: svg(14, '<path d="M1.5 6.5l3.5 3.5L12.5 2"/>'),
+  delivered: svg(18, '<path d="M1.5 6.5l3.5 3.5L12.5 2"/><path d="M8.5 9.2l.8.8L16.5 2"/>'),
+  failed: svg(12, '<circle cx="6" cy="6" r="4.8"/><path d="M6 3.2v3.3M6 8.7v.1"/>'),
+};
 const TICK_TITLES = {
   pending: 'Queued on this device, not yet stored by the server',
   sent: 'Stored by the server',
@@ -112,7 +119,7 @@ async function start() {
     if (current && current !== 'received' && RANK[state] < RANK[current]) return; // ticks never go back
     li.dataset.state = state;
     const tick = li.querySelector('.tick');
-    tick.textContent = TICKS[state] || '';
+    tick.innerHTML = TICKS[state] || '';
     tick.title = TICK_TITLES[state] || '';
   }
 
