@@ -90,6 +90,7 @@ async function start() {
   let stick = true; // keep the view at the bottom while the user is there
   let conn = { state: 'connecting', outbox: 0, lastError: null };
   let error = null; // { code, message } shown until dismissed
+  let fatal = false; // the client could not start: nothing to dismiss or retry
   let heldOffline = false;
   let loadingOlder = null;
 
@@ -314,7 +315,7 @@ async function start() {
     bannerEl.hidden = !kind;
     bannerEl.dataset.kind = kind;
     bannerEl.querySelector('.text').textContent = text;
-    bannerEl.querySelector('.dismiss').hidden = kind !== 'error';
+    bannerEl.querySelector('.dismiss').hidden = kind !== 'error' || fatal;
   }
 
   function showError(e) {
@@ -389,9 +390,10 @@ async function start() {
     scroller.scrollTop = scroller.scrollHeight;
     offlineSwitch.disabled = false;
   } catch (e) {
+    fatal = true;
     conn = { state: 'closed', outbox: 0, lastError: null };
-    renderStatus();
     showError(e);
+    renderStatus();
   }
 
   offlineSwitch.addEventListener('change', () => {
