@@ -1200,8 +1200,8 @@ impl Client {
         let (Some(first), Some(last)) = (page.first(), page.last()) else {
             return;
         };
-        if last.seq + 1 != oldest.seq {
-            return; // a stale answer: the history moved on already
+        if last.seq.checked_add(1) != Some(oldest.seq) || !chain_ok(&page, None) {
+            return; // a stale answer (the history moved on already) or garbage
         }
         let first_seq = first.seq;
         let links = last
@@ -1483,8 +1483,11 @@ fn chain_ok(page: &[StoredMessage], prev: Option<ChainHash>) -> bool {
     let mut prev = prev;
     let mut last_seq: Option<Seq> = None;
     for m in page {
+        if m.seq == 0 || m.seq > MAX_SEQ {
+            return false;
+        }
         if let Some(s) = last_seq {
-            if m.seq != s + 1 {
+            if s.checked_add(1) != Some(m.seq) {
                 return false;
             }
         }

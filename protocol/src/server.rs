@@ -694,7 +694,7 @@ impl Conversation {
                 bytes += len;
                 page.push(m);
             }
-            let more = page.last().map_or(false, |m| m.seq + 1 < upper);
+            let more = page.last().is_some_and(|m| m.seq + 1 < upper);
             (page, more)
         }))
     }
@@ -727,7 +727,7 @@ impl Conversation {
                 page.push(m);
             }
             page.reverse();
-            let more = page.first().map_or(false, |m| m.seq > 1);
+            let more = page.first().is_some_and(|m| m.seq > 1);
             (page, more)
         }))
     }

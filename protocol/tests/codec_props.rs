@@ -171,3 +171,160 @@ fn ack_ranges_are_validated() {
     let text = format!(r#"{{"v":1,"type":"ack","seq":3,"ranges":[{}]}}"#, many.join(","));
     assert_eq!(code(&text), Some(ErrorCode::BadFrame));
 }
+
+mod machines_never_panic {
+    use super::*;
+    use protocol::client::{Client, ClientConfig, ClientInput, ClientOutput, ClientSnapshot};
+    use protocol::server::{ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, StoreError};
+    use protocol::WriteId;
+
+    fn wild_seq() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..20, Just(MAX_SEQ), Just(MAX_SEQ + 1), Just(u64::MAX)]
+    }
+
+    fn wild_message() -> impl Strategy<Value = StoredMessage> {
+        (message(), wild_seq()).prop_map(|(mut m, seq)| {
+            m.seq = seq;
+            m
+        })
+    }
+
+    /// Server frames with hostile seqs, as JSON text (the decoder does not bound them).
+    fn hostile_server_frame() -> impl Strategy<Value = ServerFrame> {
+        prop_oneof![
+            server_frame(),
+            proptest::collection::vec(wild_message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
+            (proptest::collection::vec(wild_message(), 0..4), wild_seq(), any::<bool>())
+                .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more }),
+            (wild_seq(), chain()).prop_map(|(head, chain)| ServerFrame::Welcome {
+                conversation: "c".into(),
+                user: "ann".into(),
+                device: "a1".into(),
+                head,
+                chain,
+                cursors: vec![],
+                now: 0
+            }),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum CIn {
+        Connected,
+        Disconnected,
+        Frame(ServerFrame),
+        Garbage(Vec<u8>),
+        Durable(u64),
+        Timeout(u64),
+        Send(String),
+        Older,
+    }
+
+    fn client_input() -> impl Strategy<Value = CIn> {
+        prop_oneof![
+            Just(CIn::Connected),
+            Just(CIn::Disconnected),
+            hostile_server_frame().prop_map(CIn::Frame),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(CIn::Garbage),
+            (0u64..30).prop_map(CIn::Durable),
+            (0u64..100_000).prop_map(CIn::Timeout),
+            ".{0,10}".prop_map(CIn::Send),
+            Just(CIn::Older),
+        ]
+    }
+
+    struct NoStore;
+    impl ConversationStore for NoStore {
+        fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
+            Ok(None)
+        }
+        fn find(&self, _: &str, _: &str) -> Result<Option<StoredMessage>, StoreError> {
+            Err(StoreError::Failed("down".into()))
+        }
+        fn after(&self, _: u64, _: u32) -> Result<Vec<StoredMessage>, StoreError> {
+            Err(StoreError::Failed("down".into()))
+        }
+        fn before(&self, _: u64, _: u32) -> Result<Vec<StoredMessage>, StoreError> {
+            Ok(vec![])
+        }
+        fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum SIn {
+        Connected(u64, u8),
+        Disconnected(u64),
+        Frame(u64, ClientFrame),
+        Garbage(u64, Vec<u8>),
+        Durable(u64),
+        Timeout(u64),
+    }
+
+    fn server_input() -> impl Strategy<Value = SIn> {
+        prop_oneof![
+            (0u64..4, 0u8..4).prop_map(|(c, d)| SIn::Connected(c, d)),
+            (0u64..4).prop_map(SIn::Disconnected),
+            (0u64..4, client_frame()).prop_map(|(c, f)| SIn::Frame(c, f)),
+            (0u64..4, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(c, b)| SIn::Garbage(c, b)),
+            (0u64..40).prop_map(SIn::Durable),
+            (0u64..100_000).prop_map(SIn::Timeout),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn client_survives_any_input_sequence(inputs in proptest::collection::vec(client_input(), 0..40)) {
+            let mut c = Client::new(ClientConfig::new("ann", "a1"), 7, ClientSnapshot::default());
+            let mut now = 1_700_000_000_000u64;
+            for i in inputs {
+                now += 1;
+                match i {
+                    CIn::Connected => c.handle(now, ClientInput::Connected),
+                    CIn::Disconnected => c.handle(now, ClientInput::Disconnected),
+                    CIn::Frame(f) => c.handle(now, ClientInput::Frame(f.encode().into_bytes())),
+                    CIn::Garbage(b) => c.handle(now, ClientInput::Frame(b)),
+                    CIn::Durable(w) => c.handle(now, ClientInput::Durable { through: WriteId(w) }),
+                    CIn::Timeout(dt) => { now += dt; c.handle(now, ClientInput::Timeout) }
+                    CIn::Send(b) => { let _ = c.send(now, b); }
+                    CIn::Older => { c.load_older(now); }
+                }
+                while let Some(o) = c.poll_output() {
+                    if let ClientOutput::Transmit(f) = o {
+                        // Whatever the client sends must be a valid frame.
+                        prop_assert_eq!(ClientFrame::decode(f.encode().as_bytes()), Ok(f));
+                    }
+                }
+                let _ = c.poll_timeout();
+            }
+        }
+
+        #[test]
+        fn server_survives_any_input_sequence(inputs in proptest::collection::vec(server_input(), 0..40)) {
+            let mut s = Conversation::new(ServerConfig::new("c"), 7, &NoStore).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut now = 1_700_000_000_000u64;
+            for i in inputs {
+                now += 1;
+                let input = match i {
+                    SIn::Connected(c, d) => ServerInput::Connected { conn: ConnId(c), user: format!("u{}", d % 3), device: format!("d{d}"), resumed: d % 2 == 0 },
+                    SIn::Disconnected(c) => ServerInput::Disconnected { conn: ConnId(c) },
+                    SIn::Frame(c, f) => ServerInput::Frame { conn: ConnId(c), bytes: f.encode().into_bytes() },
+                    SIn::Garbage(c, b) => ServerInput::Frame { conn: ConnId(c), bytes: b },
+                    SIn::Durable(w) => ServerInput::Durable { through: WriteId(w) },
+                    SIn::Timeout(dt) => { now += dt; ServerInput::Timeout }
+                };
+                s.handle(now, input, &NoStore);
+                while let Some(o) = s.poll_output() {
+                    if let ServerOutput::Frame { frame, .. } = o {
+                        prop_assert!(ServerFrame::decode(frame.encode().as_bytes()).is_ok());
+                    }
+                }
+                let _ = s.poll_timeout();
+                let _ = s.stats();
+            }
+        }
+    }
+}

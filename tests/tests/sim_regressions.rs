@@ -55,3 +55,16 @@ fn runs_are_deterministic() {
         assert_eq!(a.map_err(|v| v.what), b.map_err(|v| v.what), "seed {seed}");
     }
 }
+
+/// A full out-of-order buffer refused the message that filled the hole
+/// (gap-fill livelock).
+#[test]
+fn seed_9100005_full_buffer_livelock() {
+    passes(9_100_005);
+}
+
+/// An evicted, already selectively acknowledged message was never fetched again.
+#[test]
+fn seed_9100766_evicted_acked_message() {
+    passes(9_100_766);
+}
