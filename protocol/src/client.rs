@@ -1200,7 +1200,8 @@ impl Client {
         let (Some(first), Some(last)) = (page.first(), page.last()) else {
             return;
         };
-        if last.seq.checked_add(1) != Some(oldest.seq) || !chain_ok(&page, None) {
+        let contiguous = first.seq > 0 && page.windows(2).all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
+        if last.seq.checked_add(1) != Some(oldest.seq) || !contiguous {
             return; // a stale answer (the history moved on already) or garbage
         }
         let first_seq = first.seq;
