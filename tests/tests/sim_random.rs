@@ -1,6 +1,6 @@
 //! The simulator over many random seeds (see `ackline_tests::sim`).
 //!
-//! - `cargo test -p ackline-tests --test sim_random`: 10,000 fresh random seeds.
+//! - `cargo test -p ackline-tests --test sim_random`: 5,000 fresh random seeds.
 //! - `SIM_SEEDS=100000 cargo test -p ackline-tests --release --test sim_random -- --ignored soak`:
 //!   a long soak.
 //! - `SIM_SEED=n SIM_TRACE=1 cargo test -p ackline-tests --test sim_random -- replay --nocapture`:
@@ -56,7 +56,7 @@ fn run_seeds(default_count: u64) {
 
 #[test]
 fn random_seeds() {
-    run_seeds(10_000);
+    run_seeds(5_000);
 }
 
 #[test]
