@@ -430,7 +430,8 @@ pub struct Client {
     outbox: BTreeMap<u64, Outgoing>,
     ids: HashMap<String, u64>,
     next_order: u64,
-    last_id: (u64, u128),
+    /// Time and random part of the last id generated in this session.
+    last_id: Option<(u64, u128)>,
     cursors: BTreeMap<String, (String, Seq)>,
     /// Head announced by `welcome`/`batch`: catch up to it with pages.
     head_auth: Seq,
@@ -481,7 +482,7 @@ impl Client {
             outbox: BTreeMap::new(),
             ids: HashMap::new(),
             next_order: 0,
-            last_id: (0, 0),
+            last_id: None,
             cursors: BTreeMap::new(),
             head_auth: 0,
             gap_since: None,
@@ -582,16 +583,17 @@ impl Client {
     fn next_id(&mut self, now: Millis) -> String {
         let ms = now & ((1 << 48) - 1);
         let mask80: u128 = (1 << 80) - 1;
-        let (last_ms, last_rand) = self.last_id;
-        let (ms, rand) = if ms <= last_ms && last_rand < mask80 {
+        let (ms, rand) = match self.last_id {
             // Same (or earlier) millisecond: count up, as ULID's monotonic mode does.
-            (last_ms, last_rand + 1)
-        } else {
-            let hi = u128::from(self.rng.next_u64() & 0xFFFF);
-            let lo = u128::from(self.rng.next_u64());
-            (ms.max(last_ms + 1).min((1 << 48) - 1), (hi << 64) | lo)
+            Some((last_ms, last_rand)) if ms <= last_ms && last_rand < mask80 => (last_ms, last_rand + 1),
+            last => {
+                let hi = u128::from(self.rng.next_u64() & 0xFFFF);
+                let lo = u128::from(self.rng.next_u64());
+                let floor = last.map_or(0, |(l, _)| l + 1);
+                (ms.max(floor).min((1 << 48) - 1), (hi << 64) | lo)
+            }
         };
-        self.last_id = (ms, rand);
+        self.last_id = Some((ms, rand));
         let id = ulid_text((u128::from(ms) << 80) | rand);
         if self.ids.contains_key(&id) {
             // Only possible with a reused seed; move on rather than reuse an id.
@@ -1516,6 +1518,10 @@ mod tests {
         assert_eq!(a.len(), 26);
         assert!(a.bytes().all(|x| CROCKFORD.contains(&x)));
         assert!(a < b && b < d, "{a} {b} {d}");
+        // Even at time 0 the first id is random, not a counter.
+        let mut c1 = Client::new(ClientConfig::new("ann", "d1"), 1, ClientSnapshot::default());
+        let mut c2 = Client::new(ClientConfig::new("ann", "d1"), 2, ClientSnapshot::default());
+        assert_ne!(c1.next_id(0), c2.next_id(0));
     }
 
     #[test]

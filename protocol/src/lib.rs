@@ -23,6 +23,19 @@
 //! the shell reports it durable with a `Durable { through }` input. Write ids
 //! ([`WriteId`]) increase by one per write, and durability is reported in order.
 //!
+//! Two design choices, explained in the module docs:
+//!
+//! - Server storage: reads go through the small synchronous
+//!   [`server::ConversationStore`] trait passed to every call (the Durable
+//!   Object's SQLite is synchronous, so its shell stays a few `SELECT`s), while
+//!   writes leave as `Persist` outputs and durability comes back as an input.
+//!   The Durable Object shell applies a write and reports it durable at once
+//!   (the output gate holds frames until it is); the simulator keeps writes
+//!   pending and can crash in between.
+//! - Client scope: one [`client::Client`] per (device, conversation), matching
+//!   the one-socket-per-conversation transport; a shell showing many
+//!   conversations runs one per conversation.
+//!
 //! docs/PROTOCOL.md in the repository is the prose reference of the wire
 //! protocol and of both state machines.
 #![deny(missing_docs)]

@@ -917,6 +917,19 @@ impl World {
                     if let MessageStatus::Failed { code } = status {
                         self.fail(format!("message {id} failed: {code:?}"));
                     }
+                    if let MessageStatus::Sent { seq, .. } | MessageStatus::Delivered { seq } = status {
+                        let device = &self.devs[dev].cfg.device;
+                        let ok = self
+                            .server
+                            .disk
+                            .durable
+                            .messages
+                            .get(&seq)
+                            .is_some_and(|m| m.id == id && &m.device == device);
+                        if !ok {
+                            self.fail(format!("{device}: status of {id} names seq {seq}, which the server did not durably store for it"));
+                        }
+                    }
                     self.devs[dev].view.status.insert(id, status);
                 }
                 ClientOutput::Error(e) => {
