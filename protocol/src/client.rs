@@ -800,7 +800,10 @@ impl Client {
             return;
         }
         self.link = Link::Ready;
-        self.head_auth = head;
+        // Only ever raise the catch-up target: this welcome may be older than
+        // frames of its own connection, or than an evicted message we must
+        // still fetch. (A server that went back is caught just below.)
+        self.head_auth = self.head_auth.max(head);
         self.merge_cursors(cursors);
         // Compare with what `hello` announced, not with the inbox now: frames
         // of this connection may have overtaken the welcome.

@@ -990,7 +990,10 @@ impl Conversation {
             return;
         };
         c.next_push = sent_to + 1;
-        let pending = !c.sacked.gaps(floor + 1, sent_to).is_empty();
+        // Selectively acknowledged pushes still count: a selective ack is
+        // advisory (the device may drop what it buffered), so the timer runs
+        // until the cumulative ack covers everything pushed.
+        let pending = sent_to > floor;
         if !pending {
             c.resend_at = None;
         } else if c.resend_at.is_none() {
@@ -1040,12 +1043,19 @@ impl Conversation {
             return;
         };
         let floor = self.floor(c);
-        let gaps = c.sacked.gaps(floor + 1, c.next_push.saturating_sub(1));
-        if gaps.is_empty() {
+        let top = c.next_push.saturating_sub(1);
+        if top <= floor {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.resend_at = None;
             }
             return;
+        }
+        let mut gaps = c.sacked.gaps(floor + 1, top);
+        if gaps.is_empty() {
+            // Everything is acknowledged selectively but not cumulatively:
+            // probe with the lowest one. A device that still holds it answers
+            // with an ack; one that dropped it stores it and moves on.
+            gaps.push([floor + 1, floor + 1]);
         }
         let retries = c.retries + 1;
         if c.retries >= self.cfg.max_retries {

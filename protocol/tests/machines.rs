@@ -785,3 +785,62 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     let sent = d.take_sent();
     assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 200 }), "{sent:?}");
 }
+
+/// Seed 20189526 (found by a 300,000-seed soak): after an eviction raised the
+/// catch-up target, a late welcome of the same connection lowered it again,
+/// and the evicted, already acknowledged message was never fetched.
+#[test]
+fn regression_late_welcome_does_not_lower_the_catch_up_target() {
+    let mut cfg = ClientConfig::new("ann", "a1");
+    cfg.max_buffer = 2;
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.c = Client::new(cfg, 42, ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.durable(T0);
+    // Reconnect; pushes 6 and 7 overtake the welcome and the first page.
+    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 2, ClientInput::Connected);
+    let msgs = chain_of(7);
+    d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[5].clone()] });
+    d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[6].clone()] });
+    d.durable(T0 + 4);
+    d.frame(T0 + 5, ServerFrame::Batch { messages: msgs[..5].to_vec(), head: 5, more: false });
+    d.durable(T0 + 6);
+    assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
+    d.take_sent();
+    d.frame(T0 + 7, welcome(5, msgs[4].chain, vec![]));
+    let sent = d.take_sent();
+    assert!(sent.contains(&ClientFrame::Sync { after: Some(6), before: None, limit: 200 }), "{sent:?}");
+}
+
+/// Selective acks are advisory: with everything above the cumulative ack
+/// acknowledged only selectively, the server still probes (with the lowest
+/// such push) and closes the connection if the cumulative ack never moves.
+#[test]
+fn server_probes_selectively_acked_pushes_and_closes_without_progress() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.max_retries = 2;
+    let mut s = Server::new(cfg);
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    for i in 0..3 {
+        s.send(T0, 1, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    s.send(T0, 1, ClientFrame::Ack { seq: 3, ranges: vec![] });
+    s.send(T0, 2, ClientFrame::Ack { seq: 1, ranges: vec![[2, 3]] });
+    s.durable(T0);
+    s.take();
+    let mut probes = Vec::new();
+    while s.closes.is_empty() {
+        let Some(t) = s.conv.poll_timeout() else { break };
+        s.input(t, ServerInput::Timeout);
+        probes.extend(pushed(&s.take(), 2));
+    }
+    assert_eq!(probes, vec![2, 2], "one probe per retry, the lowest selectively acked push");
+    assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
+}

@@ -68,3 +68,10 @@ fn seed_9100005_full_buffer_livelock() {
 fn seed_9100766_evicted_acked_message() {
     passes(9_100_766);
 }
+
+/// A late welcome lowered the catch-up target below an evicted, acknowledged
+/// message (found by a 300,000-seed soak).
+#[test]
+fn seed_20189526_late_welcome_lowers_target() {
+    passes(20_189_526);
+}
