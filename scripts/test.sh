@@ -29,7 +29,7 @@ suite() {
   fi
 }
 
-suite native cargo test
+suite native cargo test --no-fail-fast
 # The client's session tests talk to a real edge that this wrapper starts; its
 # URL is compiled into the tests through ACKLINE_EDGE_URL.
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-600}
