@@ -94,6 +94,14 @@ export class Device {
     const tag = `[${this.device}]`;
     this.page.on('console', (m) => this.logs.push(`${new Date().toISOString()} ${tag} ${m.type()}: ${m.text()}`));
     this.page.on('pageerror', (e) => this.logs.push(`${new Date().toISOString()} ${tag} pageerror: ${e.stack || e.message}`));
+    // Navigation and network events, so a hung reload or a crash leaves a trail.
+    const note = (what) => this.logs.push(`${new Date().toISOString()} ${tag} ${what}`);
+    this.page.on('crash', () => note('renderer crashed'));
+    this.page.on('load', () => note('load'));
+    this.page.on('domcontentloaded', () => note('domcontentloaded'));
+    this.page.on('framenavigated', (f) => { if (f === this.page.mainFrame()) note(`navigated ${f.url()}`); });
+    this.page.on('requestfailed', (r) => note(`request failed ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+    this.page.on('request', (r) => { if (r.isNavigationRequest()) note(`navigation request ${r.url()}`); });
     await this.page.goto(this.url);
     await this.ready();
   }
