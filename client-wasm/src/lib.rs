@@ -85,7 +85,8 @@ export interface SendResult { id: string; seq: number; at: number; }
 export interface ConnectionStatus {
   conversation: string;
   state: "connecting" | "open" | "offline" | "closed";
-  /** Messages not yet confirmed by the server. */
+  /** Own messages still in the outbox: not yet stored by the server, or stored
+   *  but not yet delivered to every other member (they leave the outbox then). */
   outbox: number;
   lastError: { code: string; message: string } | null;
 }
@@ -369,7 +370,8 @@ impl Conversation {
         self.session.pending_messages()
     }
 
-    /// Messages of this conversation not yet confirmed by the server.
+    /// Own messages of this conversation still in the outbox: not yet stored
+    /// by the server, or not yet delivered to every other member.
     #[wasm_bindgen(getter, js_name = outboxSize)]
     pub fn outbox_size(&self) -> usize {
         self.session.outbox_len()

@@ -28,6 +28,10 @@ use crate::http::{error_response, json_response};
 use crate::names::validate_name;
 use crate::store::Store;
 
+/// Optional variable overriding the per-connection frame rate (frames/s; the
+/// burst is twice that). For load tests; the default is the core's.
+const RATE_BINDING: &str = "ACKLINE_RATE_PER_SEC";
+
 /// Who is on a socket; survives hibernation as the socket's attachment.
 #[derive(Serialize, Deserialize)]
 struct Peer {
@@ -39,6 +43,8 @@ struct Peer {
 #[durable_object]
 pub struct Conversation {
     state: State,
+    /// Override of the per-connection frame rate (`ACKLINE_RATE_PER_SEC`).
+    rate_per_sec: Option<u64>,
     store: Option<Store>,
     /// The core; `None` until first needed after a (re)start or a storage error.
     core: RefCell<Option<protocol::Conversation>>,
@@ -63,7 +69,7 @@ pub(crate) fn log_event(event: &str, fields: serde_json::Value) {
 }
 
 impl DurableObject for Conversation {
-    fn new(state: State, _env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         let store = match Store::open(state.storage().sql()) {
             Ok(store) => Some(store),
             Err(e) => {
@@ -74,6 +80,11 @@ impl DurableObject for Conversation {
         };
         Self {
             state,
+            rate_per_sec: env
+                .var(RATE_BINDING)
+                .ok()
+                .and_then(|v| v.to_string().parse::<u64>().ok())
+                .filter(|r| *r > 0),
             store,
             core: RefCell::new(None),
             sockets: RefCell::new(HashMap::new()),
@@ -221,7 +232,12 @@ impl Conversation {
         };
         let conversation = store.conversation()?.unwrap_or_default();
         let seed = now_millis() ^ (worker::js_sys::Math::random() * (MAX_SEQ as f64)) as u64;
-        let mut core = protocol::Conversation::new(ServerConfig::new(conversation), seed, store)
+        let mut config = ServerConfig::new(conversation);
+        if let Some(rate) = self.rate_per_sec {
+            config.rate_per_sec = rate;
+            config.rate_burst = rate.saturating_mul(2);
+        }
+        let mut core = protocol::Conversation::new(config, seed, store)
             .map_err(|e| worker::Error::from(e.to_string()))?;
         let now = now_millis();
         let mut sockets = HashMap::new();

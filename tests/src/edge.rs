@@ -98,16 +98,23 @@ pub struct Edge {
     /// Storage folder (`--persist-to`).
     pub storage: PathBuf,
     log: PathBuf,
+    vars: Vec<(String, String)>,
 }
 
 impl Edge {
     /// Starts the edge on a free port with `storage` as its persistence folder.
     pub fn start(storage: &Path) -> Edge {
+        Edge::start_with_vars(storage, &[])
+    }
+
+    /// Like [`Edge::start`], with extra Worker variables (`--var NAME:VALUE`).
+    pub fn start_with_vars(storage: &Path, vars: &[(&str, &str)]) -> Edge {
         let mut edge = Edge {
             child: None,
             port: free_port(),
             storage: storage.to_path_buf(),
             log: storage.with_extension("log"),
+            vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
         edge.spawn();
         edge
@@ -140,6 +147,7 @@ impl Edge {
             .arg("--var")
             .arg(format!("ACKLINE_JWT_SECRET:{TEST_SECRET}"))
             .args(["--var", "ACKLINE_DEV_TOKENS:1"])
+            .args(self.vars.iter().flat_map(|(k, v)| ["--var".to_owned(), format!("{k}:{v}")]))
             // The inspector port defaults to a fixed number: two edges would clash.
             .arg("--inspector-port")
             .arg(free_port().to_string())

@@ -50,14 +50,32 @@ fn read(ws: &mut Socket) -> Option<ServerFrame> {
     }
 }
 
-/// Reacts like a client: acks pushes cumulatively so the server's window moves.
-fn ack_pushes(ws: &mut Socket, frame: &ServerFrame, through: &mut u64) {
-    if let ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } = frame {
-        if let Some(last) = messages.last() {
-            if last.seq > *through {
-                *through = last.seq;
-                send(ws, &ClientFrame::Ack { seq: last.seq, ranges: Vec::new() });
+/// Acks like the real client: cumulatively, at once after 32 new messages or
+/// 50 ms after the first unacknowledged one (ClientConfig's ack_every/ack_delay).
+#[derive(Default)]
+struct Acker {
+    stored: u64,
+    acked: u64,
+    since: Option<Instant>,
+}
+
+impl Acker {
+    fn on_frame(&mut self, ws: &mut Socket, frame: &ServerFrame) {
+        if let ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } = frame {
+            if let Some(last) = messages.last() {
+                self.stored = self.stored.max(last.seq);
+                self.since.get_or_insert_with(Instant::now);
             }
+        }
+        self.flush_due(ws);
+    }
+
+    fn flush_due(&mut self, ws: &mut Socket) {
+        let due = self.stored >= self.acked + 32 || self.since.is_some_and(|t| t.elapsed() >= Duration::from_millis(50));
+        if due && self.stored > self.acked {
+            send(ws, &ClientFrame::Ack { seq: self.stored, ranges: Vec::new() });
+            self.acked = self.stored;
+            self.since = None;
         }
     }
 }
@@ -67,7 +85,7 @@ fn run_sender(mut ws: Socket, prefix: &str, count: usize, window: usize, interva
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let mut latencies = Vec::with_capacity(count);
     let mut next = 0;
-    let mut through = 0;
+    let mut acker = Acker::default();
     let start = Instant::now();
     while latencies.len() < count {
         let due = interval.map_or(true, |i| start + i * next as u32 <= Instant::now());
@@ -89,7 +107,9 @@ fn run_sender(mut ws: Socket, prefix: &str, count: usize, window: usize, interva
             if let ServerFrame::Error { code, message, .. } = &frame {
                 panic!("{prefix}: error frame {code:?}: {message}");
             }
-            ack_pushes(&mut ws, &frame, &mut through);
+            acker.on_frame(&mut ws, &frame);
+        } else {
+            acker.flush_due(&mut ws);
         }
     }
     latencies
@@ -139,11 +159,12 @@ fn fan_out(edge: &Edge, run: usize, receivers: usize, count: usize) -> f64 {
             let mut ws = connect(edge, &conv, &format!("r{i}"), &format!("r{i}-dev"));
             let barrier = Arc::clone(&barrier);
             thread::spawn(move || {
-                let mut through = 0;
+                let mut acker = Acker::default();
                 barrier.wait();
-                while through < count as u64 {
-                    if let Some(frame) = read(&mut ws) {
-                        ack_pushes(&mut ws, &frame, &mut through);
+                while acker.acked < count as u64 {
+                    match read(&mut ws) {
+                        Some(frame) => acker.on_frame(&mut ws, &frame),
+                        None => acker.flush_due(&mut ws),
                     }
                 }
                 Instant::now()
@@ -197,7 +218,8 @@ fn main() {
     let out = flag("--out").unwrap_or_else(|| "target/bench/native.json".into());
     let scale = if quick { 5 } else { 1 };
 
-    let edge = Edge::start(&fresh_storage("bench"));
+    // Load tests go past the per-connection rate limit on purpose.
+    let edge = Edge::start_with_vars(&fresh_storage("bench"), &[("ACKLINE_RATE_PER_SEC", "1000000")]);
     let mut figures: Vec<Figure> = Vec::new();
     let measure = |figures: &mut Vec<Figure>, name: String, unit: &'static str, f: &mut dyn FnMut(usize) -> f64| {
         let runs: Vec<f64> = (0..runs).map(|r| f(r)).collect();
