@@ -9,6 +9,10 @@ use protocol::{ClientFrame, Cursor, Seq, ServerFrame, StoredMessage};
 
 use crate::edge::{Edge, Ws};
 
+/// Pace of [`Device::send_windowed`], well under the server's default of 1,000
+/// frames per second per connection (acks count too).
+pub const SENDS_PER_SEC: f64 = 600.0;
+
 /// One device's view of a conversation.
 pub struct Device {
     /// The device id.
@@ -33,6 +37,8 @@ pub struct Device {
     /// Asking for the next page after each `batch` with `more` (gap-fill is
     /// pulled by the client one page at a time).
     catching_up: bool,
+    /// Highest seq acked so far (acks are coalesced like the real client's).
+    acked: Seq,
 }
 
 impl Device {
@@ -50,6 +56,7 @@ impl Device {
             pages: 0,
             duplicates: 0,
             catching_up: after.is_some(),
+            acked: after.unwrap_or(0),
         };
         d.ws.send(&ClientFrame::Hello { after, chain: None });
         d.ws.set_read_timeout(Duration::from_secs(10));
@@ -72,23 +79,24 @@ impl Device {
         });
     }
 
-    /// Sends `(id, body)` pairs keeping at most `window` unconfirmed, as a real
-    /// client does, and waits until all are confirmed.
+    /// Sends `(id, body)` pairs keeping at most `window` unconfirmed and at most
+    /// [`SENDS_PER_SEC`] per second (under the server's per-connection rate
+    /// limit, as a well-behaved client), and waits until all are confirmed.
     pub fn send_windowed(&mut self, messages: &[(String, String)], window: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let base = self.sent.len();
         let mut next = 0;
         while self.sent.len() < base + messages.len() {
             assert!(Instant::now() < deadline, "{}: sends not confirmed in {timeout:?}", self.name);
-            while next < messages.len() && next < self.sent.len() - base + window {
+            let allowed = (start.elapsed().as_secs_f64() * SENDS_PER_SEC) as usize + 1;
+            while next < messages.len() && next < self.sent.len() - base + window && next < allowed {
                 let (id, body) = &messages[next];
                 self.send(id, body);
                 next += 1;
             }
-            self.ws.set_read_timeout(Duration::from_millis(50));
-            if let Some(frame) = self.ws.try_recv() {
-                self.absorb(frame);
-            }
+            self.ws.set_read_timeout(Duration::from_millis(20));
+            self.poll_once();
         }
     }
 
@@ -144,15 +152,31 @@ impl Device {
             }
             self.messages.insert(m.seq, m);
         }
-        let before = self.watermark;
         while self.messages.contains_key(&(self.watermark + 1)) {
             self.watermark += 1;
         }
-        if self.watermark > before {
+        if self.watermark >= self.acked + 32 {
+            self.flush_ack();
+        }
+    }
+
+    /// Sends the cumulative ack if the watermark moved since the last one
+    /// (called at once after 32 messages, otherwise whenever the socket is idle).
+    fn flush_ack(&mut self) {
+        if self.watermark > self.acked {
+            self.acked = self.watermark;
             self.ws.send(&ClientFrame::Ack {
                 seq: self.watermark,
                 ranges: Vec::new(),
             });
+        }
+    }
+
+    /// Reads one frame if one arrives in time; acks when idle.
+    fn poll_once(&mut self) {
+        match self.ws.try_recv() {
+            Some(frame) => self.absorb(frame),
+            None => self.flush_ack(),
         }
     }
 
@@ -169,9 +193,7 @@ impl Device {
                 self.sent.len(),
                 self.errors
             );
-            if let Some(frame) = self.ws.try_recv() {
-                self.absorb(frame);
-            }
+            self.poll_once();
         }
     }
 
@@ -180,9 +202,7 @@ impl Device {
         let end = Instant::now() + window;
         self.ws.set_read_timeout(Duration::from_millis(20));
         while Instant::now() < end {
-            if let Some(frame) = self.ws.try_recv() {
-                self.absorb(frame);
-            }
+            self.poll_once();
         }
     }
 

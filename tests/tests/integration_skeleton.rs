@@ -27,11 +27,12 @@ fn welcome_head(ws: &mut ackline_tests::edge::Ws) -> u64 {
     })
 }
 
-/// The next error frame's code (the page that follows `welcome` is skipped).
+/// The next error frame's code (the page after `welcome` and cursor notices,
+/// which arrive whenever the server has news, are skipped).
 fn error_code(ws: &mut ackline_tests::edge::Ws) -> ErrorCode {
     ws.recv_until(|f| match f {
         ServerFrame::Error { code, .. } => Some(*code),
-        ServerFrame::Batch { .. } => None,
+        ServerFrame::Batch { .. } | ServerFrame::Delivered { .. } => None,
         other => panic!("expected an error frame, got {other:?}"),
     })
 }
@@ -80,7 +81,7 @@ fn bad_input_gets_error_frames_and_the_socket_stays_open() {
     ws.send(&ClientFrame::Ping { nonce: 42 });
     assert_eq!(ws.recv_until(|f| match f {
         ServerFrame::Pong { nonce } => Some(*nonce),
-        ServerFrame::Batch { .. } => None,
+        ServerFrame::Batch { .. } | ServerFrame::Delivered { .. } => None,
         other => panic!("expected pong, got {other:?}"),
     }), 42);
     // The object still serves another client.
