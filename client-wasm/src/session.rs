@@ -538,16 +538,7 @@ impl Session {
     /// Forgets the current socket (closing it) and tells the core.
     fn drop_socket(&self, state: LinkState) {
         let mut inner = self.inner.borrow_mut();
-        if let Some(ws) = inner.ws.take() {
-            ws.set_onopen(None);
-            ws.set_onmessage(None);
-            ws.set_onclose(None);
-            let _ = ws.close();
-            inner.core.handle(now(), ClientInput::Disconnected);
-        }
-        inner.ws_handlers.clear();
-        inner.heartbeat_timer = None;
-        inner.state = state;
+        inner.detach_socket(state);
         inner.push_status();
     }
 
@@ -668,6 +659,20 @@ impl Session {
 }
 
 impl Inner {
+    /// Closes and forgets the current socket, tells the core, stops the heartbeat.
+    fn detach_socket(&mut self, state: LinkState) {
+        if let Some(ws) = self.ws.take() {
+            ws.set_onopen(None);
+            ws.set_onmessage(None);
+            ws.set_onclose(None);
+            let _ = ws.close();
+            self.core.handle(now(), ClientInput::Disconnected);
+        }
+        self.ws_handlers.clear();
+        self.heartbeat_timer = None;
+        self.state = state;
+    }
+
     fn push_status(&mut self) {
         let status = to_js(&StatusEvent {
             conversation: &self.cfg.conversation,
@@ -713,15 +718,7 @@ impl Inner {
                     status_changed = true;
                 }
                 ClientOutput::Disconnect => {
-                    if let Some(ws) = self.ws.take() {
-                        ws.set_onopen(None);
-                        ws.set_onmessage(None);
-                        ws.set_onclose(None);
-                        let _ = ws.close();
-                        self.core.handle(now(), ClientInput::Disconnected);
-                    }
-                    self.ws_handlers.clear();
-                    self.state = LinkState::Offline;
+                    self.detach_socket(LinkState::Offline);
                     status_changed = true;
                     self.reconnect_wanted = true;
                 }
