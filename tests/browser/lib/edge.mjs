@@ -31,8 +31,10 @@ export function freshStorage(name) {
 }
 
 export class Edge {
-  static async start(storage) {
+  /** `vars`: extra Worker variables, e.g. `{ ACKLINE_RATE_PER_SEC: '100000' }` for load tests. */
+  static async start(storage, { vars = {} } = {}) {
     const edge = new Edge(storage, await freePort());
+    edge.vars = vars;
     await edge.spawn();
     return edge;
   }
@@ -43,6 +45,7 @@ export class Edge {
     this.url = `http://127.0.0.1:${port}`;
     this.log = `${storage}.log`;
     this.child = null;
+    this.vars = {};
   }
 
   async spawn() {
@@ -57,6 +60,7 @@ export class Edge {
       '--persist-to', this.storage, '--live-reload=false', '--show-interactive-dev-session=false',
       '--inspector-port', String(await freePort()),
       '--var', `ACKLINE_JWT_SECRET:${TEST_SECRET}`, '--var', 'ACKLINE_DEV_TOKENS:1',
+      ...Object.entries(this.vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
     ], {
       cwd: repoRoot,
       // Own process group, so a kill reaches workerd too.

@@ -1,0 +1,360 @@
+// Browser benchmarks (issue 7, figures 3 and 4), Ackline against Socket.IO 4,
+// both with their clients in the same headless Chromium on the same machine:
+//   3. browser to browser: one sender page, one receiver page, N messages:
+//      throughput until the receiver has them all, and (Ackline) until the
+//      sender has seen every one `delivered`; p50/p99 send->surfaced at 100 msg/s;
+//   4. catch-up: the receiver page offline while M messages are sent, then back
+//      online: time until all are surfaced (Ackline: stored in IndexedDB first).
+// Not part of the tests. Usage:
+//   node tests/browser/bench/run.mjs [--runs 3] [--quick] [--out target/bench/browser.json]
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { Edge, freePort, freshStorage, repoRoot } from '../lib/edge.mjs';
+import { launchBrowser } from '../lib/browser.mjs';
+
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const quick = args.includes('--quick');
+const RUNS = Number(opt('--runs', quick ? 1 : 3));
+const OUT = opt('--out', join(repoRoot, 'target', 'bench', 'browser.json'));
+const N_THROUGHPUT = quick ? 2_000 : 10_000;
+const N_LATENCY = quick ? 300 : 1_000;
+const N_CATCHUP = quick ? 5_000 : 20_000;
+const LATENCY_RATE = 100; // msg/s
+const TIMEOUT = 10 * 60_000;
+
+const say = (...a) => console.error(`[${new Date().toISOString().slice(11, 19)}]`, ...a);
+
+// ---------------------------------------------------------------- page code
+// Installed into every page; `window.B` is the page's side of the benchmark.
+// Timestamps are performance.timeOrigin + performance.now(): the same clock in
+// every page of the browser, with sub-millisecond resolution.
+function installPageHarness(kind) {
+  const now = () => performance.timeOrigin + performance.now();
+  const B = {
+    now,
+    count: 0,
+    target: Infinity,
+    doneAt: 0,
+    latencies: [],
+    delivered: 0,
+    sentOk: 0,
+    failures: [],
+    state: 'connecting',
+    expect(target) {
+      this.count = 0;
+      this.target = target;
+      this.doneAt = 0;
+      this.latencies = [];
+    },
+    // Called for every message surfaced to the app, once each.
+    surfaced(body) {
+      const t = now();
+      this.count += 1;
+      const stamp = Number(body.split(' ')[1]);
+      if (body.startsWith('lat ')) this.latencies.push(t - stamp);
+      if (this.count === this.target) this.doneAt = t;
+    },
+  };
+
+  B.openAckline = async ({ user, device, conversation, dbName }) => {
+    const mod = await import('/pkg/ackline.js');
+    await mod.default();
+    const res = await fetch('/v1/dev/token', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ user, device, conversations: [conversation] }),
+    });
+    const { token } = await res.json();
+    B.client = await mod.Ackline.open({ url: location.origin, token, dbName });
+    B.client.on('status', (s) => { B.state = s.state; });
+    B.client.on('error', (e) => B.failures.push(`${e.code}: ${e.message}`));
+    B.room = await B.client.conversation(conversation);
+    B.room.on('message', (m) => { if (!m.mine) B.surfaced(m.body); });
+    B.room.on('update', (u) => {
+      if (u.status === 'delivered') B.delivered += 1;
+      if (u.status === 'failed') B.failures.push(`${u.id}: ${u.code}`);
+    });
+    // A send needs the connection's welcome; wait until the session is open.
+    const t0 = now();
+    while (B.state !== 'open') {
+      if (now() - t0 > 30_000) throw new Error(`not open after 30 s: ${B.state}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    B.send = (body) => B.room.send(body).then(() => { B.sentOk += 1; }, (e) => B.failures.push(`${e.code}: ${e.message}`));
+    B.setOnline = (online) => B.client.setOnline(online);
+    B.isOnline = () => B.state === 'open';
+  };
+
+  B.openSocketIo = async ({ room, retries }) => {
+    // eslint-disable-next-line no-undef
+    const socket = io({
+      transports: ['websocket'],
+      auth: { room },
+      ackTimeout: 10_000,
+      retries: retries ? 3 : 0,
+    });
+    B.socket = socket;
+    socket.on('msg', (_seq, body) => B.surfaced(body));
+    socket.on('connect', () => { B.state = 'open'; B.recovered = socket.recovered; });
+    socket.on('disconnect', () => { B.state = 'offline'; });
+    const t0 = now();
+    while (!socket.connected) {
+      if (now() - t0 > 30_000) throw new Error('socket.io not connected after 30 s');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const done = (err) => { if (err) B.failures.push(String(err)); else B.sentOk += 1; };
+    // With `retries`, the client queues packets and sends the next only once the
+    // previous is acknowledged (that is how it keeps order); without, acks are
+    // concurrent and a packet in flight during a disconnect is lost.
+    B.send = retries
+      ? (body) => socket.emit('send', body, done)
+      : (body) => socket.timeout(10_000).emit('send', body, done);
+    B.setOnline = (online) => {
+      if (online) {
+        socket.io.reconnection(true);
+        socket.connect();
+      } else {
+        // An unexpected transport close (not socket.disconnect(), which
+        // discards the session): the case connectionStateRecovery is for.
+        socket.io.reconnection(false);
+        socket.io.engine.close();
+      }
+    };
+    B.isOnline = () => socket.connected;
+  };
+
+  // Sends `n` messages: all at once (rate 0), or paced at `rate` msg/s.
+  B.sendMany = async (n, prefix, rate) => {
+    B.sentOk = 0;
+    B.delivered = 0;
+    const t0 = now();
+    for (let i = 0; i < n; i += 1) {
+      if (rate) {
+        const due = t0 + (i * 1000) / rate;
+        const wait = due - now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
+      B.send(`${prefix} ${now()} ${i}`);
+    }
+    return t0;
+  };
+
+  window.B = B;
+  return kind;
+}
+
+// ---------------------------------------------------------------- drivers
+async function openPage(browser, url, kind) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  await page.goto(url);
+  await page.evaluate(installPageHarness, kind);
+  return { context, page, logs };
+}
+
+async function waitFor(page, fn, arg, what) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout: TIMEOUT, polling: 50 });
+  } catch (e) {
+    const state = await page.evaluate(() => ({ count: B.count, target: B.target, sentOk: B.sentOk, delivered: B.delivered, state: B.state, failures: B.failures.slice(0, 5) })).catch(() => ({}));
+    throw new Error(`timed out waiting for ${what}: ${JSON.stringify(state)}`);
+  }
+}
+
+class Stack {
+  static async ackline(browser) {
+    const edge = await Edge.start(freshStorage('bench-browser'), { vars: { ACKLINE_RATE_PER_SEC: '1000000' } });
+    return new Stack('ackline', browser, edge.url, edge, () => edge.kill());
+  }
+
+  static async socketio(browser, retries) {
+    const port = await freePort();
+    const child = spawn(process.execPath, [join(repoRoot, 'tests', 'browser', 'bench', 'socketio-server.mjs'), String(port)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    await new Promise((resolve, reject) => {
+      child.stdout.on('data', (d) => { if (String(d).includes('ready')) resolve(); });
+      child.once('exit', (code) => reject(new Error(`socket.io server exited with ${code}`)));
+    });
+    const name = retries ? 'socket.io (acks + retries)' : 'socket.io (acks, no retries)';
+    const stack = new Stack(name, browser, `http://127.0.0.1:${port}`, null, () => child.kill('SIGKILL'));
+    stack.retries = retries;
+    return stack;
+  }
+
+  constructor(name, browser, url, edge, stop) {
+    Object.assign(this, { name, browser, url, edge, stop, runs: 0 });
+  }
+
+  /** A fresh sender page and receiver page on a fresh conversation. */
+  async pair() {
+    this.runs += 1;
+    const conversation = `bench-${Date.now()}-${this.runs}`;
+    const pages = [];
+    for (const role of ['sender', 'receiver']) {
+      const p = await openPage(this.browser, this.name === 'ackline' ? `${this.url}/healthz` : this.url, this.name);
+      if (this.name === 'ackline') {
+        await p.page.evaluate((o) => B.openAckline(o), {
+          user: `${role}-user`, device: `${role}-device`, conversation, dbName: `bench-${conversation}-${role}`,
+        });
+      } else {
+        await p.page.evaluate((o) => B.openSocketIo(o), { room: conversation, retries: this.retries });
+      }
+      pages.push(p);
+    }
+    return { sender: pages[0], receiver: pages[1], close: () => Promise.all(pages.map((p) => p.context.close())) };
+  }
+}
+
+async function throughput(stack, n) {
+  const { sender, receiver, close } = await stack.pair();
+  try {
+    await receiver.page.evaluate((n) => B.expect(n), n);
+    const t0 = await sender.page.evaluate((n) => B.sendMany(n, 'tp', 0), n);
+    await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
+    const doneAt = await receiver.page.evaluate(() => B.doneAt);
+    const out = { surfaced: n / ((doneAt - t0) / 1000) };
+    if (stack.name === 'ackline') {
+      await waitFor(sender.page, (n) => B.delivered >= n, n, 'sender to see all delivered');
+      const deliveredAt = await sender.page.evaluate(() => B.now());
+      out.delivered = n / ((deliveredAt - t0) / 1000);
+    }
+    await assertClean(sender, receiver, n);
+    return out;
+  } finally {
+    await close();
+  }
+}
+
+async function latency(stack, n) {
+  const { sender, receiver, close } = await stack.pair();
+  try {
+    await receiver.page.evaluate((n) => B.expect(n), n);
+    await sender.page.evaluate(({ n, rate }) => B.sendMany(n, 'lat', rate), { n, rate: LATENCY_RATE });
+    await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
+    const lat = (await receiver.page.evaluate(() => B.latencies)).sort((a, b) => a - b);
+    await assertClean(sender, receiver, n);
+    return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
+  } finally {
+    await close();
+  }
+}
+
+async function catchUp(stack, n) {
+  const { sender, receiver, close } = await stack.pair();
+  try {
+    // One message seen before going offline: Socket.IO can only recover a
+    // session from the offset of the last packet the client received.
+    await receiver.page.evaluate(() => B.expect(1));
+    await sender.page.evaluate(() => B.sendMany(1, 'warm', 0));
+    await waitFor(receiver.page, () => B.count >= 1, null, 'receiver to get the warm-up message');
+    await waitFor(sender.page, () => B.sentOk >= 1, null, 'sender to have the warm-up confirmed');
+    await receiver.page.evaluate(() => B.setOnline(false));
+    await waitFor(receiver.page, () => !B.isOnline(), null, 'receiver to go offline');
+    await receiver.page.evaluate((n) => B.expect(n), n);
+    await sender.page.evaluate((n) => B.sendMany(n, 'cu', 0), n);
+    await waitFor(sender.page, (n) => B.sentOk >= n, n, 'sender to have all stored by the server');
+    const received = await receiver.page.evaluate(() => B.count);
+    if (received !== 0) throw new Error(`the offline receiver got ${received} messages`);
+    const t0 = await receiver.page.evaluate(() => { const t = B.now(); B.setOnline(true); return t; });
+    await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to catch up');
+    const doneAt = await receiver.page.evaluate(() => B.doneAt);
+    const extra = stack.name.startsWith('socket.io') ? { recovered: await receiver.page.evaluate(() => B.recovered) } : {};
+    if (extra.recovered === false) throw new Error('socket.io did not recover the session');
+    await assertClean(sender, receiver, n);
+    return { ms: doneAt - t0, ...extra };
+  } finally {
+    await close();
+  }
+}
+
+/** Exactly n surfaced (no duplicates on top) and no failures on either page. */
+async function assertClean(sender, receiver, n) {
+  await new Promise((r) => setTimeout(r, 300));
+  const r = await receiver.page.evaluate(() => ({ count: B.count, failures: B.failures }));
+  const s = await sender.page.evaluate(() => ({ failures: B.failures }));
+  if (r.count !== n) throw new Error(`receiver surfaced ${r.count} messages, expected ${n}`);
+  const failures = [...r.failures, ...s.failures];
+  if (failures.length) throw new Error(`failures: ${failures.slice(0, 5).join('; ')}`);
+}
+
+function quantile(sorted, q) {
+  if (!sorted.length) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function summarize(figure, unit, runs) {
+  const sorted = [...runs].sort((a, b) => a - b);
+  return { figure, unit, median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted[sorted.length - 1], runs };
+}
+
+// ---------------------------------------------------------------- main
+const figures = [];
+const browser = await launchBrowser();
+const plan = [
+  ['ackline', (b) => Stack.ackline(b)],
+  ['socket.io (acks + retries)', (b) => Stack.socketio(b, true)],
+  ['socket.io (acks, no retries)', (b) => Stack.socketio(b, false)],
+];
+try {
+  for (const [name, start] of plan) {
+    const stack = await start(browser);
+    try {
+      const tp = [];
+      const lat = [];
+      const cu = [];
+      for (let run = 0; run < RUNS; run += 1) {
+        say(`${name}: run ${run + 1}/${RUNS}: throughput, ${N_THROUGHPUT} messages`);
+        tp.push(await throughput(stack, N_THROUGHPUT));
+        say(`${name}:   ${JSON.stringify(tp.at(-1))}; latency at ${LATENCY_RATE} msg/s, ${N_LATENCY} messages`);
+        lat.push(await latency(stack, N_LATENCY));
+        say(`${name}:   ${JSON.stringify(lat.at(-1))}; catch-up of ${N_CATCHUP}`);
+        cu.push(await catchUp(stack, N_CATCHUP));
+        say(`${name}:   ${JSON.stringify(cu.at(-1))}`);
+      }
+      figures.push(summarize(`${name}: browser->browser, ${N_THROUGHPUT} msgs, until surfaced`, 'msgs/s', tp.map((x) => x.surfaced)));
+      if (name === 'ackline') {
+        figures.push(summarize(`${name}: browser->browser, ${N_THROUGHPUT} msgs, until all delivered`, 'msgs/s', tp.map((x) => x.delivered)));
+      }
+      figures.push(summarize(`${name}: send->surfaced p50 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p50)));
+      figures.push(summarize(`${name}: send->surfaced p99 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p99)));
+      figures.push(summarize(`${name}: catch-up of ${N_CATCHUP}`, 'ms', cu.map((x) => x.ms)));
+    } finally {
+      await stack.stop();
+    }
+  }
+} finally {
+  await browser.close();
+}
+
+const chromiumVersion = await (async () => {
+  const b = await launchBrowser();
+  const v = b.version();
+  await b.close();
+  return v;
+})();
+const report = { date: new Date().toISOString(), runs: RUNS, chromium: chromiumVersion, node: process.version, figures };
+mkdirSync(dirname(OUT), { recursive: true });
+writeFileSync(OUT, JSON.stringify(report, null, 2));
+
+const fmt = (x) => (x >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(1));
+console.log(`| browser figure (Chromium ${chromiumVersion}) | median | min | max | unit |`);
+console.log('|---|---|---|---|---|');
+for (const f of figures) console.log(`| ${f.figure} | ${fmt(f.median)} | ${fmt(f.min)} | ${fmt(f.max)} | ${f.unit} |`);
+const pick = (prefix, suffix) => figures.find((f) => f.figure.startsWith(prefix) && f.figure.includes(suffix))?.median;
+for (const other of ['socket.io (acks + retries)', 'socket.io (acks, no retries)']) {
+  const ratios = [
+    ['throughput (surfaced)', pick('ackline', 'until surfaced') / pick(other, 'until surfaced')],
+    ['p99 latency', pick('ackline', 'p99') / pick(other, 'p99')],
+    ['catch-up time', pick('ackline', 'catch-up') / pick(other, 'catch-up')],
+  ];
+  console.log(`ratio Ackline / ${other}: ${ratios.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
+}
