@@ -51,7 +51,7 @@
 //! until the app calls [`Client::reset_inbox`]. A server whose head is below
 //! the device's watermark (rolled back) is reported the same way.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,7 @@ use crate::bugs::Bugs;
 use crate::chain::ChainHash;
 use crate::frame::{ClientFrame, Cursor, DecodeError, ErrorCode, Millis, Seq, ServerFrame, StoredMessage, MAX_SEQ};
 use crate::limits;
+use crate::outbox::Outbox;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
 use crate::WriteId;
@@ -112,12 +113,12 @@ impl ClientConfig {
         ClientConfig {
             user: user.into(),
             device: device.into(),
-            window: 16,
+            window: 64,
             rto_initial: 1_000,
             rto_max: 30_000,
             ack_delay: 50,
             ack_every: 32,
-            page: 200,
+            page: 500,
             fresh_page: 50,
             sync_timeout: 5_000,
             gap_grace: 250,
@@ -378,17 +379,6 @@ impl Inbox {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Outgoing {
-    entry: OutboxEntry,
-    /// The outbox write is durable (transmitting is allowed).
-    durable: bool,
-    /// Transmitted on the current connection and not yet confirmed.
-    in_flight: bool,
-    transmits: u32,
-    retry_at: Option<Millis>,
-}
-
 /// What to do when a write becomes durable.
 #[derive(Debug, Clone)]
 enum Effect {
@@ -427,9 +417,7 @@ pub struct Client {
     writes: VecDeque<(WriteId, Effect)>,
     out: VecDeque<ClientOutput>,
     inbox: Option<Inbox>,
-    outbox: BTreeMap<u64, Outgoing>,
-    ids: HashMap<String, u64>,
-    next_order: u64,
+    outbox: Outbox,
     /// Time and random part of the last id generated in this session.
     last_id: Option<(u64, u128)>,
     cursors: BTreeMap<String, (String, Seq)>,
@@ -479,9 +467,7 @@ impl Client {
             writes: VecDeque::new(),
             out: VecDeque::new(),
             inbox: None,
-            outbox: BTreeMap::new(),
-            ids: HashMap::new(),
-            next_order: 0,
+            outbox: Outbox::default(),
             last_id: None,
             cursors: BTreeMap::new(),
             head_auth: 0,
@@ -528,29 +514,10 @@ impl Client {
         }
         if !Bugs::on(c.cfg.bugs.client_forget_outbox) {
             for entry in restored.outbox {
-                c.insert_outgoing(entry, true);
+                c.outbox.insert(entry, true);
             }
         }
         c
-    }
-
-    fn insert_outgoing(&mut self, entry: OutboxEntry, durable: bool) {
-        if self.ids.contains_key(&entry.id) {
-            return;
-        }
-        let order = self.next_order;
-        self.next_order += 1;
-        self.ids.insert(entry.id.clone(), order);
-        self.outbox.insert(
-            order,
-            Outgoing {
-                entry,
-                durable,
-                in_flight: false,
-                transmits: 0,
-                retry_at: None,
-            },
-        );
     }
 
     /// Queues a message: it is written to the outbox, then sent (and resent)
@@ -573,7 +540,7 @@ impl Client {
             seq: None,
             at: None,
         };
-        self.insert_outgoing(entry.clone(), false);
+        self.outbox.insert(entry.clone(), false);
         self.persist(ClientWrite::PutOutbox(entry), Effect::Outbox { id: id.clone() });
         self.drive(now);
         Ok(id)
@@ -595,7 +562,7 @@ impl Client {
         };
         self.last_id = Some((ms, rand));
         let id = ulid_text((u128::from(ms) << 80) | rand);
-        if self.ids.contains_key(&id) {
+        if self.outbox.contains_id(&id) {
             // Only possible with a reused seed; move on rather than reuse an id.
             return self.next_id(now.saturating_add(1));
         }
@@ -680,11 +647,7 @@ impl Client {
                 if self.sync_fwd.is_none() && self.inbox.as_ref().is_some_and(|i| !i.buffer.is_empty()) {
                     at(self.gap_since.map(|g| g.saturating_add(self.cfg.gap_grace)));
                 }
-                for o in self.outbox.values() {
-                    if o.in_flight {
-                        at(o.retry_at);
-                    }
-                }
+                at(self.outbox.next_retry());
             }
         }
         t
@@ -715,7 +678,7 @@ impl Client {
         self.sync_fwd.is_some()
             || self.sync_back.is_some()
             || self.sync_fresh.is_some()
-            || self.outbox.values().any(|o| o.in_flight)
+            || self.outbox.any_in_flight()
     }
 
     fn persist(&mut self, op: ClientWrite, effect: Effect) {
@@ -755,10 +718,7 @@ impl Client {
 
     /// Forgets everything tied to the current connection.
     fn reset_connection(&mut self) {
-        for o in self.outbox.values_mut() {
-            o.in_flight = false;
-            o.retry_at = None;
-        }
+        self.outbox.reset_connection();
         self.sync_fwd = None;
         self.sync_back = None;
         self.sync_fresh = None;
@@ -789,7 +749,7 @@ impl Client {
     /// Our own message coming back stands in for a lost `sent`.
     fn note_own(&mut self, now: Millis, messages: &[StoredMessage]) {
         for m in messages {
-            if m.device == self.cfg.device && self.ids.contains_key(&m.id) {
+            if m.device == self.cfg.device && self.outbox.contains_id(&m.id) {
                 self.on_sent(now, &m.id, m.seq, m.at);
             }
         }
@@ -819,9 +779,7 @@ impl Client {
             self.fresh_pending = true;
             self.sync_fresh = Some(now.saturating_add(self.cfg.sync_timeout));
         }
-        for o in self.outbox.values_mut() {
-            o.transmits = 0;
-        }
+        self.outbox.reset_transmits();
         // Tell the new connection where we are (its cursor may be stale).
         if self.inbox.as_ref().is_some_and(|i| i.durable > 0) {
             self.ack.due = Some(now);
@@ -837,20 +795,12 @@ impl Client {
     }
 
     fn on_sent(&mut self, now: Millis, id: &str, seq: Seq, at: Millis) {
-        let Some(&order) = self.ids.get(id) else {
+        let Some(order) = self.outbox.order_of(id) else {
             return; // already delivered and forgotten, or not ours
         };
-        let Some(o) = self.outbox.get_mut(&order) else {
-            return;
+        let Some(entry) = self.outbox.confirm(order, seq, at) else {
+            return; // a duplicate `sent`
         };
-        o.in_flight = false;
-        o.retry_at = None;
-        if o.entry.seq.is_some() {
-            return;
-        }
-        o.entry.seq = Some(seq);
-        o.entry.at = Some(at);
-        let entry = o.entry.clone();
         self.persist(ClientWrite::PutOutbox(entry), Effect::None);
         self.out.push_back(ClientOutput::Status {
             id: id.to_owned(),
@@ -861,7 +811,7 @@ impl Client {
     }
 
     fn on_error(&mut self, now: Millis, code: ErrorCode, message: String, id: Option<String>) {
-        let order = id.as_ref().and_then(|id| self.ids.get(id)).copied();
+        let order = id.as_ref().and_then(|id| self.outbox.order_of(id));
         let Some(order) = order else {
             self.out
                 .push_back(ClientOutput::Error(ClientError::Server { code, message }));
@@ -869,8 +819,7 @@ impl Client {
         };
         let permanent = matches!(code, ErrorCode::BodyTooLarge | ErrorCode::BadFrame | ErrorCode::FrameTooLarge);
         if permanent {
-            if let Some(o) = self.outbox.remove(&order) {
-                self.ids.remove(&o.entry.id);
+            if let Some(o) = self.outbox.remove(order) {
                 self.persist(
                     ClientWrite::RemoveOutbox {
                         id: o.entry.id.clone(),
@@ -882,12 +831,11 @@ impl Client {
                     status: MessageStatus::Failed { code },
                 });
             }
-        } else if let Some(o) = self.outbox.get_mut(&order) {
+        } else if self.outbox.is_in_flight(order) {
             // Busy, rate limited or not ready: retry after the backoff.
-            if o.in_flight {
-                let wait = backoff(self.cfg.rto_initial, self.cfg.rto_max, o.transmits);
-                o.retry_at = Some(now.saturating_add(wait));
-            }
+            let transmits = self.outbox.transmits(order);
+            let wait = backoff(self.cfg.rto_initial, self.cfg.rto_max, transmits);
+            self.outbox.retry_later(order, now.saturating_add(wait));
         }
     }
 
@@ -926,22 +874,13 @@ impl Client {
         let Some(&floor) = best.values().min() else {
             return;
         };
-        let done: Vec<u64> = self
-            .outbox
-            .iter()
-            .filter(|(_, o)| o.entry.seq.is_some_and(|s| s <= floor))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in done {
-            if let Some(o) = self.outbox.remove(&k) {
-                self.ids.remove(&o.entry.id);
-                let seq = o.entry.seq.unwrap_or_default();
-                self.out.push_back(ClientOutput::Status {
-                    id: o.entry.id.clone(),
-                    status: MessageStatus::Delivered { seq },
-                });
-                self.persist(ClientWrite::RemoveOutbox { id: o.entry.id }, Effect::None);
-            }
+        for o in self.outbox.take_delivered(floor) {
+            let seq = o.entry.seq.unwrap_or_default();
+            self.out.push_back(ClientOutput::Status {
+                id: o.entry.id.clone(),
+                status: MessageStatus::Delivered { seq },
+            });
+            self.persist(ClientWrite::RemoveOutbox { id: o.entry.id }, Effect::None);
         }
     }
 
@@ -1243,15 +1182,12 @@ impl Client {
             match effect {
                 Effect::None => {}
                 Effect::Outbox { id } => {
-                    if let Some(o) = self.ids.get(&id).and_then(|k| self.outbox.get_mut(k)) {
-                        o.durable = true;
-                        // Durably queued: from here on it survives any crash.
-                        if o.entry.seq.is_none() {
-                            self.out.push_back(ClientOutput::Status {
-                                id,
-                                status: MessageStatus::Pending,
-                            });
-                        }
+                    // Durably queued: from here on it survives any crash.
+                    if self.outbox.mark_durable(&id) {
+                        self.out.push_back(ClientOutput::Status {
+                            id,
+                            status: MessageStatus::Pending,
+                        });
                     }
                 }
                 Effect::Inbox {
@@ -1321,7 +1257,7 @@ impl Client {
     }
 
     fn plan_refresh(&mut self, now: Millis) {
-        let waiting = self.outbox.values().any(|o| o.entry.seq.is_some());
+        let waiting = self.outbox.any_awaiting_delivery();
         if !waiting || self.link != Link::Ready {
             self.refresh_at = None;
             return;
@@ -1346,36 +1282,14 @@ impl Client {
 
     fn pump_outbox(&mut self, now: Millis) {
         let (initial, max) = (self.cfg.rto_initial, self.cfg.rto_max);
-        let mut in_flight = self.outbox.values().filter(|o| o.in_flight).count();
-        let mut frames = Vec::new();
-        for o in self.outbox.values_mut() {
-            if o.entry.seq.is_some() || !o.durable {
-                continue;
-            }
-            let due = if o.in_flight {
-                o.retry_at.is_some_and(|r| r <= now)
-            } else if in_flight < self.cfg.window {
-                in_flight += 1;
-                true
-            } else {
-                false
-            };
-            if !due {
-                continue;
-            }
-            let wait = backoff(initial, max, o.transmits);
+        let rng = &mut self.rng;
+        let frames = self.outbox.due(now, self.cfg.window, |transmits| {
+            let wait = backoff(initial, max, transmits);
             // +-20% jitter so that many clients do not retry in lockstep.
-            let jitter = self.rng.range(0, wait / 5 * 2);
-            o.in_flight = true;
-            o.transmits = o.transmits.saturating_add(1);
-            o.retry_at = Some(now.saturating_add(wait - wait / 5 + jitter));
-            frames.push(ClientFrame::Send {
-                id: o.entry.id.clone(),
-                body: o.entry.body.clone(),
-            });
-        }
-        for f in frames {
-            self.transmit(f);
+            wait - wait / 5 + rng.range(0, wait / 5 * 2)
+        });
+        for (id, body) in frames {
+            self.transmit(ClientFrame::Send { id, body });
         }
     }
 

@@ -45,6 +45,7 @@ pub mod chain;
 pub mod client;
 pub mod frame;
 pub mod limits;
+mod outbox;
 pub mod ranges;
 pub mod rng;
 pub mod server;

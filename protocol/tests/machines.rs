@@ -503,7 +503,7 @@ fn client_buffers_out_of_order_pushes_acks_them_selectively_and_fills_the_gap() 
     let t = T0 + 1_000;
     d.input(t, ClientInput::Timeout);
     let syncs: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).collect();
-    assert_eq!(syncs, vec![ClientFrame::Sync { after: Some(0), before: Some(4), limit: 200 }]);
+    assert_eq!(syncs, vec![ClientFrame::Sync { after: Some(0), before: Some(4), limit: 500 }]);
     d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false });
     d.durable(t);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5]);
@@ -568,7 +568,7 @@ fn client_refetches_on_a_chain_mismatch_and_reports_persistent_divergence() {
     d.durable(T0);
     assert_eq!(d.shown, vec![1]);
     assert_eq!(d.errors, vec![ClientError::ChainMismatch { seq: 2 }]);
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(1), before: None, limit: 200 }));
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(1), before: None, limit: 500 }));
     d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false });
     d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false });
     assert!(matches!(d.errors.last(), Some(ClientError::Diverged { seq: 2, .. })));
@@ -601,7 +601,7 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     assert!(!d.c.history_complete());
     assert!(d.c.load_older(T0));
     d.drain();
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: None, before: Some(8), limit: 200 }));
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: None, before: Some(8), limit: 500 }));
     // A page that does not chain into seq 8 is refused.
     let mut bad = msgs[4..7].to_vec();
     bad[2].body = "forged".into();
@@ -754,7 +754,7 @@ fn regression_full_buffer_still_takes_the_message_that_fills_the_hole() {
     // filled the hole; 4 and 5 are fetched again.
     assert_eq!(d.shown, vec![1, 2, 3]);
     d.input(T0 + 2, ClientInput::Timeout);
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(3), before: None, limit: 200 }));
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(3), before: None, limit: 500 }));
 }
 
 /// Seed 9100766: an evicted buffered message had already been acknowledged
@@ -780,10 +780,10 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     d.durable(T0 + 103);
     assert_eq!(d.shown, vec![1, 2]);
     // The eviction made it ask for the hole at once; its answer arrives.
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(0), before: Some(2), limit: 200 }));
+    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(0), before: Some(2), limit: 500 }));
     d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false });
     let sent = d.take_sent();
-    assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 200 }), "{sent:?}");
+    assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 500 }), "{sent:?}");
 }
 
 /// Seed 20189526 (found by a 300,000-seed soak): after an eviction raised the
@@ -812,7 +812,7 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.take_sent();
     d.frame(T0 + 7, welcome(5, msgs[4].chain, vec![]));
     let sent = d.take_sent();
-    assert!(sent.contains(&ClientFrame::Sync { after: Some(6), before: None, limit: 200 }), "{sent:?}");
+    assert!(sent.contains(&ClientFrame::Sync { after: Some(6), before: None, limit: 500 }), "{sent:?}");
 }
 
 /// Selective acks are advisory: with everything above the cumulative ack

@@ -7,6 +7,7 @@
 //      online: time until all are surfaced (Ackline: stored in IndexedDB first).
 // Not part of the tests. Usage:
 //   node tests/browser/bench/run.mjs [--runs 3] [--quick] [--out target/bench/browser.json]
+//     [--stack ackline|socket.io] [--only throughput|latency|catchup] [--profile] [--debug]
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -25,6 +26,12 @@ const N_THROUGHPUT = quick ? 2_000 : 10_000;
 const N_LATENCY = quick ? 300 : 1_000;
 const N_CATCHUP = quick ? 5_000 : 20_000;
 const LATENCY_RATE = 100; // msg/s
+// For profiling: --only throughput|latency|catchup runs one kind of figure,
+// --stack ackline|socket.io one stack, --profile saves CPU profiles of the pages.
+const ONLY = opt('--only', null);
+const STACK = opt('--stack', null);
+const PROFILE = args.includes('--profile');
+const DEBUG = args.includes('--debug');
 const TIMEOUT = 10 * 60_000;
 
 const say = (...a) => console.error(`[${new Date().toISOString().slice(11, 19)}]`, ...a);
@@ -85,7 +92,8 @@ function installPageHarness(kind) {
       if (now() - t0 > 30_000) throw new Error(`not open after 30 s: ${B.state}`);
       await new Promise((r) => setTimeout(r, 20));
     }
-    B.send = (body) => B.room.send(body).then(() => { B.sentOk += 1; }, (e) => B.failures.push(`${e.code}: ${e.message}`));
+    B.sentLat = [];
+    B.send = (body) => { const t = now(); return B.room.send(body).then(() => { B.sentOk += 1; B.lastSentAt = now(); B.sentLat.push(B.lastSentAt - t); }, (e) => B.failures.push(`${e.code}: ${e.message}`)); };
     B.setOnline = (online) => B.client.setOnline(online);
     B.isOnline = () => B.state === 'open';
   };
@@ -162,7 +170,7 @@ async function openPage(browser, url, kind) {
 
 async function waitFor(page, fn, arg, what) {
   try {
-    await page.waitForFunction(fn, arg, { timeout: TIMEOUT, polling: 50 });
+    await page.waitForFunction(fn, arg, { timeout: TIMEOUT, polling: 250 });
   } catch (e) {
     const state = await page.evaluate(() => ({ count: B.count, target: B.target, sentOk: B.sentOk, delivered: B.delivered, state: B.state, failures: B.failures.slice(0, 5) })).catch(() => ({}));
     throw new Error(`timed out waiting for ${what}: ${JSON.stringify(state)}`);
@@ -218,10 +226,13 @@ async function throughput(stack, n) {
   const { sender, receiver, close } = await stack.pair();
   try {
     await receiver.page.evaluate((n) => B.expect(n), n);
+    const profiles = PROFILE ? await startProfiles({ sender, receiver }) : null;
     const t0 = await sender.page.evaluate((n) => B.sendMany(n, 'tp', 0), n);
     await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
+    if (profiles) await stopProfiles(profiles);
     const doneAt = await receiver.page.evaluate(() => B.doneAt);
     const out = { surfaced: n / ((doneAt - t0) / 1000) };
+    if (DEBUG) out.allSentAfterMs = (await sender.page.evaluate(() => B.lastSentAt)) - t0;
     if (stack.name === 'ackline') {
       await waitFor(sender.page, (n) => B.delivered >= n, n, 'sender to see all delivered');
       const deliveredAt = await sender.page.evaluate(() => B.now());
@@ -241,6 +252,12 @@ async function latency(stack, n) {
     await sender.page.evaluate(({ n, rate }) => B.sendMany(n, 'lat', rate), { n, rate: LATENCY_RATE });
     await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
     const lat = (await receiver.page.evaluate(() => B.latencies)).sort((a, b) => a - b);
+    if (DEBUG) {
+      const sl = (await sender.page.evaluate(() => B.sentLat ?? [])).sort((a, b) => a - b);
+      say(`send->sent p50 ${quantile(sl, 0.5)} p90 ${quantile(sl, 0.9)} p99 ${quantile(sl, 0.99)}; send->surfaced p90 ${quantile(lat, 0.9)} max ${lat.at(-1)}`);
+      const raw = await receiver.page.evaluate(() => B.latencies);
+      say(`surfaced latencies over 30 ms at message index: ${raw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
+    }
     await assertClean(sender, receiver, n);
     return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
   } finally {
@@ -264,8 +281,10 @@ async function catchUp(stack, n) {
     await waitFor(sender.page, (n) => B.sentOk >= n, n, 'sender to have all stored by the server');
     const received = await receiver.page.evaluate(() => B.count);
     if (received !== 0) throw new Error(`the offline receiver got ${received} messages`);
+    const profiles = PROFILE ? await startProfiles({ receiver }) : null;
     const t0 = await receiver.page.evaluate(() => { const t = B.now(); B.setOnline(true); return t; });
     await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to catch up');
+    if (profiles) await stopProfiles(profiles);
     const doneAt = await receiver.page.evaluate(() => B.doneAt);
     const extra = stack.name.startsWith('socket.io') ? { recovered: await receiver.page.evaluate(() => B.recovered) } : {};
     if (extra.recovered === false) throw new Error('socket.io did not recover the session');
@@ -286,6 +305,41 @@ async function assertClean(sender, receiver, n) {
   if (failures.length) throw new Error(`failures: ${failures.slice(0, 5).join('; ')}`);
 }
 
+// --profile: CPU profiles of the pages during the throughput and catch-up runs, with
+// the top self-time functions printed (for finding where the time goes).
+async function startProfiles(pages) {
+  const out = [];
+  for (const [role, p] of Object.entries(pages)) {
+    const cdp = await p.context.newCDPSession(p.page);
+    await cdp.send('Profiler.enable');
+    await cdp.send('Profiler.setSamplingInterval', { interval: 200 });
+    await cdp.send('Profiler.start');
+    out.push({ role, cdp });
+  }
+  return out;
+}
+
+async function stopProfiles(profiles) {
+  for (const { role, cdp } of profiles) {
+    const { profile } = await cdp.send('Profiler.stop');
+    const file = join(repoRoot, 'target', 'bench', `${role}.cpuprofile`);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, JSON.stringify(profile));
+    const self = new Map();
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    const dt = profile.timeDeltas;
+    profile.samples.forEach((id, i) => {
+      const f = byId.get(id).callFrame;
+      const key = `${f.functionName || '(anon)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
+      self.set(key, (self.get(key) || 0) + (dt[i] || 0));
+    });
+    const total = [...self.values()].reduce((a, b) => a + b, 0);
+    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+    say(`${role} profile (${file}), total ${(total / 1000).toFixed(0)} ms:`);
+    for (const [k, v] of top) say(`  ${((100 * v) / total).toFixed(1)}%  ${k}`);
+  }
+}
+
 function quantile(sorted, q) {
   if (!sorted.length) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
@@ -299,11 +353,12 @@ function summarize(figure, unit, runs) {
 // ---------------------------------------------------------------- main
 const figures = [];
 const browser = await launchBrowser();
-const plan = [
+const planAll = [
   ['ackline', (b) => Stack.ackline(b)],
   ['socket.io (acks + retries)', (b) => Stack.socketio(b, true)],
   ['socket.io (acks, no retries)', (b) => Stack.socketio(b, false)],
 ];
+const plan = STACK ? planAll.filter(([n]) => n.startsWith(STACK)) : planAll;
 try {
   for (const [name, start] of plan) {
     const stack = await start(browser);
@@ -311,22 +366,35 @@ try {
       const tp = [];
       const lat = [];
       const cu = [];
+      const wanted = (kind) => !ONLY || ONLY === kind;
       for (let run = 0; run < RUNS; run += 1) {
-        say(`${name}: run ${run + 1}/${RUNS}: throughput, ${N_THROUGHPUT} messages`);
-        tp.push(await throughput(stack, N_THROUGHPUT));
-        say(`${name}:   ${JSON.stringify(tp.at(-1))}; latency at ${LATENCY_RATE} msg/s, ${N_LATENCY} messages`);
-        lat.push(await latency(stack, N_LATENCY));
-        say(`${name}:   ${JSON.stringify(lat.at(-1))}; catch-up of ${N_CATCHUP}`);
-        cu.push(await catchUp(stack, N_CATCHUP));
-        say(`${name}:   ${JSON.stringify(cu.at(-1))}`);
+        if (wanted('throughput')) {
+          say(`${name}: run ${run + 1}/${RUNS}: throughput, ${N_THROUGHPUT} messages`);
+          tp.push(await throughput(stack, N_THROUGHPUT));
+          say(`${name}:   ${JSON.stringify(tp.at(-1))}`);
+        }
+        if (wanted('latency')) {
+          say(`${name}: run ${run + 1}/${RUNS}: latency at ${LATENCY_RATE} msg/s, ${N_LATENCY} messages`);
+          lat.push(await latency(stack, N_LATENCY));
+          say(`${name}:   ${JSON.stringify(lat.at(-1))}`);
+        }
+        if (wanted('catchup')) {
+          say(`${name}: run ${run + 1}/${RUNS}: catch-up of ${N_CATCHUP}`);
+          cu.push(await catchUp(stack, N_CATCHUP));
+          say(`${name}:   ${JSON.stringify(cu.at(-1))}`);
+        }
       }
-      figures.push(summarize(`${name}: browser->browser, ${N_THROUGHPUT} msgs, until surfaced`, 'msgs/s', tp.map((x) => x.surfaced)));
-      if (name === 'ackline') {
-        figures.push(summarize(`${name}: browser->browser, ${N_THROUGHPUT} msgs, until all delivered`, 'msgs/s', tp.map((x) => x.delivered)));
+      if (tp.length) {
+        figures.push(summarize(`${name}: browser->browser, ${N_THROUGHPUT} msgs, until surfaced`, 'msgs/s', tp.map((x) => x.surfaced)));
+        if (name === 'ackline') {
+          figures.push(summarize(`${name}: browser->browser, ${N_THROUGHPUT} msgs, until all delivered`, 'msgs/s', tp.map((x) => x.delivered)));
+        }
       }
-      figures.push(summarize(`${name}: send->surfaced p50 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p50)));
-      figures.push(summarize(`${name}: send->surfaced p99 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p99)));
-      figures.push(summarize(`${name}: catch-up of ${N_CATCHUP}`, 'ms', cu.map((x) => x.ms)));
+      if (lat.length) {
+        figures.push(summarize(`${name}: send->surfaced p50 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p50)));
+        figures.push(summarize(`${name}: send->surfaced p99 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p99)));
+      }
+      if (cu.length) figures.push(summarize(`${name}: catch-up of ${N_CATCHUP}`, 'ms', cu.map((x) => x.ms)));
     } finally {
       await stack.stop();
     }
@@ -356,5 +424,6 @@ for (const other of ['socket.io (acks + retries)', 'socket.io (acks, no retries)
     ['p99 latency', pick('ackline', 'p99') / pick(other, 'p99')],
     ['catch-up time', pick('ackline', 'catch-up') / pick(other, 'catch-up')],
   ];
+  if (ratios.some(([, v]) => !Number.isFinite(v))) continue;
   console.log(`ratio Ackline / ${other}: ${ratios.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}`);
 }
