@@ -26,6 +26,7 @@ const N_THROUGHPUT = quick ? 2_000 : 10_000;
 const N_LATENCY = quick ? 300 : 1_000;
 const N_CATCHUP = quick ? 5_000 : 20_000;
 const LATENCY_RATE = 100; // msg/s
+const WARMUP = 100; // messages at LATENCY_RATE before latencies count
 // For profiling: --only throughput|latency|catchup runs one kind of figure,
 // --stack ackline|socket.io one stack, --profile saves CPU profiles of the pages.
 const ONLY = opt('--only', null);
@@ -82,7 +83,9 @@ function installPageHarness(kind) {
     B.client.on('error', (e) => B.failures.push(`${e.code}: ${e.message}`));
     B.room = await B.client.conversation(conversation);
     B.room.on('message', (m) => { if (!m.mine) B.surfaced(m.body); });
+    B.pendingAt = new Map();
     B.room.on('update', (u) => {
+      if (u.status === 'pending') B.pendingAt.set(u.id, now());
       if (u.status === 'delivered') B.delivered += 1;
       if (u.status === 'failed') B.failures.push(`${u.id}: ${u.code}`);
     });
@@ -93,7 +96,8 @@ function installPageHarness(kind) {
       await new Promise((r) => setTimeout(r, 20));
     }
     B.sentLat = [];
-    B.send = (body) => { const t = now(); return B.room.send(body).then(() => { B.sentOk += 1; B.lastSentAt = now(); B.sentLat.push(B.lastSentAt - t); }, (e) => B.failures.push(`${e.code}: ${e.message}`)); };
+    B.pendingLat = [];
+    B.send = (body) => { const t = now(); return B.room.send(body).then((r) => { B.pendingLat.push((B.pendingAt.get(r.id) ?? NaN) - t); B.sentOk += 1; B.lastSentAt = now(); B.sentLat.push(B.lastSentAt - t); }, (e) => B.failures.push(`${e.code}: ${e.message}`)); };
     B.setOnline = (online) => B.client.setOnline(online);
     B.isOnline = () => B.state === 'open';
   };
@@ -151,6 +155,14 @@ function installPageHarness(kind) {
     }
     return t0;
   };
+
+  // Main-thread tasks over 50 ms (for --debug).
+  B.longTasks = [];
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) B.longTasks.push([Math.round(e.startTime), Math.round(e.duration)]);
+    }).observe({ type: 'longtask', buffered: true });
+  } catch { /* not supported */ }
 
   window.B = B;
   return kind;
@@ -248,7 +260,26 @@ async function throughput(stack, n) {
 async function latency(stack, n) {
   const { sender, receiver, close } = await stack.pair();
   try {
+    // The first message of a fresh conversation pays for cold starts (the
+    // Durable Object's first write, JIT warm-up): measured on its own, then a
+    // warm-up of WARMUP messages at the same rate, then the steady state.
+    await receiver.page.evaluate(() => B.expect(1));
+    await sender.page.evaluate(() => B.sendMany(1, 'lat', 0));
+    await waitFor(receiver.page, () => B.count >= 1, null, 'the first message');
+    const first = (await receiver.page.evaluate(() => B.latencies))[0];
+    await receiver.page.evaluate((n) => B.expect(n), WARMUP);
+    await sender.page.evaluate(({ n, rate }) => B.sendMany(n, 'warm', rate), { n: WARMUP, rate: LATENCY_RATE });
+    await waitFor(receiver.page, () => B.count >= B.target, null, 'the warm-up messages');
     await receiver.page.evaluate((n) => B.expect(n), n);
+    const frames = [];
+    if (DEBUG) {
+      // The sender's WebSocket frames with their times, to tell a slow page from a slow server.
+      const cdp = await sender.context.newCDPSession(sender.page);
+      await cdp.send('Network.enable');
+      const note = (dir) => (e) => frames.push([e.timestamp * 1000, dir, e.response.payloadData.slice(0, 60)]);
+      cdp.on('Network.webSocketFrameSent', note('>'));
+      cdp.on('Network.webSocketFrameReceived', note('<'));
+    }
     await sender.page.evaluate(({ n, rate }) => B.sendMany(n, 'lat', rate), { n, rate: LATENCY_RATE });
     await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
     const lat = (await receiver.page.evaluate(() => B.latencies)).sort((a, b) => a - b);
@@ -257,9 +288,16 @@ async function latency(stack, n) {
       say(`send->sent p50 ${quantile(sl, 0.5)} p90 ${quantile(sl, 0.9)} p99 ${quantile(sl, 0.99)}; send->surfaced p90 ${quantile(lat, 0.9)} max ${lat.at(-1)}`);
       const raw = await receiver.page.evaluate(() => B.latencies);
       say(`surfaced latencies over 30 ms at message index: ${raw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
+      say(`long tasks: sender ${JSON.stringify(await sender.page.evaluate(() => B.longTasks))} receiver ${JSON.stringify(await receiver.page.evaluate(() => B.longTasks))}`);
+      const t0 = frames[0]?.[0] ?? 0;
+      for (const [t, dir, text] of frames.slice(0, 90)) say(`  ${(t - t0).toFixed(1).padStart(8)} ${dir} ${text}`);
+      const praw = await sender.page.evaluate(() => B.pendingLat ?? []);
+      say(`send->pending (outbox durable) over 30 ms at message index: ${praw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
+      const sraw = await sender.page.evaluate(() => B.sentLat ?? []);
+      say(`send->sent over 30 ms at message index: ${sraw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
     }
     await assertClean(sender, receiver, n);
-    return { p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
+    return { first, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
   } finally {
     await close();
   }
@@ -393,6 +431,7 @@ try {
       if (lat.length) {
         figures.push(summarize(`${name}: send->surfaced p50 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p50)));
         figures.push(summarize(`${name}: send->surfaced p99 at ${LATENCY_RATE} msg/s`, 'ms', lat.map((x) => x.p99)));
+        figures.push(summarize(`${name}: send->surfaced, first message of a fresh conversation`, 'ms', lat.map((x) => x.first)));
       }
       if (cu.length) figures.push(summarize(`${name}: catch-up of ${N_CATCHUP}`, 'ms', cu.map((x) => x.ms)));
     } finally {
