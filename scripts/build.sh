@@ -9,7 +9,8 @@ say() { printf '[build] %s\n' "$*"; }
 
 say "client-wasm -> client-wasm/pkg (wasm-pack, --target web)"
 # --mode no-install: use the pinned wasm-bindgen on PATH, never download one.
-wasm-pack --quiet build client-wasm --release --target web --mode no-install --out-dir pkg --out-name ackline >/dev/null
+# --profile client: the size-optimised profile of Cargo.toml.
+wasm-pack --quiet build client-wasm --profile client --target web --mode no-install --out-dir pkg --out-name ackline >/dev/null
 "$root/node_modules/.bin/wasm-opt" -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals \
   client-wasm/pkg/ackline_bg.wasm -o client-wasm/pkg/ackline_bg.wasm
 
