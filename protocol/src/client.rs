@@ -57,9 +57,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
-use crate::frame::{ClientFrame, Cursor, DecodeError, ErrorCode, Millis, Seq, ServerFrame, StoredMessage, MAX_SEQ};
+use crate::frame::{
+    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, MAX_SEQ,
+};
 use crate::limits;
 use crate::outbox::Outbox;
+use crate::pacer::Pacer;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
 use crate::WriteId;
@@ -418,6 +421,8 @@ pub struct Client {
     out: VecDeque<ClientOutput>,
     inbox: Option<Inbox>,
     outbox: Outbox,
+    /// Paces sends to the budget of the current connection's `welcome`.
+    pacer: Option<Pacer>,
     /// Time and random part of the last id generated in this session.
     last_id: Option<(u64, u128)>,
     cursors: BTreeMap<String, (String, Seq)>,
@@ -468,6 +473,7 @@ impl Client {
             out: VecDeque::new(),
             inbox: None,
             outbox: Outbox::default(),
+            pacer: None,
             last_id: None,
             cursors: BTreeMap::new(),
             head_auth: 0,
@@ -647,7 +653,14 @@ impl Client {
                 if self.sync_fwd.is_none() && self.inbox.as_ref().is_some_and(|i| !i.buffer.is_empty()) {
                     at(self.gap_since.map(|g| g.saturating_add(self.cfg.gap_grace)));
                 }
-                at(self.outbox.next_retry());
+                // Sends held back by pacing go when the budget allows.
+                let paced_until = self.pacer.as_ref().map_or(0, Pacer::next_at);
+                at(self.outbox.next_retry().map(|r| r.max(paced_until)));
+                if let Some(p) = &self.pacer {
+                    if self.outbox.any_ready() && self.outbox.in_flight_len() < self.cfg.window {
+                        at(Some(p.next_at()));
+                    }
+                }
             }
         }
         t
@@ -694,6 +707,8 @@ impl Client {
 
     fn on_connected(&mut self, now: Millis) {
         self.reset_connection();
+        // The server's bucket is per connection: a new one starts full.
+        self.pacer = None;
         self.last_rx = now;
         self.say_hello(now);
     }
@@ -729,8 +744,15 @@ impl Client {
     fn on_frame(&mut self, now: Millis, frame: ServerFrame) {
         match frame {
             ServerFrame::Welcome {
-                head, chain, cursors, ..
-            } => self.on_welcome(now, head, chain, cursors),
+                head,
+                chain,
+                cursors,
+                rate,
+                ..
+            } => {
+                self.on_welcome(now, head, chain, cursors);
+                self.start_pacing(now, rate);
+            }
             ServerFrame::Sent { id, seq, at } => self.on_sent(now, &id, seq, at),
             ServerFrame::Push { messages } => {
                 self.note_own(now, &messages);
@@ -752,6 +774,14 @@ impl Client {
             if m.device == self.cfg.device && self.outbox.contains_id(&m.id) {
                 self.on_sent(now, &m.id, m.seq, m.at);
             }
+        }
+    }
+
+    /// Paces sends from the first `welcome` of a connection on (a later one
+    /// answers a refresh `hello` on the same connection and the same bucket).
+    fn start_pacing(&mut self, now: Millis, rate: Option<RateLimit>) {
+        if self.pacer.is_none() && self.link == Link::Ready {
+            self.pacer = rate.map(|r| Pacer::new(now, r));
         }
     }
 
@@ -1282,12 +1312,16 @@ impl Client {
 
     fn pump_outbox(&mut self, now: Millis) {
         let (initial, max) = (self.cfg.rto_initial, self.cfg.rto_max);
+        let budget = self.pacer.as_mut().map_or(usize::MAX, |p| p.available(now));
         let rng = &mut self.rng;
-        let frames = self.outbox.due(now, self.cfg.window, |transmits| {
+        let frames = self.outbox.due(now, self.cfg.window, budget, |transmits| {
             let wait = backoff(initial, max, transmits);
             // +-20% jitter so that many clients do not retry in lockstep.
             wait - wait / 5 + rng.range(0, wait / 5 * 2)
         });
+        if let Some(p) = &mut self.pacer {
+            p.spend(frames.len());
+        }
         for (id, body) in frames {
             self.transmit(ClientFrame::Send { id, body });
         }

@@ -57,6 +57,16 @@ pub struct Cursor {
     pub through: Seq,
 }
 
+/// The server's per-connection frame budget (a token bucket), announced in
+/// `welcome` so that clients pace themselves instead of being refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Frames per second the bucket refills with.
+    pub per_sec: u64,
+    /// Bucket size: frames that may arrive at once after a quiet period.
+    pub burst: u64,
+}
+
 /// Frames a client sends to the conversation it is connected to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -134,6 +144,10 @@ pub enum ServerFrame {
         cursors: Vec<Cursor>,
         /// Server clock.
         now: Millis,
+        /// The connection's frame budget; absent from servers that predate it
+        /// (a client then does not pace itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate: Option<RateLimit>,
     },
     /// A `send` was stored (or had been stored before: same seq).
     Sent {

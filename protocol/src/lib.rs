@@ -46,6 +46,7 @@ pub mod client;
 pub mod frame;
 pub mod limits;
 mod outbox;
+mod pacer;
 pub mod ranges;
 pub mod rng;
 pub mod server;
@@ -57,8 +58,8 @@ pub use client::{
     InboxState, MessageStatus, OutboxEntry,
 };
 pub use frame::{
-    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, Seq, ServerFrame, StoredMessage,
-    MAX_SEQ, PROTOCOL_VERSION,
+    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
+    StoredMessage, MAX_SEQ, PROTOCOL_VERSION,
 };
 pub use ranges::RangeSet;
 pub use server::{

@@ -112,6 +112,15 @@ impl Outbox {
         self.in_flight.contains(&order)
     }
 
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Some durable entry waits for a free slot in the window.
+    pub fn any_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     pub fn any_in_flight(&self) -> bool {
         !self.in_flight.is_empty()
     }
@@ -183,14 +192,15 @@ impl Outbox {
         orders.into_iter().filter_map(|k| self.remove(k)).collect()
     }
 
-    /// The `send`s due now, in creation order: retransmissions whose deadline
-    /// passed, then (in the same order) ready entries while fewer than
-    /// `window` are in flight. `retry_wait(transmits)` gives how long to wait
-    /// before the next retransmission of an entry sent `transmits` times.
+    /// The `send`s due now, in creation order and at most `budget` of them:
+    /// retransmissions whose deadline passed and ready entries while fewer
+    /// than `window` are in flight. `retry_wait(transmits)` gives how long to
+    /// wait before the next retransmission of an entry sent `transmits` times.
     pub fn due(
         &mut self,
         now: Millis,
         window: usize,
+        budget: usize,
         mut retry_wait: impl FnMut(u32) -> Millis,
     ) -> Vec<Transmission> {
         let mut due: Vec<u64> = self
@@ -202,6 +212,7 @@ impl Outbox {
         let room = window.saturating_sub(self.in_flight.len());
         due.extend(self.ready.iter().copied().take(room));
         due.sort_unstable();
+        due.truncate(budget);
         let mut frames = Vec::with_capacity(due.len());
         for order in due {
             let Some(o) = self.entries.get_mut(&order) else {
@@ -238,19 +249,34 @@ mod tests {
         for id in ["a", "b", "c", "d"] {
             o.insert(entry(id), false);
         }
-        assert!(o.due(0, 2, |_| 100).is_empty(), "nothing is durable yet");
+        assert!(o.due(0, 2, usize::MAX, |_| 100).is_empty(), "nothing is durable yet");
         for id in ["b", "a", "c"] {
             assert!(o.mark_durable(id));
         }
-        let ids: Vec<String> = o.due(0, 2, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(0, 2, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["a", "b"]);
-        assert!(o.due(50, 2, |_| 100).is_empty(), "window full, no deadline passed");
+        assert!(o.due(50, 2, usize::MAX, |_| 100).is_empty(), "window full, no deadline passed");
         // a confirmed: c may go; b's deadline passed: it goes again.
         let a = o.order_of("a").unwrap();
         assert_eq!(o.confirm(a, 1, 7).map(|e| e.seq), Some(Some(1)));
-        let ids: Vec<String> = o.due(100, 2, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(100, 2, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(o.next_retry(), Some(200));
+    }
+
+    #[test]
+    fn a_budget_caps_the_frames_oldest_first() {
+        let mut o = Outbox::default();
+        for id in ["a", "b", "c"] {
+            o.insert(entry(id), true);
+        }
+        let ids: Vec<String> = o.due(0, 8, 2, |_| 100).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(o.any_ready());
+        assert_eq!(o.in_flight_len(), 2);
+        // a's and b's retries are due and c is ready: a budget of one goes to the oldest.
+        let ids: Vec<String> = o.due(100, 8, 1, |_| 100).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["a"]);
     }
 
     #[test]
@@ -258,11 +284,11 @@ mod tests {
         let mut o = Outbox::default();
         o.insert(entry("a"), true);
         o.insert(entry("b"), true);
-        assert_eq!(o.due(0, 1, |_| 100).len(), 1);
+        assert_eq!(o.due(0, 1, usize::MAX, |_| 100).len(), 1);
         o.reset_connection();
         assert!(!o.any_in_flight());
         assert_eq!(o.next_retry(), None);
-        let ids: Vec<String> = o.due(1, 8, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(1, 8, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["a", "b"]);
     }
 
@@ -272,7 +298,7 @@ mod tests {
         for id in ["a", "b", "c"] {
             o.insert(entry(id), true);
         }
-        o.due(0, 8, |_| 100);
+        o.due(0, 8, usize::MAX, |_| 100);
         for (id, seq) in [("a", 5), ("b", 6), ("c", 9)] {
             let k = o.order_of(id).unwrap();
             assert!(o.confirm(k, seq, 0).is_some());
@@ -298,7 +324,7 @@ mod tests {
         o.insert(entry("y"), true);
         assert_eq!(o.len(), 2);
         assert!(o.any_awaiting_delivery());
-        let ids: Vec<String> = o.due(0, 8, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(0, 8, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, ["y"], "a confirmed entry is never sent again");
     }
 }

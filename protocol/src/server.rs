@@ -59,7 +59,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
-use crate::frame::{ClientFrame, Cursor, ErrorCode, Millis, Seq, ServerFrame, StoredMessage, MAX_SEQ};
+use crate::frame::{ClientFrame, Cursor, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, MAX_SEQ};
 use crate::limits;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
@@ -648,6 +648,10 @@ impl Conversation {
                 chain: self.durable_chain,
                 cursors,
                 now,
+                rate: Some(RateLimit {
+                    per_sec: self.cfg.rate_per_sec,
+                    burst: self.cfg.rate_burst,
+                }),
             },
         );
         let page = match after {

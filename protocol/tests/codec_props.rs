@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use protocol::frame::validate_id;
-use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, ServerFrame, StoredMessage, MAX_SEQ};
+use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, MAX_SEQ};
 
 fn seq() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..1000, Just(MAX_SEQ), 0..=MAX_SEQ]
@@ -72,15 +72,21 @@ fn cursor() -> impl Strategy<Value = Cursor> {
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
-        ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z]{1,8}", seq(), chain(), proptest::collection::vec(cursor(), 0..4), any::<u64>())
-            .prop_map(|(conversation, user, device, head, chain, cursors, now)| ServerFrame::Welcome {
+        (
+            ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z]{1,8}", seq(), chain()),
+            proptest::collection::vec(cursor(), 0..4),
+            any::<u64>(),
+            proptest::option::of((any::<u64>(), any::<u64>()).prop_map(|(per_sec, burst)| RateLimit { per_sec, burst })),
+        )
+            .prop_map(|((conversation, user, device, head, chain), cursors, now, rate)| ServerFrame::Welcome {
                 conversation,
                 user,
                 device,
                 head,
                 chain,
                 cursors,
-                now
+                now,
+                rate,
             }),
         (id(), seq(), any::<u64>()).prop_map(|(id, seq, at)| ServerFrame::Sent { id, seq, at }),
         proptest::collection::vec(message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
@@ -203,7 +209,8 @@ mod machines_never_panic {
                 head,
                 chain,
                 cursors: vec![],
-                now: 0
+                now: 0,
+                rate: None,
             }),
         ]
     }

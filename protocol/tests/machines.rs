@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus};
 use protocol::server::{close, ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, ServerWrite, StoreError};
-use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, ServerFrame, StoredMessage, WriteId};
+use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -454,7 +454,16 @@ fn chain_of(n: u64) -> Vec<StoredMessage> {
 }
 
 fn welcome(head: u64, chain: ChainHash, cursors: Vec<Cursor>) -> ServerFrame {
-    ServerFrame::Welcome { conversation: "c".into(), user: "ann".into(), device: "a1".into(), head, chain, cursors, now: T0 }
+    ServerFrame::Welcome {
+        conversation: "c".into(),
+        user: "ann".into(),
+        device: "a1".into(),
+        head,
+        chain,
+        cursors,
+        now: T0,
+        rate: None,
+    }
 }
 
 /// A device that started at the beginning and is connected and welcomed.
@@ -537,6 +546,56 @@ fn client_outbox_is_durable_before_the_first_transmit_and_resends_with_backoff()
     d.frame(r2, ServerFrame::Delivered { cursors: vec![Cursor { user: "cat".into(), device: "c2".into(), through: 9 }] });
     assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 7 })));
     assert_eq!(d.c.outbox_len(), 0);
+}
+
+#[test]
+fn client_paces_sends_to_the_budget_its_welcome_announced() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.take_sent();
+    // 80% of the server's budget goes to sends: a bucket of 4, refilled at 8/s.
+    let mut w = welcome(0, ChainHash::GENESIS, vec![]);
+    if let ServerFrame::Welcome { rate, .. } = &mut w {
+        *rate = Some(RateLimit { per_sec: 10, burst: 5 });
+    }
+    d.frame(T0, w);
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.durable(T0);
+    d.take_sent();
+    for i in 0..10 {
+        d.c.send(T0, format!("m{i}")).unwrap();
+    }
+    d.drain();
+    d.durable(T0);
+    let sends = |d: &mut Dev| d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Send { .. })).count();
+    assert_eq!(sends(&mut d), 4, "the burst share goes at once");
+    let next = d.c.poll_timeout().unwrap();
+    assert_eq!(next, T0 + 125, "the next token after 1/8 s");
+    d.input(next - 1, ClientInput::Timeout);
+    assert_eq!(sends(&mut d), 0);
+    d.input(next, ClientInput::Timeout);
+    assert_eq!(sends(&mut d), 1);
+    d.input(next + 1_000, ClientInput::Timeout);
+    assert_eq!(sends(&mut d), 4, "a full bucket again, never more");
+    // A new connection starts a new budget; without a rate, nothing is paced.
+    d.input(next + 1_000, ClientInput::Disconnected);
+    d.input(next + 1_000, ClientInput::Connected);
+    d.take_sent();
+    d.frame(next + 1_000, welcome(0, ChainHash::GENESIS, vec![]));
+    assert_eq!(sends(&mut d), 10, "every unconfirmed send goes again at once");
+}
+
+#[test]
+fn server_announces_its_rate_limit_in_welcome() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    let welcome_rate = s.take().into_iter().find_map(|(_, f)| match f {
+        ServerFrame::Welcome { rate, .. } => Some(rate),
+        _ => None,
+    });
+    let cfg = ServerConfig::new("c");
+    assert_eq!(welcome_rate, Some(Some(RateLimit { per_sec: cfg.rate_per_sec, burst: cfg.rate_burst })));
 }
 
 #[test]
