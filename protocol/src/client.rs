@@ -758,9 +758,11 @@ impl Client {
                 self.note_own(now, &messages);
                 self.accept(now, messages);
             }
-            ServerFrame::Batch { messages, head, .. } => {
+            ServerFrame::Batch {
+                messages, head, follows, ..
+            } => {
                 self.note_own(now, &messages);
-                self.on_batch(now, messages, head)
+                self.on_batch(now, messages, head, follows)
             }
             ServerFrame::Delivered { cursors } => self.merge_cursors(cursors),
             ServerFrame::Error { code, message, id } => self.on_error(now, code, message, id),
@@ -801,6 +803,12 @@ impl Client {
             if head < w || (head == w && chain != c) {
                 // The server lost (or rewrote) history this device stored.
                 self.diverge(head.min(w), head);
+            } else if head > w && self.sync_fwd.is_none() && self.inbox.as_ref().is_some_and(|i| i.written < head) {
+                // hello{after: w} is answered with the pages above w (streamed,
+                // right behind this welcome): wait for them rather than ask for
+                // the same pages again. (If they already overtook the welcome,
+                // `written` has reached the head and there is nothing to wait for.)
+                self.sync_fwd = Some(now.saturating_add(self.cfg.sync_timeout));
             }
         }
         if self.inbox.is_none() {
@@ -914,10 +922,12 @@ impl Client {
         }
     }
 
-    fn on_batch(&mut self, now: Millis, messages: Vec<StoredMessage>, head: Seq) {
+    fn on_batch(&mut self, now: Millis, messages: Vec<StoredMessage>, head: Seq, follows: bool) {
         // Any batch answers the outstanding request(s); anything still missing
-        // is asked for again below.
-        self.sync_fwd = None;
+        // is asked for again below. While the server streams pages (`follows`)
+        // the forward request stays open, with a fresh deadline in case the
+        // next page is lost.
+        self.sync_fwd = follows.then(|| now.saturating_add(self.cfg.sync_timeout));
         self.sync_back = None;
         self.head_auth = self.head_auth.max(head);
         if self.inbox.is_none() {

@@ -171,6 +171,11 @@ pub enum ServerFrame {
         head: Seq,
         /// True when more messages exist in the requested direction.
         more: bool,
+        /// True when the server sends the next page right after this one
+        /// without being asked (a streamed gap-fill): the request is still
+        /// being answered, and the client should not ask again yet.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        follows: bool,
     },
     /// Devices stored further: drives the sender's delivered ticks.
     Delivered {

@@ -13,6 +13,10 @@ pub const MAX_ID_LEN: usize = 64;
 pub const MAX_PAGE: u32 = 500;
 /// Most selective-ack ranges one `ack` may carry.
 pub const MAX_ACK_RANGES: usize = 32;
+/// Most consecutive pages a server streams in answer to one forward gap-fill
+/// (`hello` with a watermark, or `sync` with `after`); the client asks again
+/// after the last.
+pub const STREAM_PAGES: usize = 8;
 /// Target size of one `batch` or `push` frame, in bytes of message content.
 pub const PAGE_BYTES: usize = 256 * 1024;
 /// Default most distinct users per conversation.

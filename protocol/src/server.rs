@@ -654,15 +654,13 @@ impl Conversation {
                 }),
             },
         );
-        let page = match after {
-            Some(w) if w < head => self.page_after(w, head + 1, limits::MAX_PAGE, store),
-            Some(_) => None,
-            None => self.page_before(head + 1, self.cfg.fresh_page, store),
-        };
-        match page {
-            Some(Ok((messages, more))) => self.frame(conn, ServerFrame::Batch { messages, head, more }),
-            Some(Err(e)) => self.error(conn, ErrorCode::Internal, e.to_string(), None),
-            None => {}
+        match after {
+            Some(w) if w < head => self.stream_after(conn, w, head + 1, limits::MAX_PAGE, store),
+            Some(_) => {}
+            None => {
+                let page = self.page_before(head + 1, self.cfg.fresh_page, store);
+                self.answer_page(conn, page);
+            }
         }
         self.pump(now, conn, store);
     }
@@ -745,15 +743,60 @@ impl Conversation {
         store: &dyn ConversationStore,
     ) {
         let head = self.durable_head;
-        let page = match (after, before) {
-            (Some(a), b) => self.page_after(a, b.unwrap_or(MAX_SEQ).min(head + 1), limit, store),
-            (None, Some(b)) => self.page_before(b, limit, store),
-            (None, None) => None, // rejected by the decoder
-        };
+        match (after, before) {
+            (Some(a), b) => self.stream_after(conn, a, b.unwrap_or(MAX_SEQ).min(head + 1), limit, store),
+            (None, Some(b)) => {
+                let page = self.page_before(b, limit, store);
+                self.answer_page(conn, page);
+            }
+            (None, None) => {} // rejected by the decoder
+        }
+    }
+
+    fn answer_page(&mut self, conn: ConnId, page: Option<Result<(Vec<StoredMessage>, bool), StoreError>>) {
         match page {
-            Some(Ok((messages, more))) => self.frame(conn, ServerFrame::Batch { messages, head, more }),
+            Some(Ok((messages, more))) => self.frame(
+                conn,
+                ServerFrame::Batch {
+                    messages,
+                    head: self.durable_head,
+                    more,
+                    follows: false,
+                },
+            ),
             Some(Err(e)) => self.error(conn, ErrorCode::Internal, e.to_string(), None),
             None => {}
+        }
+    }
+
+    /// Answers a forward gap-fill with up to [`limits::STREAM_PAGES`] consecutive pages
+    /// below `upper`, so that a client far behind is not held to one round
+    /// trip per page; every page but the last says another `follows`.
+    fn stream_after(&mut self, conn: ConnId, after: Seq, upper: Seq, limit: u32, store: &dyn ConversationStore) {
+        let head = self.durable_head;
+        let mut from = after;
+        for pages_left in (0..limits::STREAM_PAGES).rev() {
+            match self.page_after(from, upper, limit, store) {
+                Some(Ok((messages, more))) => {
+                    let last = messages.last().map(|m| m.seq);
+                    let follows = more && pages_left > 0 && last.is_some();
+                    self.frame(
+                        conn,
+                        ServerFrame::Batch {
+                            messages,
+                            head,
+                            more,
+                            follows,
+                        },
+                    );
+                    match last {
+                        Some(seq) if follows => from = seq,
+                        _ => return,
+                    }
+                }
+                Some(Err(e)) => return self.error(conn, ErrorCode::Internal, e.to_string(), None),
+                None => return,
+            }
         }
     }
 

@@ -91,7 +91,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (id(), seq(), any::<u64>()).prop_map(|(id, seq, at)| ServerFrame::Sent { id, seq, at }),
         proptest::collection::vec(message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
         (proptest::collection::vec(message(), 0..4), seq(), any::<bool>())
-            .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more }),
+            .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false }),
         proptest::collection::vec(cursor(), 0..4).prop_map(|cursors| ServerFrame::Delivered { cursors }),
         (".{0,20}", proptest::option::of(id())).prop_map(|(message, id)| ServerFrame::Error {
             code: ErrorCode::WindowFull,
@@ -201,7 +201,7 @@ mod machines_never_panic {
             server_frame(),
             proptest::collection::vec(wild_message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
             (proptest::collection::vec(wild_message(), 0..4), wild_seq(), any::<bool>())
-                .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more }),
+                .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false }),
             (wild_seq(), chain()).prop_map(|(head, chain)| ServerFrame::Welcome {
                 conversation: "c".into(),
                 user: "ann".into(),

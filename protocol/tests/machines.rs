@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus};
 use protocol::server::{close, ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, ServerWrite, StoreError};
+use protocol::limits;
 use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
 
 const T0: u64 = 1_700_000_000_000;
@@ -274,23 +275,99 @@ fn server_pages_are_bounded_and_never_pass_the_durable_head() {
     s.send(T0, 1, ClientFrame::Sync { after: None, before: Some(4), limit: 500 });
     s.connect(T0, 2, "bob", "b1");
     s.send(T0, 2, hello(None));
-    let pages: Vec<(Vec<u64>, u64, bool)> = s
+    let pages: Vec<(Vec<u64>, u64, bool, bool)> = s
         .take()
         .into_iter()
         .filter_map(|(_, f)| match f {
-            ServerFrame::Batch { messages, head, more } => Some((messages.iter().map(|m| m.seq).collect(), head, more)),
+            ServerFrame::Batch { messages, head, more, follows } => {
+                Some((messages.iter().map(|m| m.seq).collect(), head, more, follows))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(
         pages,
         vec![
-            (vec![3, 4, 5, 6], 10, true),
-            (vec![9, 10], 10, false),
-            (vec![1, 2, 3], 10, false),
-            (vec![8, 9, 10], 10, true), // a fresh device's latest page
+            // A forward gap-fill streams its pages up to the durable head.
+            (vec![3, 4, 5, 6], 10, true, true),
+            (vec![7, 8, 9, 10], 10, false, false),
+            (vec![9, 10], 10, false, false),
+            (vec![1, 2, 3], 10, false, false),
+            (vec![8, 9, 10], 10, true, false), // a fresh device's latest page
         ]
     );
+}
+
+#[test]
+fn server_streams_at_most_a_bounded_number_of_pages_per_request() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    let total = limits::STREAM_PAGES as u64 * 2 + 1;
+    for i in 0..total {
+        s.send(T0, 1, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    s.take();
+    s.send(T0, 1, ClientFrame::Sync { after: Some(0), before: None, limit: 1 });
+    let follows: Vec<bool> = s
+        .take()
+        .into_iter()
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Batch { follows, .. } => Some(follows),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(follows.len(), limits::STREAM_PAGES);
+    assert!(follows[..follows.len() - 1].iter().all(|f| *f));
+    assert_eq!(follows.last(), Some(&false), "the last page of a stream says so");
+}
+
+#[test]
+fn client_keeps_its_gap_fill_open_while_pages_follow() {
+    let mut d = ready_device();
+    let msgs = chain_of(6);
+    d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
+    d.take_sent();
+    // A head above the watermark: the client asks once...
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 6, more: true, follows: false });
+    let syncs = |d: &mut Dev| d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).count();
+    assert_eq!(syncs(&mut d), 1);
+    // ...and does not ask again while the server says more pages follow.
+    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 6, more: true, follows: true });
+    d.durable(T0 + 1);
+    assert_eq!(syncs(&mut d), 0);
+    d.frame(T0 + 2, ServerFrame::Batch { messages: msgs[3..].to_vec(), head: 6, more: false, follows: false });
+    d.durable(T0 + 2);
+    assert_eq!(syncs(&mut d), 0, "caught up");
+    assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
+    // A follow-up page that never comes is asked for after the sync timeout.
+    d.frame(T0 + 3, ServerFrame::Batch { messages: vec![], head: 9, more: true, follows: true });
+    assert_eq!(syncs(&mut d), 0);
+    let deadline = T0 + 3 + ClientConfig::new("ann", "a1").sync_timeout;
+    let mut asked = 0;
+    while asked == 0 {
+        let t = d.c.poll_timeout().unwrap();
+        assert!(t <= deadline, "asked again by the sync timeout");
+        d.input(t, ClientInput::Timeout);
+        asked = syncs(&mut d);
+    }
+    assert_eq!(asked, 1);
+}
+
+#[test]
+fn client_waits_for_the_pages_its_hello_asked_for() {
+    let mut d = ready_device();
+    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 2, ClientInput::Connected);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS) }]);
+    d.frame(T0 + 3, welcome(6, chain_of(6)[5].chain, vec![]));
+    let sent = d.take_sent();
+    assert!(!sent.iter().any(|f| matches!(f, ClientFrame::Sync { .. })), "the hello's answer is on its way: {sent:?}");
+    d.frame(T0 + 4, ServerFrame::Batch { messages: chain_of(6), head: 6, more: false, follows: false });
+    d.durable(T0 + 5);
+    assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
+    assert!(!d.take_sent().iter().any(|f| matches!(f, ClientFrame::Sync { .. })));
 }
 
 #[test]
@@ -472,7 +549,7 @@ fn ready_device() -> Dev {
     d.input(T0, ClientInput::Connected);
     assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
     d.durable(T0);
     d.take_sent();
     d
@@ -513,7 +590,7 @@ fn client_buffers_out_of_order_pushes_acks_them_selectively_and_fills_the_gap() 
     d.input(t, ClientInput::Timeout);
     let syncs: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).collect();
     assert_eq!(syncs, vec![ClientFrame::Sync { after: Some(0), before: Some(4), limit: 500 }]);
-    d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false });
+    d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false, follows: false });
     d.durable(t);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5]);
     assert_eq!(d.c.watermark(), Some(5));
@@ -559,7 +636,7 @@ fn client_paces_sends_to_the_budget_its_welcome_announced() {
         *rate = Some(RateLimit { per_sec: 10, burst: 5 });
     }
     d.frame(T0, w);
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
     d.durable(T0);
     d.take_sent();
     for i in 0..10 {
@@ -628,8 +705,8 @@ fn client_refetches_on_a_chain_mismatch_and_reports_persistent_divergence() {
     assert_eq!(d.shown, vec![1]);
     assert_eq!(d.errors, vec![ClientError::ChainMismatch { seq: 2 }]);
     assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(1), before: None, limit: 500 }));
-    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false });
-    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false });
     assert!(matches!(d.errors.last(), Some(ClientError::Diverged { seq: 2, .. })));
     assert_eq!(d.shown, vec![1], "nothing unverified is shown");
 }
@@ -654,7 +731,7 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     d.input(T0, ClientInput::Connected);
     d.take_sent();
     d.frame(T0, welcome(10, msgs[9].chain, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false });
     d.durable(T0);
     assert_eq!(d.shown, vec![8, 9, 10]);
     assert!(!d.c.history_complete());
@@ -664,14 +741,14 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     // A page that does not chain into seq 8 is refused.
     let mut bad = msgs[4..7].to_vec();
     bad[2].body = "forged".into();
-    d.frame(T0, ServerFrame::Batch { messages: bad, head: 10, more: true });
+    d.frame(T0, ServerFrame::Batch { messages: bad, head: 10, more: true, follows: false });
     assert_eq!(d.errors, vec![ClientError::HistoryMismatch { seq: 8 }]);
-    d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false });
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7]]);
     assert!(d.c.load_older(T0));
     d.drain();
-    d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false, follows: false });
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7], vec![1, 2, 3, 4]]);
     assert!(d.c.history_complete());
@@ -707,7 +784,7 @@ fn regression_ack_timer_with_nothing_to_ack_does_not_spin() {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     // The empty first page overtakes the welcome.
-    d.frame(T0 + 1, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.frame(T0 + 1, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
     d.durable(T0 + 2);
     d.frame(T0 + 3, welcome(0, ChainHash::GENESIS, vec![]));
     for _ in 0..10 {
@@ -726,7 +803,7 @@ fn regression_fresh_device_acks_nothing_before_its_first_record_is_durable() {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.take_sent();
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false });
     d.frame(T0, welcome(10, msgs[9].chain, vec![]));
     d.input(T0 + 1_000, ClientInput::Timeout);
     assert!(d.acks().is_empty());
@@ -765,7 +842,7 @@ fn regression_welcome_overtaken_by_its_own_connection_is_not_divergence() {
     d.durable(T0);
     d.input(T0 + 1, ClientInput::Disconnected);
     d.input(T0 + 2, ClientInput::Connected);
-    d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false });
+    d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false, follows: false });
     d.frame(T0 + 3, ServerFrame::Push { messages: msgs[9..].to_vec() });
     d.durable(T0 + 4);
     d.frame(T0 + 5, welcome(9, msgs[8].chain, vec![]));
@@ -802,12 +879,12 @@ fn regression_full_buffer_still_takes_the_message_that_fills_the_hole() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
     d.durable(T0);
     let msgs = chain_of(5);
     d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone(), msgs[4].clone()] });
     d.durable(T0);
-    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..2].to_vec(), head: 5, more: false });
+    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..2].to_vec(), head: 5, more: false, follows: false });
     d.durable(T0 + 2);
     // 3 and 4 were kept (5 dropped unacknowledged); 1 evicted 4, then 1 and 2
     // filled the hole; 4 and 5 are fetched again.
@@ -827,7 +904,7 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
     d.durable(T0);
     let msgs = chain_of(4);
     d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone()] });
@@ -840,7 +917,7 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     assert_eq!(d.shown, vec![1, 2]);
     // The eviction made it ask for the hole at once; its answer arrives.
     assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(0), before: Some(2), limit: 500 }));
-    d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false });
+    d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false, follows: false });
     let sent = d.take_sent();
     assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 500 }), "{sent:?}");
 }
@@ -856,7 +933,7 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
     d.durable(T0);
     // Reconnect; pushes 6 and 7 overtake the welcome and the first page.
     d.input(T0 + 1, ClientInput::Disconnected);
@@ -865,7 +942,7 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[5].clone()] });
     d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[6].clone()] });
     d.durable(T0 + 4);
-    d.frame(T0 + 5, ServerFrame::Batch { messages: msgs[..5].to_vec(), head: 5, more: false });
+    d.frame(T0 + 5, ServerFrame::Batch { messages: msgs[..5].to_vec(), head: 5, more: false, follows: false });
     d.durable(T0 + 6);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
     d.take_sent();
