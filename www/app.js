@@ -64,13 +64,6 @@ async function start() {
   const device = params.get('device') || localStorage.getItem(deviceKey) || `${user}-${Math.random().toString(36).slice(2, 8)}`;
   localStorage.setItem(deviceKey, device);
   const dbName = `ackline-demo-${user}-${device}`;
-  // Highest seq of our own messages the client reported delivered. Delivery is
-  // monotone in seq (a message is delivered once every other member stored
-  // through it), so after a reload every own message at or below it is
-  // delivered: the client's API does not say so for messages read back from
-  // storage, so the app remembers it.
-  const floorKey = `ackline-demo-delivered-${dbName}-${conversation}`;
-  let deliveredFloor = Number(localStorage.getItem(floorKey) || 0);
 
   appEl.dataset.view = 'chat';
   scroller.hidden = false;
@@ -176,8 +169,11 @@ async function start() {
     setTime(li, m.at);
     if (m.mine) {
       if (unsent.delete(m.id)) statusSoon();
+      // The message says how far it got (also when read back after a reload);
+      // an update seen meanwhile may be newer.
       const known = ownStatus.get(m.id);
-      setState(li, m.seq <= deliveredFloor ? 'delivered' : (known && known !== 'pending' ? known : 'sent'));
+      const stored = m.status || 'sent';
+      setState(li, known && RANK[known] > RANK[stored] ? known : stored);
     } else {
       setState(li, 'received');
     }
@@ -374,10 +370,6 @@ async function start() {
     room.on('update', (u) => {
       const best = ownStatus.get(u.id);
       if (!best || RANK[u.status] > RANK[best]) ownStatus.set(u.id, u.status);
-      if (u.status === 'delivered' && u.seq > deliveredFloor) {
-        deliveredFloor = u.seq;
-        localStorage.setItem(floorKey, String(deliveredFloor));
-      }
       if (u.status !== 'pending' && unsent.delete(u.id)) statusSoon();
       const li = rowsById.get(u.id);
       if (li) setState(li, u.status);

@@ -58,6 +58,10 @@ export interface Message {
   at: number;
   /** Sent from this device. */
   mine: boolean;
+  /** Own messages only (`mine`): "sent" while some other member has not stored
+   *  it yet, "delivered" once every other member has. Later changes arrive as
+   *  `update` events; after a reload this is how the ticks stay honest. */
+  status?: "sent" | "delivered";
 }
 
 /** An own message accepted locally and queued in the outbox. */

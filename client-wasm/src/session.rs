@@ -70,10 +70,15 @@ struct AppMessage<'a> {
     body: &'a str,
     at: u64,
     mine: bool,
+    /// Own messages only: "sent" or "delivered" as of now (later changes come
+    /// as `update` events), so a reloaded page shows honest ticks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
 }
 
 impl<'a> AppMessage<'a> {
-    fn new(conversation: &'a str, m: &'a StoredMessage, device: &str) -> Self {
+    fn new(conversation: &'a str, m: &'a StoredMessage, device: &str, core: &Client) -> Self {
+        let mine = m.device == device;
         AppMessage {
             conversation,
             seq: m.seq,
@@ -82,7 +87,8 @@ impl<'a> AppMessage<'a> {
             device: &m.device,
             body: &m.body,
             at: m.at,
-            mine: m.device == device,
+            mine,
+            status: mine.then(|| if core.is_queued(&m.id) { "sent" } else { "delivered" }),
         }
     }
 }
@@ -354,10 +360,10 @@ impl Session {
             wasm_bindgen_futures::JsFuture::from(waiter).await?;
             page = store.messages_before(&conv, before, limit).await?;
         }
-        let device = self.inner.borrow().cfg.device.clone();
+        let inner = self.inner.borrow();
         let list = js_sys::Array::new();
         for m in &page {
-            list.push(&to_js(&AppMessage::new(&conv, m, &device)));
+            list.push(&to_js(&AppMessage::new(&conv, m, &inner.cfg.device, &inner.core)));
         }
         Ok(list.into())
     }
@@ -696,7 +702,7 @@ impl Inner {
                 }
                 ClientOutput::Persist { write, op } => self.writes.push_back((write, op)),
                 ClientOutput::Message(m) => {
-                    let value = to_js(&AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device));
+                    let value = to_js(&AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device, &self.core));
                     self.events.push(AppEvent::Conversation("message", value));
                 }
                 ClientOutput::History(_) => {

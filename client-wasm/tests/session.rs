@@ -140,7 +140,26 @@ async fn two_clients_exchange_messages_with_ticks() {
             == 20
     })
     .await;
+    // Own messages carry their status; others' do not.
+    assert!(matches!(field(&got_a.borrow()[0], "status").as_string().as_deref(), Some("sent" | "delivered")));
+    assert!(field(&got_b.borrow()[0], "status").is_undefined());
+    // After a reload the stored messages still say they were delivered.
     a.close();
+    let a2 = open("ann", "ann-web", &conv_id, &db_a).await;
+    let ca2 = a2.conversation(conv_id.clone()).await.unwrap();
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &"limit".into(), &JsValue::from(50)).unwrap();
+    let page = js_sys::Array::from(&JsFuture::from(ca2.history(options.into())).await.unwrap());
+    assert_eq!(page.length(), 21);
+    for m in page.iter() {
+        let status = field(&m, "status").as_string();
+        if field(&m, "mine").as_bool() == Some(true) {
+            assert_eq!(status.as_deref(), Some("delivered"), "own message {}", seq_of(&m));
+        } else {
+            assert_eq!(status, None);
+        }
+    }
+    a2.close();
     b.close();
     delete_db(&db_a).await;
     delete_db(&db_b).await;

@@ -682,6 +682,13 @@ impl Client {
         self.outbox.len()
     }
 
+    /// True while this device's message `id` is in the outbox: not yet stored
+    /// by the server, or stored but not yet delivered to every other member.
+    /// (An own message that is stored and no longer queued was delivered.)
+    pub fn is_queued(&self, id: &str) -> bool {
+        self.outbox.contains_id(id)
+    }
+
     /// True once `welcome` arrived on the current connection.
     pub fn is_ready(&self) -> bool {
         self.link == Link::Ready
