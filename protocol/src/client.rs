@@ -654,12 +654,10 @@ impl Client {
                     at(self.gap_since.map(|g| g.saturating_add(self.cfg.gap_grace)));
                 }
                 // Sends held back by pacing go when the budget allows.
-                let paced_until = self.pacer.as_ref().map_or(0, Pacer::next_at);
-                at(self.outbox.next_retry().map(|r| r.max(paced_until)));
-                if let Some(p) = &self.pacer {
-                    if self.outbox.any_ready() && self.outbox.in_flight_len() < self.cfg.window {
-                        at(Some(p.next_at()));
-                    }
+                let paced_until = self.pacer.as_ref().map(Pacer::next_at);
+                at(self.outbox.next_retry().map(|r| r.max(paced_until.unwrap_or(0))));
+                if self.outbox.any_ready() && self.outbox.in_flight_len() < self.cfg.window {
+                    at(paced_until);
                 }
             }
         }
@@ -756,10 +754,7 @@ impl Client {
                 cursors,
                 rate,
                 ..
-            } => {
-                self.on_welcome(now, head, chain, cursors);
-                self.start_pacing(now, rate);
-            }
+            } => self.on_welcome(now, head, chain, cursors, rate),
             ServerFrame::Sent { id, seq, at } => self.on_sent(now, &id, seq, at),
             ServerFrame::Push { messages } => {
                 self.note_own(now, &messages);
@@ -786,19 +781,16 @@ impl Client {
         }
     }
 
-    /// Paces sends from the first `welcome` of a connection on (a later one
-    /// answers a refresh `hello` on the same connection and the same bucket).
-    fn start_pacing(&mut self, now: Millis, rate: Option<RateLimit>) {
-        if self.pacer.is_none() && self.link == Link::Ready {
-            self.pacer = rate.map(|r| Pacer::new(now, r));
-        }
-    }
-
-    fn on_welcome(&mut self, now: Millis, head: Seq, chain: ChainHash, cursors: Vec<Cursor>) {
+    fn on_welcome(&mut self, now: Millis, head: Seq, chain: ChainHash, cursors: Vec<Cursor>, rate: Option<RateLimit>) {
         if matches!(self.link, Link::Offline) {
             return;
         }
         self.link = Link::Ready;
+        // Sends are paced from the first welcome of a connection on (a later
+        // one answers a refresh `hello` on the same connection and bucket).
+        if self.pacer.is_none() {
+            self.pacer = rate.map(|r| Pacer::new(now, r));
+        }
         // Only ever raise the catch-up target: this welcome may be older than
         // frames of its own connection, or than an evicted message we must
         // still fetch. (A server that went back is caught just below.)
@@ -876,11 +868,11 @@ impl Client {
                     status: MessageStatus::Failed { code },
                 });
             }
-        } else if self.outbox.is_in_flight(order) {
+        } else {
             // Busy, rate limited or not ready: retry after the backoff.
-            let transmits = self.outbox.transmits(order);
-            let wait = backoff(self.cfg.rto_initial, self.cfg.rto_max, transmits);
-            self.outbox.retry_later(order, now.saturating_add(wait));
+            let (initial, max) = (self.cfg.rto_initial, self.cfg.rto_max);
+            self.outbox
+                .retry_later(order, |transmits| now.saturating_add(backoff(initial, max, transmits)));
         }
     }
 

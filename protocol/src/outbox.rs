@@ -13,8 +13,6 @@ use crate::frame::{Millis, Seq};
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     pub entry: OutboxEntry,
-    /// The outbox write is durable (transmitting is allowed).
-    pub durable: bool,
     /// Transmissions on the current connection (drives the backoff).
     pub transmits: u32,
     /// When to transmit again if still unconfirmed (set while in flight).
@@ -73,7 +71,6 @@ impl Outbox {
             order,
             Outgoing {
                 entry,
-                durable,
                 transmits: 0,
                 retry_at: None,
             },
@@ -97,19 +94,14 @@ impl Outbox {
         let Some(&order) = self.ids.get(id) else {
             return false;
         };
-        let Some(o) = self.entries.get_mut(&order) else {
+        let Some(o) = self.entries.get(&order) else {
             return false;
         };
-        o.durable = true;
         let unconfirmed = o.entry.seq.is_none();
         if unconfirmed && !self.in_flight.contains(&order) {
             self.ready.insert(order);
         }
         unconfirmed
-    }
-
-    pub fn is_in_flight(&self, order: u64) -> bool {
-        self.in_flight.contains(&order)
     }
 
     pub fn in_flight_len(&self) -> usize {
@@ -155,16 +147,12 @@ impl Outbox {
         Some(o.entry.clone())
     }
 
-    /// How often the entry was transmitted on this connection.
-    pub fn transmits(&self, order: u64) -> u32 {
-        self.entries.get(&order).map_or(0, |o| o.transmits)
-    }
-
-    /// Pushes back the retransmission of an entry in flight to `at`.
-    pub fn retry_later(&mut self, order: u64, at: Millis) {
+    /// Pushes back the retransmission of an entry in flight to
+    /// `deadline(transmits)` (entries not in flight are left alone).
+    pub fn retry_later(&mut self, order: u64, deadline: impl FnOnce(u32) -> Millis) {
         if self.in_flight.contains(&order) {
             if let Some(o) = self.entries.get_mut(&order) {
-                o.retry_at = Some(at);
+                o.retry_at = Some(deadline(o.transmits));
             }
         }
     }

@@ -659,7 +659,7 @@ impl Conversation {
             Some(_) => {}
             None => {
                 let page = self.page_before(head + 1, self.cfg.fresh_page, store);
-                self.answer_page(conn, page);
+                self.answer_page(conn, page, false);
             }
         }
         self.pump(now, conn, store);
@@ -673,13 +673,13 @@ impl Conversation {
         upper: Seq,
         limit: u32,
         store: &dyn ConversationStore,
-    ) -> Option<Result<(Vec<StoredMessage>, bool), StoreError>> {
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         let upper = upper.min(self.durable_head + 1);
         if after.saturating_add(1) >= upper {
-            return Some(Ok((Vec::new(), false)));
+            return Ok((Vec::new(), false));
         }
         let limit = limit.clamp(1, limits::MAX_PAGE);
-        Some(store.after(after, limit).map(|msgs| {
+        store.after(after, limit).map(|msgs| {
             let mut page = Vec::new();
             let mut bytes = 0;
             for m in msgs {
@@ -698,7 +698,7 @@ impl Conversation {
             }
             let more = page.last().is_some_and(|m| m.seq + 1 < upper);
             (page, more)
-        }))
+        })
     }
 
     /// The latest durable messages below `before`, trimmed to the byte budget
@@ -708,10 +708,10 @@ impl Conversation {
         before: Seq,
         limit: u32,
         store: &dyn ConversationStore,
-    ) -> Option<Result<(Vec<StoredMessage>, bool), StoreError>> {
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         let before = before.min(self.durable_head + 1);
         let limit = limit.clamp(1, limits::MAX_PAGE);
-        Some(store.before(before, limit).map(|msgs| {
+        store.before(before, limit).map(|msgs| {
             let mut page: Vec<StoredMessage> = Vec::new();
             let mut bytes = 0;
             for m in msgs.into_iter().rev() {
@@ -731,7 +731,7 @@ impl Conversation {
             page.reverse();
             let more = page.first().is_some_and(|m| m.seq > 1);
             (page, more)
-        }))
+        })
     }
 
     fn on_sync(
@@ -747,25 +747,33 @@ impl Conversation {
             (Some(a), b) => self.stream_after(conn, a, b.unwrap_or(MAX_SEQ).min(head + 1), limit, store),
             (None, Some(b)) => {
                 let page = self.page_before(b, limit, store);
-                self.answer_page(conn, page);
+                self.answer_page(conn, page, false);
             }
             (None, None) => {} // rejected by the decoder
         }
     }
 
-    fn answer_page(&mut self, conn: ConnId, page: Option<Result<(Vec<StoredMessage>, bool), StoreError>>) {
+    /// Sends a page as a `batch` (`follows` when the next one comes unasked),
+    /// or a storage failure as an `internal` error. Returns the page's last
+    /// seq when another page follows.
+    fn answer_page(
+        &mut self,
+        conn: ConnId,
+        page: Result<(Vec<StoredMessage>, bool), StoreError>,
+        may_follow: bool,
+    ) -> Option<Seq> {
         match page {
-            Some(Ok((messages, more))) => self.frame(
-                conn,
-                ServerFrame::Batch {
-                    messages,
-                    head: self.durable_head,
-                    more,
-                    follows: false,
-                },
-            ),
-            Some(Err(e)) => self.error(conn, ErrorCode::Internal, e.to_string(), None),
-            None => {}
+            Ok((messages, more)) => {
+                let last = messages.last().map(|m| m.seq).filter(|_| more && may_follow);
+                let head = self.durable_head;
+                let follows = last.is_some();
+                self.frame(conn, ServerFrame::Batch { messages, head, more, follows });
+                last
+            }
+            Err(e) => {
+                self.error(conn, ErrorCode::Internal, e.to_string(), None);
+                None
+            }
         }
     }
 
@@ -773,28 +781,11 @@ impl Conversation {
     /// below `upper`, so that a client far behind is not held to one round
     /// trip per page; every page but the last says another `follows`.
     fn stream_after(&mut self, conn: ConnId, after: Seq, upper: Seq, limit: u32, store: &dyn ConversationStore) {
-        let head = self.durable_head;
         let mut from = after;
         for pages_left in (0..limits::STREAM_PAGES).rev() {
-            match self.page_after(from, upper, limit, store) {
-                Some(Ok((messages, more))) => {
-                    let last = messages.last().map(|m| m.seq);
-                    let follows = more && pages_left > 0 && last.is_some();
-                    self.frame(
-                        conn,
-                        ServerFrame::Batch {
-                            messages,
-                            head,
-                            more,
-                            follows,
-                        },
-                    );
-                    match last {
-                        Some(seq) if follows => from = seq,
-                        _ => return,
-                    }
-                }
-                Some(Err(e)) => return self.error(conn, ErrorCode::Internal, e.to_string(), None),
+            let page = self.page_after(from, upper, limit, store);
+            match self.answer_page(conn, page, pages_left > 0) {
+                Some(last) => from = last,
                 None => return,
             }
         }

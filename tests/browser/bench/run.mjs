@@ -41,7 +41,7 @@ const say = (...a) => console.error(`[${new Date().toISOString().slice(11, 19)}]
 // Installed into every page; `window.B` is the page's side of the benchmark.
 // Timestamps are performance.timeOrigin + performance.now(): the same clock in
 // every page of the browser, with sub-millisecond resolution.
-function installPageHarness(kind) {
+function installPageHarness({ debug }) {
   const now = () => performance.timeOrigin + performance.now();
   const B = {
     now,
@@ -85,7 +85,7 @@ function installPageHarness(kind) {
     B.room.on('message', (m) => { if (!m.mine) B.surfaced(m.body); });
     B.pendingAt = new Map();
     B.room.on('update', (u) => {
-      if (u.status === 'pending') B.pendingAt.set(u.id, now());
+      if (debug && u.status === 'pending') B.pendingAt.set(u.id, now());
       if (u.status === 'delivered') B.delivered += 1;
       if (u.status === 'failed') B.failures.push(`${u.id}: ${u.code}`);
     });
@@ -95,9 +95,23 @@ function installPageHarness(kind) {
       if (now() - t0 > 30_000) throw new Error(`not open after 30 s: ${B.state}`);
       await new Promise((r) => setTimeout(r, 20));
     }
+    // With --debug, each send's times to `pending` (outbox durable) and `sent`.
     B.sentLat = [];
     B.pendingLat = [];
-    B.send = (body) => { const t = now(); return B.room.send(body).then((r) => { B.pendingLat.push((B.pendingAt.get(r.id) ?? NaN) - t); B.sentOk += 1; B.lastSentAt = now(); B.sentLat.push(B.lastSentAt - t); }, (e) => B.failures.push(`${e.code}: ${e.message}`)); };
+    const noteTimes = debug
+      ? (t, r) => {
+        B.pendingLat.push((B.pendingAt.get(r.id) ?? NaN) - t);
+        B.lastSentAt = now();
+        B.sentLat.push(B.lastSentAt - t);
+      }
+      : () => {};
+    B.send = (body) => {
+      const t = now();
+      return B.room.send(body).then(
+        (r) => { B.sentOk += 1; noteTimes(t, r); },
+        (e) => B.failures.push(`${e.code}: ${e.message}`),
+      );
+    };
     B.setOnline = (online) => B.client.setOnline(online);
     B.isOnline = () => B.state === 'open';
   };
@@ -158,25 +172,24 @@ function installPageHarness(kind) {
 
   // Main-thread tasks over 50 ms (for --debug).
   B.longTasks = [];
-  try {
+  if (debug) {
     new PerformanceObserver((list) => {
       for (const e of list.getEntries()) B.longTasks.push([Math.round(e.startTime), Math.round(e.duration)]);
     }).observe({ type: 'longtask', buffered: true });
-  } catch { /* not supported */ }
+  }
 
   window.B = B;
-  return kind;
 }
 
 // ---------------------------------------------------------------- drivers
-async function openPage(browser, url, kind) {
+async function openPage(browser, url) {
   const context = await browser.newContext();
   const page = await context.newPage();
   const logs = [];
   page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
   await page.goto(url);
-  await page.evaluate(installPageHarness, kind);
+  await page.evaluate(installPageHarness, { debug: DEBUG });
   return { context, page, logs };
 }
 
@@ -220,7 +233,7 @@ class Stack {
     const conversation = `bench-${Date.now()}-${this.runs}`;
     const pages = [];
     for (const role of ['sender', 'receiver']) {
-      const p = await openPage(this.browser, this.name === 'ackline' ? `${this.url}/healthz` : this.url, this.name);
+      const p = await openPage(this.browser, this.name === 'ackline' ? `${this.url}/healthz` : this.url);
       if (this.name === 'ackline') {
         await p.page.evaluate((o) => B.openAckline(o), {
           user: `${role}-user`, device: `${role}-device`, conversation, dbName: `bench-${conversation}-${role}`,
@@ -234,13 +247,27 @@ class Stack {
   }
 }
 
+/**
+ * Has the sender send `n` messages (all at once, or paced at `rate` msg/s) and
+ * waits until the receiver surfaced them; returns when the first was sent.
+ */
+async function deliver({ sender, receiver }, n, prefix, rate = 0) {
+  await receiver.page.evaluate((n) => B.expect(n), n);
+  const t0 = await sender.page.evaluate((o) => B.sendMany(o.n, o.prefix, o.rate), { n, prefix, rate });
+  await waitFor(receiver.page, () => B.count >= B.target, null, `receiver to surface ${n} '${prefix}' messages`);
+  return t0;
+}
+
+/** Latencies over 30 ms as "index:ms" (for --debug). */
+function slowOnes(latencies) {
+  return latencies.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ');
+}
+
 async function throughput(stack, n) {
   const { sender, receiver, close } = await stack.pair();
   try {
-    await receiver.page.evaluate((n) => B.expect(n), n);
     const profiles = PROFILE ? await startProfiles({ sender, receiver }) : null;
-    const t0 = await sender.page.evaluate((n) => B.sendMany(n, 'tp', 0), n);
-    await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
+    const t0 = await deliver({ sender, receiver }, n, 'tp');
     if (profiles) await stopProfiles(profiles);
     const doneAt = await receiver.page.evaluate(() => B.doneAt);
     const out = { surfaced: n / ((doneAt - t0) / 1000) };
@@ -263,14 +290,9 @@ async function latency(stack, n) {
     // The first message of a fresh conversation pays for cold starts (the
     // Durable Object's first write, JIT warm-up): measured on its own, then a
     // warm-up of WARMUP messages at the same rate, then the steady state.
-    await receiver.page.evaluate(() => B.expect(1));
-    await sender.page.evaluate(() => B.sendMany(1, 'lat', 0));
-    await waitFor(receiver.page, () => B.count >= 1, null, 'the first message');
+    await deliver({ sender, receiver }, 1, 'lat');
     const first = (await receiver.page.evaluate(() => B.latencies))[0];
-    await receiver.page.evaluate((n) => B.expect(n), WARMUP);
-    await sender.page.evaluate(({ n, rate }) => B.sendMany(n, 'warm', rate), { n: WARMUP, rate: LATENCY_RATE });
-    await waitFor(receiver.page, () => B.count >= B.target, null, 'the warm-up messages');
-    await receiver.page.evaluate((n) => B.expect(n), n);
+    await deliver({ sender, receiver }, WARMUP, 'warm', LATENCY_RATE);
     const frames = [];
     if (DEBUG) {
       // The sender's WebSocket frames with their times, to tell a slow page from a slow server.
@@ -280,21 +302,20 @@ async function latency(stack, n) {
       cdp.on('Network.webSocketFrameSent', note('>'));
       cdp.on('Network.webSocketFrameReceived', note('<'));
     }
-    await sender.page.evaluate(({ n, rate }) => B.sendMany(n, 'lat', rate), { n, rate: LATENCY_RATE });
-    await waitFor(receiver.page, () => B.count >= B.target, null, 'receiver to surface all');
-    const lat = (await receiver.page.evaluate(() => B.latencies)).sort((a, b) => a - b);
+    await deliver({ sender, receiver }, n, 'lat', LATENCY_RATE);
+    const raw = await receiver.page.evaluate(() => B.latencies);
+    const lat = [...raw].sort((a, b) => a - b);
     if (DEBUG) {
-      const sl = (await sender.page.evaluate(() => B.sentLat ?? [])).sort((a, b) => a - b);
+      // Indices count every send of this pair: 1 first message, then the warm-up.
+      const { sentRaw, pendingRaw, longTasks } = await sender.page.evaluate(() => ({ sentRaw: B.sentLat, pendingRaw: B.pendingLat, longTasks: B.longTasks }));
+      const sl = [...sentRaw].sort((a, b) => a - b);
       say(`send->sent p50 ${quantile(sl, 0.5)} p90 ${quantile(sl, 0.9)} p99 ${quantile(sl, 0.99)}; send->surfaced p90 ${quantile(lat, 0.9)} max ${lat.at(-1)}`);
-      const raw = await receiver.page.evaluate(() => B.latencies);
-      say(`surfaced latencies over 30 ms at message index: ${raw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
-      say(`long tasks: sender ${JSON.stringify(await sender.page.evaluate(() => B.longTasks))} receiver ${JSON.stringify(await receiver.page.evaluate(() => B.longTasks))}`);
+      say(`surfaced latencies over 30 ms at message index: ${slowOnes(raw)}`);
+      say(`long tasks: sender ${JSON.stringify(longTasks)} receiver ${JSON.stringify(await receiver.page.evaluate(() => B.longTasks))}`);
       const t0 = frames[0]?.[0] ?? 0;
       for (const [t, dir, text] of frames.slice(0, 90)) say(`  ${(t - t0).toFixed(1).padStart(8)} ${dir} ${text}`);
-      const praw = await sender.page.evaluate(() => B.pendingLat ?? []);
-      say(`send->pending (outbox durable) over 30 ms at message index: ${praw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
-      const sraw = await sender.page.evaluate(() => B.sentLat ?? []);
-      say(`send->sent over 30 ms at message index: ${sraw.map((l, i) => (l > 30 ? `${i}:${l.toFixed(0)}` : null)).filter(Boolean).join(' ')}`);
+      say(`send->pending (outbox durable) over 30 ms at message index: ${slowOnes(pendingRaw)}`);
+      say(`send->sent over 30 ms at message index: ${slowOnes(sentRaw)}`);
     }
     await assertClean(sender, receiver, n);
     return { first, p50: quantile(lat, 0.5), p99: quantile(lat, 0.99) };
@@ -308,9 +329,7 @@ async function catchUp(stack, n) {
   try {
     // One message seen before going offline: Socket.IO can only recover a
     // session from the offset of the last packet the client received.
-    await receiver.page.evaluate(() => B.expect(1));
-    await sender.page.evaluate(() => B.sendMany(1, 'warm', 0));
-    await waitFor(receiver.page, () => B.count >= 1, null, 'receiver to get the warm-up message');
+    await deliver({ sender, receiver }, 1, 'warm');
     await waitFor(sender.page, () => B.sentOk >= 1, null, 'sender to have the warm-up confirmed');
     await receiver.page.evaluate(() => B.setOnline(false));
     await waitFor(receiver.page, () => !B.isOnline(), null, 'receiver to go offline');

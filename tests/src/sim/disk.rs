@@ -93,15 +93,7 @@ impl ServerDisk {
 
     /// Makes the first `n` pending writes durable; returns the last one's id.
     pub fn flush(&mut self, n: usize) -> Option<WriteId> {
-        let mut last = None;
-        for _ in 0..n {
-            let Some((id, op)) = self.pending.pop_front() else {
-                break;
-            };
-            self.durable.apply(&op);
-            last = Some(id);
-        }
-        last
+        flush_pending(&mut self.pending, n, |op| self.durable.apply(op))
     }
 
     /// Loses every pending write.
@@ -183,15 +175,7 @@ impl ClientDisk {
 
     /// Makes the first `n` pending writes durable; returns the last one's id.
     pub fn flush(&mut self, n: usize) -> Option<WriteId> {
-        let mut last = None;
-        for _ in 0..n {
-            let Some((id, op)) = self.pending.pop_front() else {
-                break;
-            };
-            self.durable.apply(&op);
-            last = Some(id);
-        }
-        last
+        flush_pending(&mut self.pending, n, |op| self.durable.apply(op))
     }
 
     /// Loses every pending write.
@@ -200,4 +184,14 @@ impl ClientDisk {
         self.pending.clear();
         lost
     }
+}
+
+/// Applies the first `n` queued writes in order; returns the last one's id.
+fn flush_pending<W>(pending: &mut VecDeque<(WriteId, W)>, n: usize, mut apply: impl FnMut(&W)) -> Option<WriteId> {
+    let mut last = None;
+    for (id, op) in pending.drain(..n.min(pending.len())) {
+        apply(&op);
+        last = Some(id);
+    }
+    last
 }
