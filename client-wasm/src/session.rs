@@ -592,8 +592,11 @@ impl Session {
             return;
         }
         if idle >= f64::from(HEARTBEAT_MS) {
-            if let Some(ws) = &self.inner.borrow().ws {
-                let _ = ws.send_with_str(&ClientFrame::Ping { nonce: now() }.encode());
+            let inner = self.inner.borrow();
+            if let Some(ws) = &inner.ws {
+                // The ping echoes the read ticket too (proof that answers were read).
+                let ping = ClientFrame::Ping { nonce: now() }.encode_rx(inner.core.read_ticket());
+                let _ = ws.send_with_str(&ping);
             }
         }
         let weak = self.weak();
@@ -697,7 +700,7 @@ impl Inner {
                     if let Some(ws) = &self.ws {
                         // A socket that is not open yet or closing drops the frame;
                         // the core resends whatever needs it after reconnecting.
-                        let _ = ws.send_with_str(&frame.encode());
+                        let _ = ws.send_with_str(&frame.encode_rx(self.core.read_ticket()));
                     }
                 }
                 ClientOutput::Persist { write, op } => self.writes.push_back((write, op)),

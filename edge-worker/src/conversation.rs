@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use protocol::{
-    ConnId, ServerConfig, ServerFrame, ServerInput, ServerOutput, ServerWrite, MAX_SEQ,
+    ConnId, ConnMemo, ServerConfig, ServerFrame, ServerInput, ServerOutput, ServerWrite, MAX_SEQ,
 };
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -32,12 +32,20 @@ use crate::store::Store;
 /// burst is twice that). For load tests; the default is the core's.
 const RATE_BINDING: &str = "ACKLINE_RATE_PER_SEC";
 
-/// Who is on a socket; survives hibernation as the socket's attachment.
+/// Who is on a socket and what its limits need to remember; survives
+/// hibernation as the socket's attachment (workerd allows 2 KiB; this is
+/// well under: ids are at most 64 bytes).
 #[derive(Serialize, Deserialize)]
 struct Peer {
     conn: u64,
     user: String,
     device: String,
+    /// When the token expires, plus the clock leeway (epoch ms).
+    #[serde(default)]
+    expires: Option<u64>,
+    /// The core's memo for this connection (strikes, retries, unread answers).
+    #[serde(default)]
+    memo: ConnMemo,
 }
 
 #[durable_object]
@@ -70,7 +78,7 @@ pub(crate) fn log_event(event: &str, fields: serde_json::Value) {
 
 impl DurableObject for Conversation {
     fn new(state: State, env: Env) -> Self {
-        let store = match Store::open(state.storage().sql()) {
+        let store = match Store::open(state.storage().sql(), now_millis()) {
             Ok(store) => Some(store),
             Err(e) => {
                 // Every request then answers 503 instead of panicking.
@@ -118,13 +126,13 @@ impl DurableObject for Conversation {
             let _ = ws.close(Some(1011), Some("socket has no identity"));
             return Ok(());
         };
-        let bytes = match message {
-            WebSocketIncomingMessage::String(text) => text.into_bytes(),
-            WebSocketIncomingMessage::Binary(bytes) => bytes,
-        };
-        let input = ServerInput::Frame {
-            conn: ConnId(peer.conn),
-            bytes,
+        let conn = ConnId(peer.conn);
+        let input = match message {
+            WebSocketIncomingMessage::String(text) => ServerInput::Frame {
+                conn,
+                bytes: text.into_bytes(),
+            },
+            WebSocketIncomingMessage::Binary(_) => ServerInput::Binary { conn },
         };
         self.run(input).await
     }
@@ -160,6 +168,12 @@ impl Conversation {
         // Set by the Worker after it verified the token; never taken from the client.
         let header = |name: &str| req.headers().get(name).ok().flatten().unwrap_or_default();
         let (user, device) = (header(crate::USER_HEADER), header(crate::DEVICE_HEADER));
+        // The socket is closed when its token expires (the client reconnects
+        // with a fresh one); the same leeway as for accepting the token.
+        let expires = header(crate::TOKEN_EXP_HEADER)
+            .parse::<u64>()
+            .ok()
+            .map(|exp| exp.saturating_add(crate::auth::CLOCK_LEEWAY_SECS).saturating_mul(1000));
         for (kind, value) in [("user", &user), ("device", &device)] {
             if let Err(reason) = validate_name(kind, value) {
                 return error_response(400, "bad_request", &reason);
@@ -178,6 +192,8 @@ impl Conversation {
             conn: conn.0,
             user: user.clone(),
             device: device.clone(),
+            expires,
+            memo: ConnMemo::default(),
         })?;
         self.sockets.borrow_mut().insert(conn, pair.server);
         log_event("connect", serde_json::json!({ "conn": conn.0, "user": user, "device": device }));
@@ -185,7 +201,8 @@ impl Conversation {
             conn,
             user,
             device,
-            resumed: false,
+            resumed: None,
+            expires,
         })
         .await?;
         Response::from_websocket(pair.client)
@@ -237,9 +254,9 @@ impl Conversation {
             config.rate_per_sec = rate;
             config.rate_burst = rate.saturating_mul(2);
         }
-        let mut core = protocol::Conversation::new(config, seed, store)
-            .map_err(|e| worker::Error::from(e.to_string()))?;
         let now = now_millis();
+        let mut core = protocol::Conversation::new(config, seed, now, store)
+            .map_err(|e| worker::Error::from(e.to_string()))?;
         let mut sockets = HashMap::new();
         for ws in self.state.get_websockets() {
             let Ok(Some(peer)) = ws.deserialize_attachment::<Peer>() else { continue };
@@ -251,7 +268,8 @@ impl Conversation {
                     conn,
                     user: peer.user,
                     device: peer.device,
-                    resumed: true,
+                    resumed: Some(peer.memo),
+                    expires: peer.expires,
                 },
                 store,
             );
@@ -303,6 +321,8 @@ impl Conversation {
                         match &op {
                             ServerWrite::Append(message) => store.insert(message)?,
                             ServerWrite::Cursor(cursor) => store.set_cursor(cursor)?,
+                            ServerWrite::Seen { user, device, at } => store.seen(user, device, *at)?,
+                            ServerWrite::Forget { user, device } => store.forget(user, device)?,
                         }
                         last_write = Some(write);
                     }
@@ -312,11 +332,25 @@ impl Conversation {
                             let _ = ws.close(Some(code), Some(reason));
                         }
                     }
+                    ServerOutput::Remember { conn, memo } => self.remember(conn, memo),
                 }
             }
             match last_write {
                 Some(through) => core.handle(now, ServerInput::Durable { through }, store),
                 None => return Ok(()),
+            }
+        }
+    }
+
+    /// Keeps the core's memo in the socket's attachment, so that the limits
+    /// it carries survive an eviction.
+    fn remember(&self, conn: ConnId, memo: ConnMemo) {
+        let sockets = self.sockets.borrow();
+        let Some(ws) = sockets.get(&conn) else { return };
+        if let Ok(Some(mut peer)) = ws.deserialize_attachment::<Peer>() {
+            peer.memo = memo;
+            if let Err(e) = ws.serialize_attachment(peer) {
+                log_event("attachment_error", serde_json::json!({ "conn": conn.0, "error": e.to_string() }));
             }
         }
     }

@@ -29,6 +29,9 @@ const DEV_TOKENS_BINDING: &str = "ACKLINE_DEV_TOKENS";
 /// Headers through which the Worker tells the Durable Object who is connecting.
 pub(crate) const USER_HEADER: &str = "x-ackline-user";
 pub(crate) const DEVICE_HEADER: &str = "x-ackline-device";
+/// The verified token's `exp` (Unix seconds, integer), so the Durable Object can
+/// end the connection when the token runs out.
+pub(crate) const TOKEN_EXP_HEADER: &str = "x-ackline-token-exp";
 /// Lifetime of dev tokens.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
@@ -115,8 +118,9 @@ async fn forward_to_conversation(req: Request, env: &Env, id: &str) -> Result<Re
     // A fresh mutable copy: client-supplied x-ackline-* headers are overwritten.
     let mut forwarded = req.clone_mut()?;
     let headers = forwarded.headers_mut()?;
-    headers.set(USER_HEADER, &claims.sub)?;
-    headers.set(DEVICE_HEADER, &claims.device)?;
+    for (name, value) in identity_headers(&claims) {
+        headers.set(name, &value)?;
+    }
     let stub = env
         .durable_object(CONVERSATIONS_BINDING)?
         .id_from_name(id)?
@@ -124,12 +128,37 @@ async fn forward_to_conversation(req: Request, env: &Env, id: &str) -> Result<Re
     stub.fetch_with_request(forwarded).await
 }
 
+/// The `x-ackline-*` headers that carry a verified token to the Durable Object.
+fn identity_headers(claims: &Claims) -> [(&'static str, String); 3] {
+    [
+        (USER_HEADER, claims.sub.clone()),
+        (DEVICE_HEADER, claims.device.clone()),
+        (TOKEN_EXP_HEADER, claims.exp.to_string()),
+    ]
+}
+
 fn log_auth_failure(conversation: &str, err: &AuthError) {
+    if err.status() == 500 {
+        log_config_error(err);
+        return;
+    }
     worker::console_log!(
         "{}",
         serde_json::json!({
             "event": "auth_failure",
             "conversation": conversation,
+            "code": err.code(),
+            "reason": err.to_string(),
+        })
+    );
+}
+
+/// The edge cannot authenticate anyone until its configuration is fixed.
+fn log_config_error(err: &AuthError) {
+    worker::console_log!(
+        "{}",
+        serde_json::json!({
+            "event": "config_error",
             "code": err.code(),
             "reason": err.to_string(),
         })
@@ -164,18 +193,45 @@ async fn mint_dev_token(mut req: Request, env: &Env) -> Result<Response> {
         }
     }
     let secret = secret(env);
-    if secret.is_empty() {
-        let err = AuthError::NoSecret;
+    if let Err(err) = auth::check_secret(&secret) {
+        log_config_error(&err);
         return error_response(err.status(), err.code(), &err.to_string());
     }
     let claims = Claims {
         sub: body.user,
         device: body.device,
         exp: now_secs() + DEV_TOKEN_TTL_SECS,
+        nbf: None,
         conversations: body.conversations,
     };
     json_response(
         200,
         &serde_json::json!({ "token": auth::mint(&claims, &secret), "exp": claims.exp }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Rule: the verified identity and expiry reach the Durable Object.
+    #[test]
+    fn identity_headers_carry_user_device_and_expiry() {
+        let claims = Claims {
+            sub: "ann".into(),
+            device: "ann-laptop".into(),
+            exp: 1_900_000_000,
+            nbf: Some(5),
+            conversations: vec!["room".into()],
+        };
+        assert_eq!(
+            identity_headers(&claims),
+            [
+                ("x-ackline-user", "ann".to_owned()),
+                ("x-ackline-device", "ann-laptop".to_owned()),
+                ("x-ackline-token-exp", "1900000000".to_owned()),
+            ]
+        );
+        assert_eq!(TOKEN_EXP_HEADER, "x-ackline-token-exp");
+    }
 }

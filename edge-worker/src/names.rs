@@ -13,7 +13,7 @@ pub fn validate_name(kind: &str, value: &str) -> std::result::Result<(), String>
     }
 }
 
-/// Checks a conversation id from the URL.
+/// Checks a conversation id from the URL or from a token's `conversations`.
 pub fn validate_conversation_id(id: &str) -> std::result::Result<(), String> {
     validate_name("conversation id", id)
 }

@@ -5,7 +5,7 @@
 //! until they are durable: that is what lets the shell report writes as durable
 //! as soon as the calls return.
 
-use protocol::{ChainHash, ConversationStore, Cursor, Seq, StoreError, StoredMessage};
+use protocol::{ChainHash, ConversationStore, Cursor, DeviceRecord, Seq, StoreError, StoredMessage};
 use serde::Deserialize;
 use worker::{Result, SqlStorage, SqlStorageValue};
 
@@ -19,17 +19,33 @@ CREATE TABLE IF NOT EXISTS messages (
     at        INTEGER NOT NULL,
     chain     TEXT NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (device, client_id);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_sender_id ON messages (user, device, client_id);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS cursors (
-    device  TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS devices (
     user    TEXT NOT NULL,
-    through INTEGER NOT NULL
+    device  TEXT NOT NULL,
+    through INTEGER NOT NULL,
+    seen    INTEGER NOT NULL,
+    PRIMARY KEY (user, device)
 );
 ";
+
+/// The schema version `SCHEMA` creates; older storage is migrated on open.
+const SCHEMA_VERSION: &str = "2";
+
+/// Version 1 keyed devices by device id alone (one user's token could act for
+/// another user's device with the same id). Its rows become version 2 rows of
+/// the same user, stamped as seen now so retention starts counting today.
+/// One statement per entry; the `?` is the migration time.
+const MIGRATE_FROM_1: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS cursors (device TEXT PRIMARY KEY, user TEXT NOT NULL, through INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO devices (user, device, through, seen) SELECT user, device, through, ? FROM cursors",
+    "DROP TABLE cursors",
+    "DROP INDEX IF EXISTS messages_idempotency",
+];
 
 /// Typed access to one conversation's tables.
 pub struct Store {
@@ -63,10 +79,11 @@ impl MessageRow {
 }
 
 #[derive(Deserialize)]
-struct CursorRow {
+struct DeviceRow {
     user: String,
     device: String,
     through: Seq,
+    seen: u64,
 }
 
 const MESSAGE_COLUMNS: &str = "seq, user, device, client_id, body, at, chain";
@@ -78,10 +95,34 @@ fn int(value: u64) -> Result<SqlStorageValue> {
 }
 
 impl Store {
-    /// Opens the tables, creating them on first use.
-    pub fn open(sql: SqlStorage) -> Result<Store> {
+    /// Opens the tables, creating them on first use and migrating older
+    /// storage.
+    pub fn open(sql: SqlStorage, now: u64) -> Result<Store> {
         sql.exec(SCHEMA, None)?;
-        Ok(Store { sql })
+        let store = Store { sql };
+        if store.meta("schema")?.as_deref() != Some(SCHEMA_VERSION) {
+            for statement in MIGRATE_FROM_1 {
+                let bindings = if statement.contains('?') { vec![int(now)?] } else { vec![] };
+                store.sql.exec(statement, bindings)?;
+            }
+            store.sql.exec(
+                "INSERT INTO meta (key, value) VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                vec![SCHEMA_VERSION.into()],
+            )?;
+        }
+        Ok(store)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Row {
+            value: String,
+        }
+        let rows: Vec<Row> = self
+            .sql
+            .exec("SELECT value FROM meta WHERE key = ?", vec![key.into()])?
+            .to_array()?;
+        Ok(rows.into_iter().next().map(|r| r.value))
     }
 
     fn messages(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<StoredMessage>> {
@@ -95,10 +136,11 @@ impl Store {
         Ok(self.messages(&query, vec![])?.pop())
     }
 
-    /// The message a device stored under a client message id, if any.
-    pub fn find(&self, device: &str, client_id: &str) -> Result<Option<StoredMessage>> {
-        let query = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE device = ? AND client_id = ?");
-        Ok(self.messages(&query, vec![device.into(), client_id.into()])?.pop())
+    /// The message a user's device stored under a client message id, if any.
+    pub fn find(&self, user: &str, device: &str, client_id: &str) -> Result<Option<StoredMessage>> {
+        let query =
+            format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE user = ? AND device = ? AND client_id = ?");
+        Ok(self.messages(&query, vec![user.into(), device.into(), client_id.into()])?.pop())
     }
 
     /// Appends a message (its seq must be head + 1).
@@ -130,15 +172,7 @@ impl Store {
 
     /// The conversation id recorded by [`Store::remember_conversation`].
     pub fn conversation(&self) -> Result<Option<String>> {
-        #[derive(Deserialize)]
-        struct Row {
-            value: String,
-        }
-        let rows: Vec<Row> = self
-            .sql
-            .exec("SELECT value FROM meta WHERE key = 'conversation'", None)?
-            .to_array()?;
-        Ok(rows.into_iter().next().map(|r| r.value))
+        self.meta("conversation")
     }
 
     /// A connection id never used before in this conversation, even across
@@ -181,18 +215,21 @@ impl Store {
         Ok(page)
     }
 
-    /// Every device's stored-through cursor.
-    pub fn cursors(&self) -> Result<Vec<Cursor>> {
-        let rows: Vec<CursorRow> = self
+    /// Every device's record.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        let rows: Vec<DeviceRow> = self
             .sql
-            .exec("SELECT user, device, through FROM cursors ORDER BY device", None)?
+            .exec("SELECT user, device, through, seen FROM devices", None)?
             .to_array()?;
         Ok(rows
             .into_iter()
-            .map(|r| Cursor {
-                user: r.user,
-                device: r.device,
-                through: r.through,
+            .map(|r| DeviceRecord {
+                cursor: Cursor {
+                    user: r.user,
+                    device: r.device,
+                    through: r.through,
+                },
+                seen: r.seen,
             })
             .collect())
     }
@@ -200,13 +237,32 @@ impl Store {
     /// Records a device's cursor (it only moves forward).
     pub fn set_cursor(&self, cursor: &Cursor) -> Result<()> {
         self.sql.exec(
-            "INSERT INTO cursors (device, user, through) VALUES (?, ?, ?)
-             ON CONFLICT (device) DO UPDATE SET through = MAX(through, excluded.through)",
+            "INSERT INTO devices (user, device, through, seen) VALUES (?, ?, ?, 0)
+             ON CONFLICT (user, device) DO UPDATE SET through = MAX(through, excluded.through)",
             vec![
-                cursor.device.as_str().into(),
                 cursor.user.as_str().into(),
+                cursor.device.as_str().into(),
                 int(cursor.through)?,
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Records that a device connected at `at` (creating its record).
+    pub fn seen(&self, user: &str, device: &str, at: u64) -> Result<()> {
+        self.sql.exec(
+            "INSERT INTO devices (user, device, through, seen) VALUES (?, ?, 0, ?)
+             ON CONFLICT (user, device) DO UPDATE SET seen = MAX(seen, excluded.seen)",
+            vec![user.into(), device.into(), int(at)?],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a device's record.
+    pub fn forget(&self, user: &str, device: &str) -> Result<()> {
+        self.sql.exec(
+            "DELETE FROM devices WHERE user = ? AND device = ?",
+            vec![user.into(), device.into()],
         )?;
         Ok(())
     }
@@ -221,8 +277,8 @@ impl ConversationStore for Store {
         Store::last(self).map_err(read_error)
     }
 
-    fn find(&self, device: &str, id: &str) -> std::result::Result<Option<StoredMessage>, StoreError> {
-        Store::find(self, device, id).map_err(read_error)
+    fn find(&self, user: &str, device: &str, id: &str) -> std::result::Result<Option<StoredMessage>, StoreError> {
+        Store::find(self, user, device, id).map_err(read_error)
     }
 
     fn after(&self, after: Seq, limit: u32) -> std::result::Result<Vec<StoredMessage>, StoreError> {
@@ -233,7 +289,7 @@ impl ConversationStore for Store {
         Store::before(self, before, limit).map_err(read_error)
     }
 
-    fn cursors(&self) -> std::result::Result<Vec<Cursor>, StoreError> {
-        Store::cursors(self).map_err(read_error)
+    fn devices(&self) -> std::result::Result<Vec<DeviceRecord>, StoreError> {
+        Store::devices(self).map_err(read_error)
     }
 }

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
 use crate::frame::{
-    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, MAX_SEQ,
+    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, Ticket, MAX_SEQ,
 };
 use crate::limits;
 use crate::outbox::Outbox;
@@ -425,7 +425,11 @@ pub struct Client {
     pacer: Option<Pacer>,
     /// Time and random part of the last id generated in this session.
     last_id: Option<(u64, u128)>,
-    cursors: BTreeMap<String, (String, Seq)>,
+    /// Stored-through cursors by (user, device).
+    cursors: BTreeMap<(String, String), Seq>,
+    /// Ticket of the newest `welcome` or `batch` read on this connection,
+    /// echoed as `rx` on every frame (the server's proof of reading).
+    read_ticket: Option<Ticket>,
     /// Head announced by `welcome`/`batch`: catch up to it with pages.
     head_auth: Seq,
     /// Since when a hole below a buffered push has been open.
@@ -476,6 +480,7 @@ impl Client {
             pacer: None,
             last_id: None,
             cursors: BTreeMap::new(),
+            read_ticket: None,
             head_auth: 0,
             gap_since: None,
             sync_fwd: None,
@@ -627,6 +632,14 @@ impl Client {
         self.out.pop_front()
     }
 
+    /// The read ticket to echo as `rx` on every frame sent on the current
+    /// connection: encode with [`ClientFrame::encode_rx`]. It tells the server
+    /// this client read its answers, and a server that does not get it back
+    /// stops answering and eventually closes the connection.
+    pub fn read_ticket(&self) -> Option<Ticket> {
+        self.read_ticket
+    }
+
     /// When to call `handle(now, ClientInput::Timeout)` next.
     pub fn poll_timeout(&self) -> Option<Millis> {
         let mut t: Option<Millis> = None;
@@ -738,6 +751,7 @@ impl Client {
 
     /// Forgets everything tied to the current connection.
     fn reset_connection(&mut self) {
+        self.read_ticket = None;
         self.outbox.reset_connection();
         self.sync_fwd = None;
         self.sync_back = None;
@@ -747,6 +761,9 @@ impl Client {
     }
 
     fn on_frame(&mut self, now: Millis, frame: ServerFrame) {
+        if let Some(ticket) = frame.ticket() {
+            self.read_ticket = Some(ticket);
+        }
         match frame {
             ServerFrame::Welcome {
                 head,
@@ -775,7 +792,7 @@ impl Client {
     /// Our own message coming back stands in for a lost `sent`.
     fn note_own(&mut self, now: Millis, messages: &[StoredMessage]) {
         for m in messages {
-            if m.device == self.cfg.device && self.outbox.contains_id(&m.id) {
+            if m.user == self.cfg.user && m.device == self.cfg.device && self.outbox.contains_id(&m.id) {
                 self.on_sent(now, &m.id, m.seq, m.at);
             }
         }
@@ -878,15 +895,15 @@ impl Client {
 
     fn merge_cursors(&mut self, cursors: Vec<Cursor>) {
         for c in cursors {
-            let e = self.cursors.entry(c.device.clone()).or_insert((c.user.clone(), 0));
-            e.0 = c.user;
-            if c.through > e.1 {
+            let own = c.user == self.cfg.user && c.device == self.cfg.device;
+            let e = self.cursors.entry((c.user, c.device)).or_insert(0);
+            if c.through > *e {
                 // News: the next refresh can wait a full interval again.
                 self.refresh_at = None;
                 self.refresh_every = self.cfg.status_refresh;
             }
-            e.1 = e.1.max(c.through);
-            if c.device == self.cfg.device {
+            *e = (*e).max(c.through);
+            if own {
                 self.ack.confirmed = self.ack.confirmed.max(c.through);
                 if self.ack.confirmed >= self.ack.sent {
                     self.ack.retry_at = None;
@@ -901,7 +918,7 @@ impl Client {
     /// stored through the seq, and there is at least one other user.
     fn check_delivered(&mut self) {
         let mut best: BTreeMap<&str, Seq> = BTreeMap::new();
-        for (user, through) in self.cursors.values() {
+        for ((user, _), through) in &self.cursors {
             if *user == self.cfg.user {
                 continue;
             }

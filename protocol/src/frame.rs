@@ -67,6 +67,14 @@ pub struct RateLimit {
     pub burst: u64,
 }
 
+/// A read ticket: an unpredictable number the server puts on every frame
+/// that answers a request (`welcome`, `batch`). A client proves it has read
+/// such a frame by echoing its ticket as the envelope field `rx` of any later
+/// frame; that is the server's only evidence that output was consumed (the
+/// runtime gives no socket backpressure), and it bounds what one connection
+/// can have in flight. Always below 2^53, so JavaScript numbers carry it.
+pub type Ticket = u64;
+
 /// Frames a client sends to the conversation it is connected to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -148,6 +156,10 @@ pub enum ServerFrame {
         /// (a client then does not pace itself).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<RateLimit>,
+        /// Read ticket: echo it as `rx` to show this frame was read (see
+        /// [`Ticket`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<Ticket>,
     },
     /// A `send` was stored (or had been stored before: same seq).
     Sent {
@@ -176,6 +188,10 @@ pub enum ServerFrame {
         /// being answered, and the client should not ask again yet.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         follows: bool,
+        /// Read ticket: echo it as `rx` to show this page was read (see
+        /// [`Ticket`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ticket: Option<Ticket>,
     },
     /// Devices stored further: drives the sender's delivered ticks.
     Delivered {
@@ -284,6 +300,8 @@ pub enum DecodeError {
         len: usize,
         /// The limit.
         max: usize,
+        /// The `send`'s client message id, so the sender can fail that message.
+        id: String,
     },
 }
 
@@ -301,10 +319,13 @@ impl DecodeError {
     }
 }
 
-/// The frame envelope: version plus the flattened, type-tagged frame.
+/// The frame envelope: version, the read-ticket echo (client frames only),
+/// plus the flattened, type-tagged frame.
 #[derive(Serialize, Deserialize)]
 struct Envelope<F> {
     v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rx: Option<Ticket>,
     #[serde(flatten)]
     frame: F,
 }
@@ -327,7 +348,7 @@ fn decode_with<F: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     known: &[&str],
     max_len: usize,
-) -> Result<F, DecodeError> {
+) -> Result<(F, Option<Ticket>), DecodeError> {
     if bytes.len() > max_len {
         return Err(DecodeError::TooLarge {
             len: bytes.len(),
@@ -350,7 +371,7 @@ fn decode_with<F: for<'de> Deserialize<'de>>(
         other => return Err(DecodeError::UnknownType(other)),
     };
     serde_json::from_slice::<Envelope<F>>(bytes)
-        .map(|env| env.frame)
+        .map(|env| (env.frame, env.rx))
         .map_err(|e| DecodeError::Invalid {
             frame: kind,
             reason: e.to_string(),
@@ -385,9 +406,18 @@ pub fn validate_id(id: &str) -> Result<(), String> {
 impl ClientFrame {
     /// Decodes and validates a client frame.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let frame: ClientFrame = decode_with(bytes, CLIENT_TYPES, limits::MAX_FRAME_BYTES)?;
+        Self::decode_rx(bytes).map(|(frame, _)| frame)
+    }
+
+    /// Decodes and validates a client frame, with its envelope's `rx` (the
+    /// read ticket it echoes, if any).
+    pub fn decode_rx(bytes: &[u8]) -> Result<(Self, Option<Ticket>), DecodeError> {
+        let (frame, rx): (ClientFrame, _) = decode_with(bytes, CLIENT_TYPES, limits::MAX_FRAME_BYTES)?;
+        if rx.is_some_and(|t| t > MAX_SEQ) {
+            return Err(invalid("envelope", format!("rx must be at most {MAX_SEQ}")));
+        }
         frame.validate()?;
-        Ok(frame)
+        Ok((frame, rx))
     }
 
     fn validate(&self) -> Result<(), DecodeError> {
@@ -399,6 +429,7 @@ impl ClientFrame {
                     return Err(DecodeError::BodyTooLarge {
                         len: body.len(),
                         max: limits::MAX_BODY_BYTES,
+                        id: id.clone(),
                     });
                 }
                 Ok(())
@@ -449,7 +480,13 @@ impl ClientFrame {
 
     /// Encodes the frame as its JSON text.
     pub fn encode(&self) -> String {
-        encode(self)
+        encode(self, None)
+    }
+
+    /// Encodes the frame with `rx`: the ticket of the latest `welcome` or
+    /// `batch` read on this connection.
+    pub fn encode_rx(&self, rx: Option<Ticket>) -> String {
+        encode(self, rx)
     }
 }
 
@@ -457,32 +494,63 @@ impl ServerFrame {
     /// Decodes a server frame (used by clients).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         // Server frames may carry full pages, which are larger than client frames.
-        decode_with(bytes, SERVER_TYPES, limits::MAX_SERVER_FRAME_BYTES)
+        decode_with(bytes, SERVER_TYPES, limits::MAX_SERVER_FRAME_BYTES).map(|(frame, _)| frame)
     }
 
     /// Encodes the frame as its JSON text.
     pub fn encode(&self) -> String {
-        encode(self)
+        encode(self, None)
     }
 
-    /// An `error` frame for a decode failure.
+    /// The read ticket this frame carries, if any.
+    pub fn ticket(&self) -> Option<Ticket> {
+        match self {
+            ServerFrame::Welcome { ticket, .. } | ServerFrame::Batch { ticket, .. } => *ticket,
+            _ => None,
+        }
+    }
+
+    /// An `error` frame for a decode failure (with the `send`'s id when the
+    /// failure belongs to one message).
     pub fn from_decode_error(err: &DecodeError) -> Self {
+        let id = match err {
+            DecodeError::BodyTooLarge { id, .. } => Some(id.clone()),
+            _ => None,
+        };
         ServerFrame::Error {
             code: err.code(),
             message: err.to_string(),
-            id: None,
+            id,
         }
     }
 }
 
-fn encode<F: Serialize>(frame: &F) -> String {
+fn encode<F: Serialize>(frame: &F, rx: Option<Ticket>) -> String {
     // Serializing these plain structs cannot fail: no maps with non-string keys,
     // no custom serializers that error.
-    serde_json::to_string(&Envelope {
+    let text = serde_json::to_string(&Envelope {
         v: PROTOCOL_VERSION,
+        rx,
         frame,
     })
-    .unwrap_or_else(|e| unreachable!("frame serialization failed: {e}"))
+    .unwrap_or_else(|e| unreachable!("frame serialization failed: {e}"));
+    escape_replacement_char(text)
+}
+
+/// U+REPLACEMENT CHARACTER.
+pub const REPLACEMENT_CHAR: char = '\u{FFFD}';
+
+/// Writes U+FFFD as the JSON escape `\ufffd`. A runtime that receives a text
+/// message with invalid UTF-8 hands it on with U+FFFD in place of the bad
+/// bytes, so a literal U+FFFD in a frame is taken as invalid UTF-8 (close
+/// 1007); the escaped form carries the same character through. In JSON text
+/// U+FFFD can only occur inside strings, where the escape is equivalent.
+fn escape_replacement_char(text: String) -> String {
+    if text.contains(REPLACEMENT_CHAR) {
+        text.replace(REPLACEMENT_CHAR, "\\ufffd")
+    } else {
+        text
+    }
 }
 
 #[cfg(test)]

@@ -59,12 +59,12 @@ pub use client::{
 };
 pub use frame::{
     ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
-    StoredMessage, MAX_SEQ, PROTOCOL_VERSION,
+    StoredMessage, Ticket, MAX_SEQ, PROTOCOL_VERSION,
 };
 pub use ranges::RangeSet;
 pub use server::{
-    ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, ServerStats,
-    ServerWrite, StoreError,
+    ConnId, ConnMemo, Conversation, ConversationStore, DeviceKey, DeviceRecord, ServerConfig, ServerInput,
+    ServerOutput, ServerStats, ServerWrite, StoreError,
 };
 
 /// Identifies one storage write a machine asked for; ids increase by one.

@@ -21,3 +21,8 @@ pub const STREAM_PAGES: usize = 8;
 pub const PAGE_BYTES: usize = 256 * 1024;
 /// Default most distinct users per conversation.
 pub const MAX_MEMBERS: usize = 256;
+/// Default most bytes of unconfirmed answers (`welcome`, `batch`) per connection.
+pub const ANSWER_BUDGET: usize = 512 * 1024;
+/// Most cursors a `welcome` or `delivered` carries: one per member user plus
+/// the receiving device's own.
+pub const MAX_CURSORS: usize = MAX_MEMBERS + 1;

@@ -59,7 +59,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
-use crate::frame::{ClientFrame, Cursor, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, MAX_SEQ};
+use crate::frame::{
+    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, Ticket, MAX_SEQ,
+    REPLACEMENT_CHAR,
+};
 use crate::limits;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
@@ -71,8 +74,51 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// The same device opened a newer connection.
     pub const REPLACED: u16 = 4001;
-    /// Pushes stayed unacknowledged through every retry.
+    /// Pushes stayed unacknowledged through every retry, or answers were
+    /// not read (their tickets never came back) within the stall timeout.
     pub const UNRESPONSIVE: u16 = 4002;
+    /// The connection's token expired: reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// A text message that is not valid UTF-8 (RFC 6455, 7.4.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+}
+
+/// A device, namespaced by its user: `(user, device)`. Device ids are chosen
+/// by clients, so two users' devices with the same id must never share a
+/// cursor, a dedup key or a connection slot.
+pub type DeviceKey = (String, String);
+
+/// What a connection's limits need to survive an eviction of the object
+/// (WebSocket hibernation keeps the socket, not the memory). The shell keeps
+/// it with the socket (its attachment) whenever [`ServerOutput::Remember`]
+/// says so, and hands it back in [`ServerInput::Connected`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConnMemo {
+    /// Protocol violations so far.
+    #[serde(default)]
+    pub strikes: u32,
+    /// Push retransmissions without cumulative progress.
+    #[serde(default)]
+    pub retries: u32,
+    /// Bytes of answers sent and not yet confirmed by a ticket.
+    #[serde(default)]
+    pub unread_bytes: u64,
+    /// When the oldest of them was sent.
+    #[serde(default)]
+    pub unread_since: Option<Millis>,
+    /// The ticket of the newest of them.
+    #[serde(default)]
+    pub unread_ticket: Option<Ticket>,
+}
+
+/// One device's durable record, as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its cursor (user, device, stored-through).
+    pub cursor: Cursor,
+    /// When it last connected (0: unknown, e.g. a record from before this
+    /// field existed; such a record is kept and stamped at its next connect).
+    pub seen: Millis,
 }
 
 /// Identifies one WebSocket; chosen by the shell, opaque to the core.
@@ -102,14 +148,14 @@ impl StoreError {
 pub trait ConversationStore {
     /// The message with the highest seq, if any.
     fn last(&self) -> Result<Option<StoredMessage>, StoreError>;
-    /// The message `device` stored under client message id `id`, if any.
-    fn find(&self, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError>;
+    /// The message `user`'s `device` stored under client message id `id`, if any.
+    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError>;
     /// Up to `limit` messages with seq > `after`, ascending.
     fn after(&self, after: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError>;
     /// The `limit` messages just below `before` (seq < `before`), ascending.
     fn before(&self, before: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError>;
-    /// Every device's cursor.
-    fn cursors(&self) -> Result<Vec<Cursor>, StoreError>;
+    /// Every device's record.
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
 }
 
 /// A storage write the shell must carry out.
@@ -119,6 +165,23 @@ pub enum ServerWrite {
     Append(StoredMessage),
     /// Insert or raise a device's cursor (it never moves back).
     Cursor(Cursor),
+    /// A device connected at `at`: insert its record (cursor 0) if missing,
+    /// and set its last-seen time.
+    Seen {
+        /// The device's user.
+        user: String,
+        /// The device.
+        device: String,
+        /// When it connected.
+        at: Millis,
+    },
+    /// Delete a device's record (not seen for [`ServerConfig::device_retention`]).
+    Forget {
+        /// The device's user.
+        user: String,
+        /// The device.
+        device: String,
+    },
 }
 
 /// Events the shell feeds in.
@@ -132,20 +195,30 @@ pub enum ServerInput {
         user: String,
         /// The authenticated device.
         device: String,
-        /// True when re-registering a socket that survived an eviction.
-        resumed: bool,
+        /// `Some` when re-registering a socket that survived an eviction: the
+        /// last [`ServerOutput::Remember`] memo of that socket (or the default
+        /// if it had none).
+        resumed: Option<ConnMemo>,
+        /// When the connection's credentials expire (the token's `exp` plus
+        /// clock leeway): the server closes it then with 4003.
+        expires: Option<Millis>,
     },
     /// The socket closed (either side).
     Disconnected {
         /// Which socket.
         conn: ConnId,
     },
-    /// A WebSocket message arrived (text frames as their UTF-8 bytes).
+    /// A WebSocket text message arrived, as its bytes.
     Frame {
         /// Which socket.
         conn: ConnId,
         /// The message bytes.
         bytes: Vec<u8>,
+    },
+    /// A WebSocket binary message arrived (frames are text only; refused).
+    Binary {
+        /// Which socket.
+        conn: ConnId,
     },
     /// Every write up to and including `through` is durable.
     Durable {
@@ -183,6 +256,14 @@ pub enum ServerOutput {
         /// Short human-readable reason.
         reason: String,
     },
+    /// Keep `memo` with the socket (replacing the previous one) and pass it
+    /// back as `Connected { resumed: Some(memo) }` after an eviction.
+    Remember {
+        /// The socket.
+        conn: ConnId,
+        /// What its limits need to survive.
+        memo: ConnMemo,
+    },
 }
 
 /// Tunables of a conversation. [`ServerConfig::new`] gives the defaults.
@@ -216,6 +297,15 @@ pub struct ServerConfig {
     pub abuse_limit: u32,
     /// Recent messages kept in memory for pushes.
     pub cache: usize,
+    /// Most bytes of answers (`welcome`, `batch`) a connection may have sent
+    /// and not confirmed by echoing their tickets; further answers wait.
+    pub answer_budget: usize,
+    /// An answer waiting for budget while older answers stay unconfirmed this
+    /// long closes the connection (4002): the client is not reading.
+    pub stall_timeout: Millis,
+    /// Devices not seen for this long are forgotten (their cursors leave the
+    /// conversation; a returning device starts as a new one).
+    pub device_retention: Millis,
     /// Test-only deliberate mistakes (inert without the `sim-bugs` feature).
     #[doc(hidden)]
     pub bugs: Bugs,
@@ -239,6 +329,9 @@ impl ServerConfig {
             rate_per_sec: 1_000,
             abuse_limit: 20,
             cache: 512,
+            answer_budget: limits::ANSWER_BUDGET,
+            stall_timeout: 30_000,
+            device_retention: 90 * 24 * 3600 * 1000,
             bugs: Bugs::default(),
         }
     }
@@ -263,17 +356,35 @@ pub struct ServerStats {
 
 #[derive(Debug, Clone)]
 struct Device {
-    user: String,
     /// Highest cumulative ack received.
     through: Seq,
     /// Highest cumulative ack known durable.
     persisted: Seq,
 }
 
+/// A request whose answer is still owed: answers go out only within the
+/// connection's answer budget, and a new request replaces an older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    /// `hello`: a `welcome`, then the gap-fill or the latest page.
+    Hello { after: Option<Seq> },
+    /// Forward pages `from < seq < upper`, streamed, `pages_left` at most.
+    After { from: Seq, upper: Seq, limit: u32, pages_left: usize },
+    /// One page just below `before`.
+    Before { before: Seq, limit: u32 },
+}
+
+/// An answer sent and not yet confirmed by its ticket.
+#[derive(Debug, Clone)]
+struct Unread {
+    ticket: Option<Ticket>,
+    bytes: usize,
+    at: Millis,
+}
+
 #[derive(Debug, Clone)]
 struct Conn {
-    user: String,
-    device: String,
+    key: DeviceKey,
     ready: bool,
     /// Messages up to here reach this connection through pages, later ones by push.
     live_from: Seq,
@@ -285,12 +396,19 @@ struct Conn {
     tokens: u64,
     refilled_at: Millis,
     strikes: u32,
+    request: Option<Request>,
+    unread: VecDeque<Unread>,
+    unread_bytes: usize,
+    expires: Option<Millis>,
+    /// The memo last handed to the shell.
+    memo: ConnMemo,
 }
 
 #[derive(Debug, Clone)]
 enum Effect {
     Append(Seq),
-    Cursor { device: String, through: Seq },
+    Cursor { key: DeviceKey, through: Seq },
+    None,
 }
 
 /// The state machine of one conversation. See the module docs.
@@ -305,16 +423,18 @@ pub struct Conversation {
     durable_chain: ChainHash,
     next_write: u64,
     writes: VecDeque<(WriteId, Effect)>,
-    /// (device, client id) -> seq for appends not yet durable.
-    unconfirmed: HashMap<(String, String), Seq>,
+    /// (user, device, client id) -> seq for appends not yet durable.
+    unconfirmed: HashMap<(String, String, String), Seq>,
     /// Appended, not yet durable.
     pending: BTreeMap<Seq, StoredMessage>,
     recent: BTreeMap<Seq, StoredMessage>,
-    devices: BTreeMap<String, Device>,
-    dirty: BTreeSet<String>,
+    devices: BTreeMap<DeviceKey, Device>,
+    dirty: BTreeSet<DeviceKey>,
     delivered_due: Option<Millis>,
     conns: BTreeMap<ConnId, Conn>,
-    by_device: HashMap<String, ConnId>,
+    by_device: HashMap<DeviceKey, ConnId>,
+    /// Connections whose memo may have changed during this call.
+    touched: BTreeSet<ConnId>,
     out: VecDeque<ServerOutput>,
 }
 
@@ -322,17 +442,34 @@ fn encoded_len(m: &StoredMessage) -> usize {
     serde_json::to_string(m).map(|s| s.len()).unwrap_or(usize::MAX / 2)
 }
 
+/// Envelope and field overhead of a `batch` or `welcome` beyond its list.
+const FRAME_OVERHEAD: usize = 160;
+
 fn backoff(initial: Millis, max: Millis, attempt: u32) -> Millis {
     let factor = 1u64.checked_shl(attempt.min(20)).unwrap_or(u64::MAX);
     initial.saturating_mul(factor).min(max).max(1)
 }
 
+/// Rows to read next so that the page's byte budget is probably reached in one
+/// more read: estimated from the rows seen so far, never below 8.
+fn next_read(want: u32, bytes: usize, rows: usize, budget: usize) -> u32 {
+    if rows == 0 {
+        return want.min(32);
+    }
+    let avg = (bytes / rows).max(1);
+    let rows_left = budget.saturating_sub(bytes) / avg + 1;
+    want.min(u32::try_from(rows_left).unwrap_or(u32::MAX).max(8))
+}
+
 impl Conversation {
     /// Rebuilds the conversation from its storage (empty storage: a new one).
-    /// Everything in the store is taken as durable.
+    /// Everything in the store is taken as durable. Devices not seen for
+    /// [`ServerConfig::device_retention`] before `now` are forgotten (their
+    /// deletes leave as `Persist` outputs).
     pub fn new(
         config: ServerConfig,
         seed: u64,
+        now: Millis,
         store: &dyn ConversationStore,
     ) -> Result<Conversation, StoreError> {
         let last = store.last()?;
@@ -340,21 +477,19 @@ impl Conversation {
             Some(m) => (m.seq, m.chain, m.at),
             None => (0, ChainHash::GENESIS, 0),
         };
-        let devices = store
-            .cursors()?
-            .into_iter()
-            .map(|c| {
-                (
-                    c.device,
-                    Device {
-                        user: c.user,
-                        through: c.through.min(head),
-                        persisted: c.through.min(head),
-                    },
-                )
-            })
-            .collect();
-        Ok(Conversation {
+        let mut devices = BTreeMap::new();
+        let mut expired = Vec::new();
+        for record in store.devices()? {
+            let c = record.cursor;
+            let key = (c.user, c.device);
+            if record.seen > 0 && record.seen.saturating_add(config.device_retention) < now {
+                expired.push(key);
+                continue;
+            }
+            let through = c.through.min(head);
+            devices.insert(key, Device { through, persisted: through });
+        }
+        let mut conv = Conversation {
             cfg: config,
             rng: Rng::new(seed),
             head,
@@ -372,8 +507,13 @@ impl Conversation {
             delivered_due: None,
             conns: BTreeMap::new(),
             by_device: HashMap::new(),
+            touched: BTreeSet::new(),
             out: VecDeque::new(),
-        })
+        };
+        for (user, device) in expired {
+            conv.persist(ServerWrite::Forget { user, device }, Effect::None);
+        }
+        Ok(conv)
     }
 
     /// Feeds one event in; collect outputs with [`Conversation::poll_output`].
@@ -384,13 +524,16 @@ impl Conversation {
                 user,
                 device,
                 resumed,
-            } => self.on_connected(now, conn, user, device, resumed, store),
+                expires,
+            } => self.on_connected(now, conn, (user, device), resumed, expires, store),
             ServerInput::Disconnected { conn } => self.forget(conn),
-            ServerInput::Frame { conn, bytes } => self.on_frame(now, conn, &bytes, store),
+            ServerInput::Frame { conn, bytes } => self.on_frame(now, conn, Some(&bytes), store),
+            ServerInput::Binary { conn } => self.on_frame(now, conn, None, store),
             ServerInput::Durable { through } => self.on_durable(now, through, store),
             ServerInput::Timeout => {}
         }
         self.on_timers(now, store);
+        self.remember_touched();
     }
 
     /// The next output, if any. Call until `None` after every `handle`.
@@ -402,14 +545,14 @@ impl Conversation {
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.conns
             .values()
-            .filter_map(|c| c.resend_at)
+            .flat_map(|c| [c.resend_at, self.stall_deadline(c), c.expires])
+            .flatten()
             .chain(self.delivered_due)
             .min()
     }
 
     /// Monitoring numbers.
     pub fn stats(&self) -> ServerStats {
-        let users: BTreeSet<&str> = self.devices.values().map(|d| d.user.as_str()).collect();
         let pending_pushes = self
             .conns
             .values()
@@ -427,14 +570,27 @@ impl Conversation {
             durable_head: self.durable_head,
             connections: self.conns.len(),
             devices: self.devices.len(),
-            members: users.len(),
+            members: self.member_count(),
             pending_pushes,
         }
     }
 
+    fn member_count(&self) -> usize {
+        self.devices.keys().map(|(user, _)| user.as_str()).collect::<BTreeSet<_>>().len()
+    }
+
     fn floor(&self, c: &Conn) -> Seq {
-        let through = self.devices.get(&c.device).map_or(0, |d| d.through);
+        let through = self.devices.get(&c.key).map_or(0, |d| d.through);
         through.max(c.live_from)
+    }
+
+    /// When an answer waiting for budget turns into a stall (see
+    /// [`ServerConfig::stall_timeout`]).
+    fn stall_deadline(&self, c: &Conn) -> Option<Millis> {
+        if c.request.is_none() || c.unread_bytes < self.cfg.answer_budget {
+            return None;
+        }
+        c.unread.front().map(|u| u.at.saturating_add(self.cfg.stall_timeout))
     }
 
     fn persist(&mut self, op: ServerWrite, effect: Effect) {
@@ -446,6 +602,41 @@ impl Conversation {
 
     fn frame(&mut self, conn: ConnId, frame: ServerFrame) {
         self.out.push_back(ServerOutput::Frame { conn, frame });
+    }
+
+    /// Sends an answer (`welcome` or `batch`) of about `bytes` bytes with a
+    /// fresh ticket, counting it against the connection's answer budget.
+    fn answer(&mut self, now: Millis, conn: ConnId, mut frame: ServerFrame, bytes: usize) {
+        let ticket = self.rng.range(1, MAX_SEQ);
+        match &mut frame {
+            ServerFrame::Welcome { ticket: t, .. } | ServerFrame::Batch { ticket: t, .. } => *t = Some(ticket),
+            _ => {}
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.unread.push_back(Unread {
+                ticket: Some(ticket),
+                bytes,
+                at: now,
+            });
+            c.unread_bytes += bytes;
+            self.touched.insert(conn);
+        }
+        self.frame(conn, frame);
+    }
+
+    /// The client echoed `ticket`: it read that answer and every earlier one.
+    fn confirm(&mut self, conn: ConnId, ticket: Ticket) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Unknown tickets (forged, or already confirmed) confirm nothing.
+        let Some(i) = c.unread.iter().position(|u| u.ticket == Some(ticket)) else {
+            return;
+        };
+        for u in c.unread.drain(..=i) {
+            c.unread_bytes = c.unread_bytes.saturating_sub(u.bytes);
+        }
+        self.touched.insert(conn);
     }
 
     fn error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>, id: Option<String>) {
@@ -470,8 +661,27 @@ impl Conversation {
 
     fn forget(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.remove(&conn) {
-            if self.by_device.get(&c.device) == Some(&conn) {
-                self.by_device.remove(&c.device);
+            if self.by_device.get(&c.key) == Some(&conn) {
+                self.by_device.remove(&c.key);
+            }
+        }
+        self.touched.remove(&conn);
+    }
+
+    /// Hands the shell the memo of every connection whose limits changed.
+    fn remember_touched(&mut self) {
+        for conn in std::mem::take(&mut self.touched) {
+            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            let memo = ConnMemo {
+                strikes: c.strikes,
+                retries: c.retries,
+                unread_bytes: c.unread_bytes as u64,
+                unread_since: c.unread.front().map(|u| u.at),
+                unread_ticket: c.unread.back().and_then(|u| u.ticket),
+            };
+            if memo != c.memo {
+                c.memo = memo.clone();
+                self.out.push_back(ServerOutput::Remember { conn, memo });
             }
         }
     }
@@ -482,6 +692,7 @@ impl Conversation {
             return;
         };
         c.strikes += 1;
+        self.touched.insert(conn);
         if c.strikes >= self.cfg.abuse_limit {
             self.close(conn, close::POLICY, "too many protocol violations");
         }
@@ -491,23 +702,25 @@ impl Conversation {
         &mut self,
         now: Millis,
         conn: ConnId,
-        user: String,
-        device: String,
-        resumed: bool,
+        key: DeviceKey,
+        resumed: Option<ConnMemo>,
+        expires: Option<Millis>,
         store: &dyn ConversationStore,
     ) {
-        if let Some(old) = self.by_device.get(&device).copied() {
+        if let Some(old) = self.by_device.get(&key).copied() {
             if old != conn {
                 self.close(old, close::REPLACED, "replaced by a newer connection");
             }
         }
-        if !self.devices.contains_key(&device) {
-            let users: BTreeSet<&str> = self.devices.values().map(|d| d.user.as_str()).collect();
-            if !users.contains(user.as_str()) && users.len() >= self.cfg.max_members {
+        let is_new = !self.devices.contains_key(&key);
+        if is_new {
+            let is_member = self.devices.keys().any(|(user, _)| *user == key.0);
+            let members = self.member_count();
+            if !is_member && members >= self.cfg.max_members {
                 self.error(
                     conn,
                     ErrorCode::TooManyMembers,
-                    format!("the conversation has {} members already", users.len()),
+                    format!("the conversation has {members} members already"),
                     None,
                 );
                 self.out.push_back(ServerOutput::Close {
@@ -517,54 +730,72 @@ impl Conversation {
                 });
                 return;
             }
-            self.devices.insert(
-                device.clone(),
-                Device {
-                    user: user.clone(),
-                    through: 0,
-                    persisted: 0,
-                },
-            );
-            self.persist(
-                ServerWrite::Cursor(Cursor {
-                    user: user.clone(),
-                    device: device.clone(),
-                    through: 0,
-                }),
-                Effect::Cursor {
-                    device: device.clone(),
-                    through: 0,
-                },
-            );
+            self.devices.insert(key.clone(), Device { through: 0, persisted: 0 });
         }
-        let through = self.devices.get(&device).map_or(0, |d| d.through);
+        if resumed.is_none() {
+            // Creates the record of a new device (announced like a cursor, so
+            // members learn of a new member), and refreshes the retention clock.
+            let (user, device) = key.clone();
+            let effect = if is_new { Effect::Cursor { key: key.clone(), through: 0 } } else { Effect::None };
+            self.persist(ServerWrite::Seen { user, device, at: now }, effect);
+        }
+        let through = self.devices.get(&key).map_or(0, |d| d.through);
+        let memo = resumed.clone().unwrap_or_default();
+        let mut unread = VecDeque::new();
+        if memo.unread_bytes > 0 {
+            // One entry stands for what was unconfirmed before the eviction;
+            // the client's echo of the newest ticket confirms it.
+            unread.push_back(Unread {
+                ticket: memo.unread_ticket,
+                bytes: usize::try_from(memo.unread_bytes).unwrap_or(usize::MAX),
+                at: memo.unread_since.unwrap_or(now),
+            });
+        }
         self.conns.insert(
             conn,
             Conn {
-                user,
-                device: device.clone(),
-                ready: resumed,
+                key: key.clone(),
+                ready: resumed.is_some(),
                 live_from: through,
                 next_push: through + 1,
                 sacked: RangeSet::new(),
                 resend_at: None,
-                retries: 0,
+                retries: memo.retries,
                 tokens: self.cfg.rate_burst.saturating_mul(1000),
                 refilled_at: now,
-                strikes: 0,
+                strikes: memo.strikes,
+                request: None,
+                unread_bytes: unread.iter().map(|u| u.bytes).sum(),
+                unread,
+                expires,
+                memo: memo.clone(),
             },
         );
-        self.by_device.insert(device, conn);
-        if resumed {
+        self.by_device.insert(key, conn);
+        if resumed.is_some() {
             self.pump(now, conn, store);
+            // Pushes that were already being retransmitted go out again now:
+            // that counts as a retransmission, so a device that never acks is
+            // still closed after `max_retries`, however often the object is
+            // evicted in between.
+            let pending = self.conns.get(&conn).is_some_and(|c| c.next_push.saturating_sub(1) > self.floor(c));
+            if pending && memo.retries > 0 {
+                if memo.retries >= self.cfg.max_retries {
+                    self.close(conn, close::UNRESPONSIVE, "pushes were not acknowledged");
+                } else if let Some(c) = self.conns.get_mut(&conn) {
+                    c.retries += 1;
+                    self.touched.insert(conn);
+                }
+            }
         }
     }
 
-    fn on_frame(&mut self, now: Millis, conn: ConnId, bytes: &[u8], store: &dyn ConversationStore) {
+    /// Takes one token from the connection's bucket; false when it is empty.
+    fn take_token(&mut self, now: Millis, conn: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+            return false;
         };
-        // Token bucket: refill by elapsed time, one token per frame.
+        // Refill by elapsed time, one token per frame.
         let elapsed = now.saturating_sub(c.refilled_at);
         c.refilled_at = now;
         let cap = self.cfg.rate_burst.saturating_mul(1000);
@@ -572,12 +803,42 @@ impl Conversation {
             .tokens
             .saturating_add(elapsed.saturating_mul(self.cfg.rate_per_sec))
             .min(cap);
-        let limited = c.tokens < 1000;
-        if !limited {
-            c.tokens -= 1000;
+        if c.tokens < 1000 {
+            return false;
         }
-        let ready = c.ready;
-        let frame = match ClientFrame::decode(bytes) {
+        c.tokens -= 1000;
+        true
+    }
+
+    /// A text frame (`Some(bytes)`) or a binary message (`None`).
+    fn on_frame(&mut self, now: Millis, conn: ConnId, bytes: Option<&[u8]>, store: &dyn ConversationStore) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let has_token = self.take_token(now, conn);
+        let Some(bytes) = bytes else {
+            self.error(conn, ErrorCode::BadJson, "binary messages are not frames: send JSON as text", None);
+            self.strike(conn);
+            return;
+        };
+        // Length first: nothing larger than a frame is parsed at all.
+        if bytes.len() > limits::MAX_FRAME_BYTES {
+            let err = DecodeError::TooLarge { len: bytes.len(), max: limits::MAX_FRAME_BYTES };
+            self.frame(conn, ServerFrame::from_decode_error(&err));
+            self.strike(conn);
+            return;
+        }
+        // RFC 6455: a text message must be UTF-8. A runtime that decoded it
+        // already put U+FFFD where bytes were invalid; clients escape a real
+        // U+FFFD as \ufffd, so a literal one means invalid input.
+        match std::str::from_utf8(bytes) {
+            Ok(text) if !text.contains(REPLACEMENT_CHAR) => {}
+            _ => {
+                self.close(conn, close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
+                return;
+            }
+        }
+        let (frame, rx) = match ClientFrame::decode_rx(bytes) {
             Ok(f) => f,
             Err(e) => {
                 self.frame(conn, ServerFrame::from_decode_error(&e));
@@ -589,45 +850,146 @@ impl Conversation {
             ClientFrame::Send { id, .. } => Some(id.clone()),
             _ => None,
         };
-        if limited {
+        if !has_token {
             self.error(conn, ErrorCode::RateLimited, "too many frames; slow down", id);
             self.strike(conn);
             return;
         }
+        if let Some(ticket) = rx {
+            self.confirm(conn, ticket);
+        }
+        let ready = self.conns.get(&conn).is_some_and(|c| c.ready);
         if !ready && !matches!(frame, ClientFrame::Hello { .. } | ClientFrame::Ping { .. }) {
             self.error(conn, ErrorCode::NotReady, "send hello first", id);
             self.strike(conn);
             return;
         }
         match frame {
-            ClientFrame::Hello { after, .. } => self.on_hello(now, conn, after, store),
+            ClientFrame::Hello { after, .. } => self.request(conn, Request::Hello { after }),
             ClientFrame::Send { id, body } => self.on_send(now, conn, id, body, store),
             ClientFrame::Ack { seq, ranges } => self.on_ack(now, conn, seq, &ranges, store),
             ClientFrame::Sync {
                 after,
                 before,
                 limit,
-            } => self.on_sync(conn, after, before, limit, store),
+            } => self.request(
+                conn,
+                match (after, before) {
+                    (Some(a), b) => Request::After {
+                        from: a,
+                        upper: b.unwrap_or(MAX_SEQ),
+                        limit,
+                        pages_left: limits::STREAM_PAGES,
+                    },
+                    (None, b) => Request::Before {
+                        before: b.unwrap_or(MAX_SEQ),
+                        limit,
+                    },
+                },
+            ),
             // Read markers are accepted and not (yet) tracked.
             ClientFrame::Read { .. } => {}
             ClientFrame::Ping { nonce } => self.frame(conn, ServerFrame::Pong { nonce }),
         }
+        self.serve(now, conn, store);
     }
 
-    fn cursor_list(&self) -> Vec<Cursor> {
-        self.devices
-            .iter()
-            .map(|(device, d)| Cursor {
-                user: d.user.clone(),
-                device: device.clone(),
-                through: d.persisted,
+    /// Records a request; it replaces any answer still owed (the client asked
+    /// something new), so requests never stack up.
+    fn request(&mut self, conn: ConnId, request: Request) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.request = Some(request);
+        }
+    }
+
+    /// Answers the owed request as far as the answer budget allows.
+    fn serve(&mut self, now: Millis, conn: ConnId, store: &dyn ConversationStore) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if c.unread_bytes >= self.cfg.answer_budget {
+                return;
+            }
+            let Some(request) = c.request.take() else {
+                return;
+            };
+            match request {
+                Request::Hello { after } => self.on_hello(now, conn, after, store),
+                Request::After {
+                    from,
+                    upper,
+                    limit,
+                    pages_left,
+                } => {
+                    let page = self.page_after(from, upper, limit, store);
+                    if let Some(last) = self.answer_page(now, conn, page, pages_left > 1) {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            // Unless a newer request came in meanwhile.
+                            c.request.get_or_insert(Request::After {
+                                from: last,
+                                upper,
+                                limit,
+                                pages_left: pages_left - 1,
+                            });
+                        }
+                    }
+                }
+                Request::Before { before, limit } => {
+                    let page = self.page_before(before, limit, store);
+                    self.answer_page(now, conn, page, false);
+                }
+            }
+        }
+    }
+
+    /// The cursors a device needs: per member user the furthest of that
+    /// user's devices (what delivery ticks need), plus the device's own
+    /// (so it knows its acks arrived). Bounded by the member limit, however
+    /// many devices ever joined.
+    fn cursors_for(&self, own: &DeviceKey, only_users: Option<&BTreeSet<&str>>) -> Vec<Cursor> {
+        let mut best: BTreeMap<&str, (&str, Seq)> = BTreeMap::new();
+        for ((user, device), d) in &self.devices {
+            if only_users.is_some_and(|users| !users.contains(user.as_str())) {
+                continue;
+            }
+            let e = best.entry(user.as_str()).or_insert((device.as_str(), d.persisted));
+            if d.persisted > e.1 {
+                *e = (device.as_str(), d.persisted);
+            }
+        }
+        let mut cursors: Vec<Cursor> = best
+            .into_iter()
+            .map(|(user, (device, through))| Cursor {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                through,
             })
-            .collect()
+            .collect();
+        if let Some(d) = self.devices.get(own) {
+            if !cursors.iter().any(|c| c.user == own.0 && c.device == own.1) {
+                cursors.push(Cursor {
+                    user: own.0.clone(),
+                    device: own.1.clone(),
+                    through: d.persisted,
+                });
+            }
+        }
+        cursors
     }
 
     fn on_hello(&mut self, now: Millis, conn: ConnId, after: Option<Seq>, store: &dyn ConversationStore) {
         let head = self.durable_head;
-        let cursors = self.cursor_list();
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let key = c.key.clone();
+        let cursors = self.cursors_for(&key, None);
+        let bytes = FRAME_OVERHEAD
+            + cursors
+                .iter()
+                .map(|c| c.user.len() + c.device.len() + 48)
+                .sum::<usize>();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -637,8 +999,23 @@ impl Conversation {
         c.sacked = RangeSet::new();
         c.resend_at = None;
         c.retries = 0;
-        let (user, device) = (c.user.clone(), c.device.clone());
-        self.frame(
+        c.request = match after {
+            Some(w) if w < head => Some(Request::After {
+                from: w,
+                upper: head + 1,
+                limit: limits::MAX_PAGE,
+                pages_left: limits::STREAM_PAGES,
+            }),
+            Some(_) => None,
+            None => Some(Request::Before {
+                before: head + 1,
+                limit: self.cfg.fresh_page,
+            }),
+        };
+        self.touched.insert(conn);
+        let (user, device) = key;
+        self.answer(
+            now,
             conn,
             ServerFrame::Welcome {
                 conversation: self.cfg.conversation.clone(),
@@ -652,122 +1029,104 @@ impl Conversation {
                     per_sec: self.cfg.rate_per_sec,
                     burst: self.cfg.rate_burst,
                 }),
+                ticket: None,
             },
+            bytes,
         );
-        match after {
-            Some(w) if w < head => self.stream_after(conn, w, head + 1, limits::MAX_PAGE, store),
-            Some(_) => {}
-            None => {
-                let page = self.page_before(head + 1, self.cfg.fresh_page, store);
-                self.answer_page(conn, page, false);
-            }
-        }
         self.pump(now, conn, store);
     }
 
-    /// Up to `limit` durable messages with `after < seq < upper`, trimmed to the
-    /// byte budget; and whether more exist below `upper`.
-    fn page_after(
-        &self,
-        after: Seq,
-        upper: Seq,
-        limit: u32,
-        store: &dyn ConversationStore,
-    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
-        let upper = upper.min(self.durable_head + 1);
-        if after.saturating_add(1) >= upper {
-            return Ok((Vec::new(), false));
+    /// Appends `m` to a page under construction if it continues it without a
+    /// hole and fits the byte budget (a first message always fits).
+    fn fits(&self, page: &[StoredMessage], bytes: &mut usize, m: &StoredMessage, ascending: bool) -> bool {
+        let continues = page.last().is_none_or(|p| if ascending { p.seq + 1 == m.seq } else { m.seq + 1 == p.seq });
+        if !continues {
+            return false;
         }
+        let len = encoded_len(m);
+        if !page.is_empty() && *bytes + len > self.cfg.page_bytes {
+            return false;
+        }
+        *bytes += len;
+        true
+    }
+
+    /// Up to `limit` durable messages with `after < seq < upper`, trimmed to the
+    /// byte budget; whether more exist below `upper`; and the page's size.
+    /// Rows are read in steps sized from what was read so far, so large
+    /// messages do not make a page read far more than it sends.
+    fn page_after(&self, after: Seq, upper: Seq, limit: u32, store: &dyn ConversationStore) -> Result<Page, StoreError> {
+        let upper = upper.min(self.durable_head + 1);
         let limit = limit.clamp(1, limits::MAX_PAGE);
-        store.after(after, limit).map(|msgs| {
-            let mut page = Vec::new();
-            let mut bytes = 0;
-            for m in msgs {
-                if m.seq >= upper || m.seq <= after {
-                    break;
+        let mut page: Vec<StoredMessage> = Vec::new();
+        let mut bytes = 0;
+        let mut from = after;
+        'read: while after.saturating_add(1) < upper && (page.len() as u32) < limit {
+            let want = limit - page.len() as u32;
+            let n = next_read(want, bytes, page.len(), self.cfg.page_bytes);
+            let rows = store.after(from, n)?;
+            let got = rows.len();
+            for m in rows {
+                if m.seq >= upper || m.seq <= from || !self.fits(&page, &mut bytes, &m, true) {
+                    break 'read;
                 }
-                if page.last().is_some_and(|p: &StoredMessage| p.seq + 1 != m.seq) {
-                    break; // never hand out a page with a hole
-                }
-                let len = encoded_len(&m);
-                if !page.is_empty() && bytes + len > self.cfg.page_bytes {
-                    break;
-                }
-                bytes += len;
+                from = m.seq;
                 page.push(m);
             }
-            let more = page.last().is_some_and(|m| m.seq + 1 < upper);
-            (page, more)
-        })
+            if got < n as usize {
+                break;
+            }
+        }
+        let more = page.last().is_some_and(|m| m.seq + 1 < upper);
+        Ok(Page { messages: page, more, bytes })
     }
 
     /// The latest durable messages below `before`, trimmed to the byte budget
-    /// (keeping the newest); and whether older ones exist.
-    fn page_before(
-        &self,
-        before: Seq,
-        limit: u32,
-        store: &dyn ConversationStore,
-    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    /// (keeping the newest); whether older ones exist; and the page's size.
+    fn page_before(&self, before: Seq, limit: u32, store: &dyn ConversationStore) -> Result<Page, StoreError> {
         let before = before.min(self.durable_head + 1);
         let limit = limit.clamp(1, limits::MAX_PAGE);
-        store.before(before, limit).map(|msgs| {
-            let mut page: Vec<StoredMessage> = Vec::new();
-            let mut bytes = 0;
-            for m in msgs.into_iter().rev() {
-                if m.seq >= before {
-                    continue;
+        let mut page: Vec<StoredMessage> = Vec::new();
+        let mut bytes = 0;
+        let mut below = before;
+        'read: while below > 1 && (page.len() as u32) < limit {
+            let want = limit - page.len() as u32;
+            let n = next_read(want, bytes, page.len(), self.cfg.page_bytes);
+            let rows = store.before(below, n)?;
+            let got = rows.len();
+            for m in rows.into_iter().rev() {
+                if m.seq >= below || !self.fits(&page, &mut bytes, &m, false) {
+                    break 'read;
                 }
-                if page.last().is_some_and(|p| p.seq != m.seq + 1) {
-                    break;
-                }
-                let len = encoded_len(&m);
-                if !page.is_empty() && bytes + len > self.cfg.page_bytes {
-                    break;
-                }
-                bytes += len;
+                below = m.seq;
                 page.push(m);
             }
-            page.reverse();
-            let more = page.first().is_some_and(|m| m.seq > 1);
-            (page, more)
-        })
-    }
-
-    fn on_sync(
-        &mut self,
-        conn: ConnId,
-        after: Option<Seq>,
-        before: Option<Seq>,
-        limit: u32,
-        store: &dyn ConversationStore,
-    ) {
-        let head = self.durable_head;
-        match (after, before) {
-            (Some(a), b) => self.stream_after(conn, a, b.unwrap_or(MAX_SEQ).min(head + 1), limit, store),
-            (None, Some(b)) => {
-                let page = self.page_before(b, limit, store);
-                self.answer_page(conn, page, false);
+            if got < n as usize {
+                break;
             }
-            (None, None) => {} // rejected by the decoder
         }
+        page.reverse();
+        let more = page.first().is_some_and(|m| m.seq > 1);
+        Ok(Page { messages: page, more, bytes })
     }
 
     /// Sends a page as a `batch` (`follows` when the next one comes unasked),
     /// or a storage failure as an `internal` error. Returns the page's last
     /// seq when another page follows.
-    fn answer_page(
-        &mut self,
-        conn: ConnId,
-        page: Result<(Vec<StoredMessage>, bool), StoreError>,
-        may_follow: bool,
-    ) -> Option<Seq> {
+    fn answer_page(&mut self, now: Millis, conn: ConnId, page: Result<Page, StoreError>, may_follow: bool) -> Option<Seq> {
         match page {
-            Ok((messages, more)) => {
+            Ok(Page { messages, more, bytes }) => {
                 let last = messages.last().map(|m| m.seq).filter(|_| more && may_follow);
                 let head = self.durable_head;
                 let follows = last.is_some();
-                self.frame(conn, ServerFrame::Batch { messages, head, more, follows });
+                let batch = ServerFrame::Batch {
+                    messages,
+                    head,
+                    more,
+                    follows,
+                    ticket: None,
+                };
+                self.answer(now, conn, batch, bytes + FRAME_OVERHEAD);
                 last
             }
             Err(e) => {
@@ -777,30 +1136,17 @@ impl Conversation {
         }
     }
 
-    /// Answers a forward gap-fill with up to [`limits::STREAM_PAGES`] consecutive pages
-    /// below `upper`, so that a client far behind is not held to one round
-    /// trip per page; every page but the last says another `follows`.
-    fn stream_after(&mut self, conn: ConnId, after: Seq, upper: Seq, limit: u32, store: &dyn ConversationStore) {
-        let mut from = after;
-        for pages_left in (0..limits::STREAM_PAGES).rev() {
-            let page = self.page_after(from, upper, limit, store);
-            match self.answer_page(conn, page, pages_left > 0) {
-                Some(last) => from = last,
-                None => return,
-            }
-        }
-    }
-
     fn on_send(&mut self, now: Millis, conn: ConnId, id: String, body: String, store: &dyn ConversationStore) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let (user, device) = (c.user.clone(), c.device.clone());
+        let (user, device) = c.key.clone();
+        let dedup_key = (user.clone(), device.clone(), id.clone());
         if !Bugs::on(self.cfg.bugs.server_no_dedup) {
-            if self.unconfirmed.contains_key(&(device.clone(), id.clone())) {
+            if self.unconfirmed.contains_key(&dedup_key) {
                 return; // `sent` follows when the write is durable
             }
-            match store.find(&device, &id) {
+            match store.find(&user, &device, &id) {
                 Err(e) => {
                     self.error(conn, ErrorCode::Internal, e.to_string(), Some(id));
                     return;
@@ -813,7 +1159,11 @@ impl Conversation {
                 Ok(None) => {}
             }
         }
-        let waiting = self.pending.values().filter(|m| m.device == device).count();
+        let waiting = self
+            .pending
+            .values()
+            .filter(|m| m.user == user && m.device == device)
+            .count();
         if waiting >= self.cfg.max_unconfirmed_sends {
             self.error(conn, ErrorCode::WindowFull, "too many unconfirmed sends", Some(id));
             return;
@@ -828,8 +1178,8 @@ impl Conversation {
         let msg = StoredMessage {
             seq,
             user,
-            device: device.clone(),
-            id: id.clone(),
+            device,
+            id,
             body,
             at,
             chain,
@@ -837,7 +1187,7 @@ impl Conversation {
         self.head = seq;
         self.chain = chain;
         self.last_at = at;
-        self.unconfirmed.insert((device, id), seq);
+        self.unconfirmed.insert(dedup_key, seq);
         self.pending.insert(seq, msg.clone());
         self.persist(ServerWrite::Append(msg), Effect::Append(seq));
         if Bugs::on(self.cfg.bugs.server_ack_before_persist) {
@@ -848,42 +1198,38 @@ impl Conversation {
 
     fn on_ack(&mut self, now: Millis, conn: ConnId, seq: Seq, ranges: &[[Seq; 2]], store: &dyn ConversationStore) {
         let head = self.durable_head;
-        let seq = if seq > head {
-            self.error(conn, ErrorCode::BadFrame, format!("ack {seq} is beyond the head {head}"), None);
+        // Nothing beyond the durable head was ever sent: claiming it is a lie.
+        let beyond = seq > head || ranges.iter().any(|[_, hi]| *hi > head);
+        if beyond {
+            self.error(conn, ErrorCode::BadFrame, format!("ack beyond the head {head}"), None);
             self.strike(conn);
-            head
-        } else {
-            seq
-        };
+        }
+        let seq = seq.min(head);
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let (user, device) = (c.user.clone(), c.device.clone());
-        let Some(d) = self.devices.get_mut(&device) else {
+        let key = c.key.clone();
+        let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
         if seq > d.through {
             d.through = seq;
+            let (user, device) = key.clone();
             self.persist(
-                ServerWrite::Cursor(Cursor {
-                    user,
-                    device: device.clone(),
-                    through: seq,
-                }),
-                Effect::Cursor {
-                    device: device.clone(),
-                    through: seq,
-                },
+                ServerWrite::Cursor(Cursor { user, device, through: seq }),
+                Effect::Cursor { key, through: seq },
             );
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.retries = 0;
                 c.resend_at = None;
+                self.touched.insert(conn);
             }
         } else if seq <= d.persisted && seq > 0 {
             // A repeated ack: confirm the cursor so the device stops repeating it.
+            let (user, device) = key;
             let cursor = Cursor {
                 user,
-                device: device.clone(),
+                device,
                 through: d.persisted,
             };
             self.frame(conn, ServerFrame::Delivered { cursors: vec![cursor] });
@@ -892,7 +1238,9 @@ impl Conversation {
         if let Some(c) = self.conns.get_mut(&conn) {
             let top = c.next_push.saturating_sub(1);
             for [lo, hi] in ranges {
-                c.sacked.insert_range(*lo, (*hi).min(top));
+                if *lo <= top {
+                    c.sacked.insert_range(*lo, (*hi).min(top));
+                }
             }
             c.sacked.remove_through(floor);
         }
@@ -910,14 +1258,15 @@ impl Conversation {
                     self.append_durable(seq);
                     any = true;
                 }
-                Effect::Cursor { device, through } => {
-                    if let Some(d) = self.devices.get_mut(&device) {
+                Effect::Cursor { key, through } => {
+                    if let Some(d) = self.devices.get_mut(&key) {
                         d.persisted = d.persisted.max(through);
                     }
-                    self.dirty.insert(device);
+                    self.dirty.insert(key);
                     let due = now.saturating_add(self.cfg.delivered_delay);
                     self.delivered_due.get_or_insert(due);
                 }
+                Effect::None => {}
             }
         }
         if any {
@@ -935,8 +1284,9 @@ impl Conversation {
         };
         self.durable_head = seq;
         self.durable_chain = msg.chain;
-        self.unconfirmed.remove(&(msg.device.clone(), msg.id.clone()));
-        if let Some(conn) = self.by_device.get(&msg.device).copied() {
+        let key = (msg.user.clone(), msg.device.clone());
+        self.unconfirmed.remove(&(key.0.clone(), key.1.clone(), msg.id.clone()));
+        if let Some(conn) = self.by_device.get(&key).copied() {
             if self.conns.get(&conn).is_some_and(|c| c.ready) {
                 self.frame(
                     conn,
@@ -1042,37 +1392,55 @@ impl Conversation {
     fn on_timers(&mut self, now: Millis, store: &dyn ConversationStore) {
         if self.delivered_due.is_some_and(|d| d <= now) {
             self.delivered_due = None;
-            let dirty = std::mem::take(&mut self.dirty);
-            let cursors: Vec<Cursor> = dirty
-                .iter()
-                .filter_map(|device| {
-                    self.devices.get(device).map(|d| Cursor {
-                        user: d.user.clone(),
-                        device: device.clone(),
-                        through: d.persisted,
-                    })
-                })
-                .collect();
-            if !cursors.is_empty() {
-                let ready: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.ready).map(|(k, _)| *k).collect();
-                for conn in ready {
-                    self.frame(
-                        conn,
-                        ServerFrame::Delivered {
-                            cursors: cursors.clone(),
-                        },
-                    );
-                }
+            self.announce_cursors();
+        }
+        let mut expired = Vec::new();
+        let mut stalled = Vec::new();
+        let mut due = Vec::new();
+        for (&conn, c) in &self.conns {
+            if c.expires.is_some_and(|t| t <= now) {
+                expired.push(conn);
+            } else if self.stall_deadline(c).is_some_and(|t| t <= now) {
+                stalled.push(conn);
+            } else if c.resend_at.is_some_and(|t| t <= now) {
+                due.push(conn);
             }
         }
-        let due: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.resend_at.is_some_and(|t| t <= now))
-            .map(|(k, _)| *k)
-            .collect();
+        for conn in expired {
+            self.close(conn, close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
+        }
+        for conn in stalled {
+            self.close(conn, close::UNRESPONSIVE, "answers were not read");
+        }
         for conn in due {
             self.resend(now, conn, store);
+        }
+    }
+
+    /// Sends the coalesced `delivered` notice: per user whose devices moved,
+    /// that user's furthest cursor; to each device also its own cursor if it
+    /// moved. Bounded by the member limit, like `welcome`.
+    fn announce_cursors(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty.is_empty() {
+            return;
+        }
+        let users: BTreeSet<&str> = dirty.iter().map(|(user, _)| user.as_str()).collect();
+        let ready: Vec<(ConnId, DeviceKey)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ready)
+            .map(|(k, c)| (*k, c.key.clone()))
+            .collect();
+        let mut frames = Vec::new();
+        for (conn, key) in ready {
+            // Own cursor only when it moved; the per-user ones always.
+            let own = if dirty.contains(&key) { key.clone() } else { (String::new(), String::new()) };
+            let cursors = self.cursors_for(&own, Some(&users));
+            frames.push((conn, cursors));
+        }
+        for (conn, cursors) in frames {
+            self.frame(conn, ServerFrame::Delivered { cursors });
         }
     }
 
@@ -1101,9 +1469,19 @@ impl Conversation {
             self.close(conn, close::UNRESPONSIVE, "pushes were not acknowledged");
             return;
         }
+        // At most one frame's worth, lowest first (like TCP, retransmit the
+        // front): the cumulative ack that follows releases the rest, and a
+        // device that does not read costs one frame per timeout, not a window.
         let mut msgs = Vec::new();
-        for [lo, hi] in gaps {
-            msgs.extend(self.load(lo, hi, store));
+        let mut bytes = 0;
+        'gaps: for [lo, hi] in gaps {
+            for m in self.load(lo, hi, store) {
+                if !msgs.is_empty() && bytes + encoded_len(&m) > self.cfg.page_bytes {
+                    break 'gaps;
+                }
+                bytes += encoded_len(&m);
+                msgs.push(m);
+            }
         }
         self.push_frames(conn, msgs);
         let wait = backoff(self.cfg.rto_initial, self.cfg.rto_max, retries);
@@ -1111,6 +1489,15 @@ impl Conversation {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.retries = retries;
             c.resend_at = Some(now.saturating_add(wait + jitter));
+            self.touched.insert(conn);
         }
     }
+}
+
+/// A page read for a `batch`.
+struct Page {
+    messages: Vec<StoredMessage>,
+    more: bool,
+    /// Encoded size of its messages.
+    bytes: usize,
 }

@@ -87,11 +87,12 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 cursors,
                 now,
                 rate,
+                ticket: None,
             }),
         (id(), seq(), any::<u64>()).prop_map(|(id, seq, at)| ServerFrame::Sent { id, seq, at }),
         proptest::collection::vec(message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
         (proptest::collection::vec(message(), 0..4), seq(), any::<bool>())
-            .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false }),
+            .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false, ticket: None }),
         proptest::collection::vec(cursor(), 0..4).prop_map(|cursors| ServerFrame::Delivered { cursors }),
         (".{0,20}", proptest::option::of(id())).prop_map(|(message, id)| ServerFrame::Error {
             code: ErrorCode::WindowFull,
@@ -201,7 +202,7 @@ mod machines_never_panic {
             server_frame(),
             proptest::collection::vec(wild_message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
             (proptest::collection::vec(wild_message(), 0..4), wild_seq(), any::<bool>())
-                .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false }),
+                .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false, ticket: None }),
             (wild_seq(), chain()).prop_map(|(head, chain)| ServerFrame::Welcome {
                 conversation: "c".into(),
                 user: "ann".into(),
@@ -211,6 +212,7 @@ mod machines_never_panic {
                 cursors: vec![],
                 now: 0,
                 rate: None,
+                ticket: None,
             }),
         ]
     }
@@ -245,7 +247,7 @@ mod machines_never_panic {
         fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
             Ok(None)
         }
-        fn find(&self, _: &str, _: &str) -> Result<Option<StoredMessage>, StoreError> {
+        fn find(&self, _: &str, _: &str, _: &str) -> Result<Option<StoredMessage>, StoreError> {
             Err(StoreError::Failed("down".into()))
         }
         fn after(&self, _: u64, _: u32) -> Result<Vec<StoredMessage>, StoreError> {
@@ -254,7 +256,7 @@ mod machines_never_panic {
         fn before(&self, _: u64, _: u32) -> Result<Vec<StoredMessage>, StoreError> {
             Ok(vec![])
         }
-        fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
+        fn devices(&self) -> Result<Vec<protocol::server::DeviceRecord>, StoreError> {
             Ok(vec![])
         }
     }
@@ -311,12 +313,12 @@ mod machines_never_panic {
 
         #[test]
         fn server_survives_any_input_sequence(inputs in proptest::collection::vec(server_input(), 0..40)) {
-            let mut s = Conversation::new(ServerConfig::new("c"), 7, &NoStore).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut s = Conversation::new(ServerConfig::new("c"), 7, 1_700_000_000_000, &NoStore).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut now = 1_700_000_000_000u64;
             for i in inputs {
                 now += 1;
                 let input = match i {
-                    SIn::Connected(c, d) => ServerInput::Connected { conn: ConnId(c), user: format!("u{}", d % 3), device: format!("d{d}"), resumed: d % 2 == 0 },
+                    SIn::Connected(c, d) => ServerInput::Connected { conn: ConnId(c), user: format!("u{}", d % 3), device: format!("d{d}"), resumed: (d % 2 == 0).then(Default::default), expires: None },
                     SIn::Disconnected(c) => ServerInput::Disconnected { conn: ConnId(c) },
                     SIn::Frame(c, f) => ServerInput::Frame { conn: ConnId(c), bytes: f.encode().into_bytes() },
                     SIn::Garbage(c, b) => ServerInput::Frame { conn: ConnId(c), bytes: b },

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus};
-use protocol::server::{close, ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, ServerWrite, StoreError};
+use protocol::server::{
+    close, ConnId, ConnMemo, Conversation, ConversationStore, DeviceRecord, ServerConfig, ServerInput, ServerOutput, ServerWrite,
+    StoreError,
+};
 use protocol::limits;
 use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
 
@@ -13,7 +16,7 @@ const T0: u64 = 1_700_000_000_000;
 #[derive(Default, Clone)]
 struct Mem {
     messages: BTreeMap<u64, StoredMessage>,
-    cursors: BTreeMap<String, Cursor>,
+    cursors: BTreeMap<(String, String), (Cursor, u64)>,
 }
 
 impl Mem {
@@ -23,8 +26,16 @@ impl Mem {
                 self.messages.insert(m.seq, m.clone());
             }
             ServerWrite::Cursor(c) => {
-                let e = self.cursors.entry(c.device.clone()).or_insert_with(|| c.clone());
-                e.through = e.through.max(c.through);
+                let e = self.cursors.entry((c.user.clone(), c.device.clone())).or_insert_with(|| (c.clone(), 0));
+                e.0.through = e.0.through.max(c.through);
+            }
+            ServerWrite::Seen { user, device, at } => {
+                let cursor = Cursor { user: user.clone(), device: device.clone(), through: 0 };
+                let e = self.cursors.entry((user.clone(), device.clone())).or_insert((cursor, 0));
+                e.1 = e.1.max(*at);
+            }
+            ServerWrite::Forget { user, device } => {
+                self.cursors.remove(&(user.clone(), device.clone()));
             }
         }
     }
@@ -34,8 +45,8 @@ impl ConversationStore for Mem {
     fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self.messages.values().next_back().cloned())
     }
-    fn find(&self, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self.messages.values().find(|m| m.device == device && m.id == id).cloned())
+    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        Ok(self.messages.values().find(|m| m.user == user && m.device == device && m.id == id).cloned())
     }
     fn after(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
         Ok(self.messages.range(after + 1..).take(limit as usize).map(|(_, m)| m.clone()).collect())
@@ -45,8 +56,8 @@ impl ConversationStore for Mem {
         v.reverse();
         Ok(v)
     }
-    fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
-        Ok(self.cursors.values().cloned().collect())
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self.cursors.values().map(|(cursor, seen)| DeviceRecord { cursor: cursor.clone(), seen: *seen }).collect())
     }
 }
 
@@ -58,6 +69,10 @@ struct Server {
     last_write: WriteId,
     frames: Vec<(ConnId, ServerFrame)>,
     closes: Vec<(ConnId, u16)>,
+    /// Per connection, the newest read ticket (echoed as `rx` like a real client).
+    tickets: BTreeMap<ConnId, u64>,
+    /// Per connection, the shell's memo (a socket attachment in the edge).
+    memos: BTreeMap<ConnId, ConnMemo>,
 }
 
 impl Server {
@@ -65,19 +80,35 @@ impl Server {
         Server::with_store(cfg, Mem::default())
     }
     fn with_store(cfg: ServerConfig, store: Mem) -> Server {
-        let conv = Conversation::new(cfg, 1, &store).unwrap();
-        Server { conv, store, last_write: WriteId(0), frames: Vec::new(), closes: Vec::new() }
+        let conv = Conversation::new(cfg, 1, T0, &store).unwrap();
+        Server {
+            conv,
+            store,
+            last_write: WriteId(0),
+            frames: Vec::new(),
+            closes: Vec::new(),
+            tickets: BTreeMap::new(),
+            memos: BTreeMap::new(),
+        }
     }
     fn input(&mut self, now: u64, input: ServerInput) {
         self.conv.handle(now, input, &self.store);
         while let Some(out) = self.conv.poll_output() {
             match out {
-                ServerOutput::Frame { conn, frame } => self.frames.push((conn, frame)),
+                ServerOutput::Frame { conn, frame } => {
+                    if let Some(t) = frame.ticket() {
+                        self.tickets.insert(conn, t);
+                    }
+                    self.frames.push((conn, frame))
+                }
                 ServerOutput::Persist { write, op } => {
                     self.store.apply(&op);
                     self.last_write = write;
                 }
                 ServerOutput::Close { conn, code, .. } => self.closes.push((conn, code)),
+                ServerOutput::Remember { conn, memo } => {
+                    self.memos.insert(conn, memo);
+                }
             }
         }
     }
@@ -86,10 +117,12 @@ impl Server {
         self.input(now, ServerInput::Durable { through });
     }
     fn connect(&mut self, now: u64, conn: u64, user: &str, device: &str) {
-        self.input(now, ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: false });
+        self.input(now, ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: None, expires: None });
     }
+    /// Sends a frame echoing the newest ticket, as a client that reads does.
     fn send(&mut self, now: u64, conn: u64, frame: ClientFrame) {
-        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode().into_bytes() });
+        let rx = self.tickets.get(&ConnId(conn)).copied();
+        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode_rx(rx).into_bytes() });
     }
     fn raw(&mut self, now: u64, conn: u64, text: &str) {
         self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: text.as_bytes().to_vec() });
@@ -279,7 +312,7 @@ fn server_pages_are_bounded_and_never_pass_the_durable_head() {
         .take()
         .into_iter()
         .filter_map(|(_, f)| match f {
-            ServerFrame::Batch { messages, head, more, follows } => {
+            ServerFrame::Batch { messages, head, more, follows, .. } => {
                 Some((messages.iter().map(|m| m.seq).collect(), head, more, follows))
             }
             _ => None,
@@ -330,19 +363,19 @@ fn client_keeps_its_gap_fill_open_while_pages_follow() {
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
     d.take_sent();
     // A head above the watermark: the client asks once...
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 6, more: true, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 6, more: true, follows: false, ticket: None });
     let syncs = |d: &mut Dev| d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).count();
     assert_eq!(syncs(&mut d), 1);
     // ...and does not ask again while the server says more pages follow.
-    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 6, more: true, follows: true });
+    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 6, more: true, follows: true, ticket: None });
     d.durable(T0 + 1);
     assert_eq!(syncs(&mut d), 0);
-    d.frame(T0 + 2, ServerFrame::Batch { messages: msgs[3..].to_vec(), head: 6, more: false, follows: false });
+    d.frame(T0 + 2, ServerFrame::Batch { messages: msgs[3..].to_vec(), head: 6, more: false, follows: false, ticket: None });
     d.durable(T0 + 2);
     assert_eq!(syncs(&mut d), 0, "caught up");
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
     // A follow-up page that never comes is asked for after the sync timeout.
-    d.frame(T0 + 3, ServerFrame::Batch { messages: vec![], head: 9, more: true, follows: true });
+    d.frame(T0 + 3, ServerFrame::Batch { messages: vec![], head: 9, more: true, follows: true, ticket: None });
     assert_eq!(syncs(&mut d), 0);
     let deadline = T0 + 3 + ClientConfig::new("ann", "a1").sync_timeout;
     let mut asked = 0;
@@ -364,7 +397,7 @@ fn client_waits_for_the_pages_its_hello_asked_for() {
     d.frame(T0 + 3, welcome(6, chain_of(6)[5].chain, vec![]));
     let sent = d.take_sent();
     assert!(!sent.iter().any(|f| matches!(f, ClientFrame::Sync { .. })), "the hello's answer is on its way: {sent:?}");
-    d.frame(T0 + 4, ServerFrame::Batch { messages: chain_of(6), head: 6, more: false, follows: false });
+    d.frame(T0 + 4, ServerFrame::Batch { messages: chain_of(6), head: 6, more: false, follows: false, ticket: None });
     d.durable(T0 + 5);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
     assert!(!d.take_sent().iter().any(|f| matches!(f, ClientFrame::Sync { .. })));
@@ -540,6 +573,7 @@ fn welcome(head: u64, chain: ChainHash, cursors: Vec<Cursor>) -> ServerFrame {
         cursors,
         now: T0,
         rate: None,
+        ticket: None,
     }
 }
 
@@ -549,7 +583,7 @@ fn ready_device() -> Dev {
     d.input(T0, ClientInput::Connected);
     assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
     d.take_sent();
     d
@@ -590,7 +624,7 @@ fn client_buffers_out_of_order_pushes_acks_them_selectively_and_fills_the_gap() 
     d.input(t, ClientInput::Timeout);
     let syncs: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).collect();
     assert_eq!(syncs, vec![ClientFrame::Sync { after: Some(0), before: Some(4), limit: 500 }]);
-    d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false, follows: false });
+    d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false, follows: false, ticket: None });
     d.durable(t);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5]);
     assert_eq!(d.c.watermark(), Some(5));
@@ -636,7 +670,7 @@ fn client_paces_sends_to_the_budget_its_welcome_announced() {
         *rate = Some(RateLimit { per_sec: 10, burst: 5 });
     }
     d.frame(T0, w);
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
     d.take_sent();
     for i in 0..10 {
@@ -705,8 +739,8 @@ fn client_refetches_on_a_chain_mismatch_and_reports_persistent_divergence() {
     assert_eq!(d.shown, vec![1]);
     assert_eq!(d.errors, vec![ClientError::ChainMismatch { seq: 2 }]);
     assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(1), before: None, limit: 500 }));
-    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false });
-    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false, ticket: None });
+    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false, ticket: None });
     assert!(matches!(d.errors.last(), Some(ClientError::Diverged { seq: 2, .. })));
     assert_eq!(d.shown, vec![1], "nothing unverified is shown");
 }
@@ -731,7 +765,7 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     d.input(T0, ClientInput::Connected);
     d.take_sent();
     d.frame(T0, welcome(10, msgs[9].chain, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false, ticket: None });
     d.durable(T0);
     assert_eq!(d.shown, vec![8, 9, 10]);
     assert!(!d.c.history_complete());
@@ -741,14 +775,14 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     // A page that does not chain into seq 8 is refused.
     let mut bad = msgs[4..7].to_vec();
     bad[2].body = "forged".into();
-    d.frame(T0, ServerFrame::Batch { messages: bad, head: 10, more: true, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: bad, head: 10, more: true, follows: false, ticket: None });
     assert_eq!(d.errors, vec![ClientError::HistoryMismatch { seq: 8 }]);
-    d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false, ticket: None });
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7]]);
     assert!(d.c.load_older(T0));
     d.drain();
-    d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false, follows: false, ticket: None });
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7], vec![1, 2, 3, 4]]);
     assert!(d.c.history_complete());
@@ -784,7 +818,7 @@ fn regression_ack_timer_with_nothing_to_ack_does_not_spin() {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     // The empty first page overtakes the welcome.
-    d.frame(T0 + 1, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
+    d.frame(T0 + 1, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0 + 2);
     d.frame(T0 + 3, welcome(0, ChainHash::GENESIS, vec![]));
     for _ in 0..10 {
@@ -803,7 +837,7 @@ fn regression_fresh_device_acks_nothing_before_its_first_record_is_durable() {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.take_sent();
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false, ticket: None });
     d.frame(T0, welcome(10, msgs[9].chain, vec![]));
     d.input(T0 + 1_000, ClientInput::Timeout);
     assert!(d.acks().is_empty());
@@ -842,7 +876,7 @@ fn regression_welcome_overtaken_by_its_own_connection_is_not_divergence() {
     d.durable(T0);
     d.input(T0 + 1, ClientInput::Disconnected);
     d.input(T0 + 2, ClientInput::Connected);
-    d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false, follows: false });
+    d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false, follows: false, ticket: None });
     d.frame(T0 + 3, ServerFrame::Push { messages: msgs[9..].to_vec() });
     d.durable(T0 + 4);
     d.frame(T0 + 5, welcome(9, msgs[8].chain, vec![]));
@@ -879,12 +913,12 @@ fn regression_full_buffer_still_takes_the_message_that_fills_the_hole() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
     let msgs = chain_of(5);
     d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone(), msgs[4].clone()] });
     d.durable(T0);
-    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..2].to_vec(), head: 5, more: false, follows: false });
+    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..2].to_vec(), head: 5, more: false, follows: false, ticket: None });
     d.durable(T0 + 2);
     // 3 and 4 were kept (5 dropped unacknowledged); 1 evicted 4, then 1 and 2
     // filled the hole; 4 and 5 are fetched again.
@@ -904,7 +938,7 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
     let msgs = chain_of(4);
     d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone()] });
@@ -917,7 +951,7 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     assert_eq!(d.shown, vec![1, 2]);
     // The eviction made it ask for the hole at once; its answer arrives.
     assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(0), before: Some(2), limit: 500 }));
-    d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false, follows: false });
+    d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false, follows: false, ticket: None });
     let sent = d.take_sent();
     assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 500 }), "{sent:?}");
 }
@@ -933,7 +967,7 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false });
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
     // Reconnect; pushes 6 and 7 overtake the welcome and the first page.
     d.input(T0 + 1, ClientInput::Disconnected);
@@ -942,7 +976,7 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[5].clone()] });
     d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[6].clone()] });
     d.durable(T0 + 4);
-    d.frame(T0 + 5, ServerFrame::Batch { messages: msgs[..5].to_vec(), head: 5, more: false, follows: false });
+    d.frame(T0 + 5, ServerFrame::Batch { messages: msgs[..5].to_vec(), head: 5, more: false, follows: false, ticket: None });
     d.durable(T0 + 6);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
     d.take_sent();

@@ -29,8 +29,9 @@ fn bad_tokens_are_refused_with_reasons() {
         "wrong-secret",
     );
     assert_refused(&edge, &forged, 401, "token_signature");
+    // Expired beyond the edge's 60 s clock leeway.
     let expired = mint(
-        &Claims { sub: "ann", device: "d", exp: unix_now() - 1, conversations: vec!["room"] },
+        &Claims { sub: "ann", device: "d", exp: unix_now() - 3600, conversations: vec!["room"] },
         TEST_SECRET,
     );
     assert_refused(&edge, &expired, 401, "token_expired");

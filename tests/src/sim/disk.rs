@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use protocol::client::{ClientSnapshot, ClientWrite, InboxState, OutboxEntry};
-use protocol::server::{ConversationStore, ServerWrite, StoreError};
+use protocol::server::{ConversationStore, DeviceRecord, ServerWrite, StoreError};
 use protocol::{Cursor, Seq, StoredMessage, WriteId};
 
 /// One conversation's tables, as the Durable Object's SQLite holds them.
@@ -12,22 +12,31 @@ use protocol::{Cursor, Seq, StoredMessage, WriteId};
 pub struct ServerData {
     /// `messages` by seq.
     pub messages: BTreeMap<Seq, StoredMessage>,
-    /// The unique (device, client id) index.
-    pub by_id: HashMap<(String, String), Seq>,
-    /// `cursors` by device.
-    pub cursors: BTreeMap<String, Cursor>,
+    /// The unique (user, device, client id) index.
+    pub by_id: HashMap<(String, String, String), Seq>,
+    /// `cursors` by (user, device), with the device's last-seen time.
+    pub cursors: BTreeMap<(String, String), (Cursor, u64)>,
 }
 
 impl ServerData {
     fn apply(&mut self, op: &ServerWrite) {
         match op {
             ServerWrite::Append(m) => {
-                self.by_id.insert((m.device.clone(), m.id.clone()), m.seq);
+                self.by_id.insert((m.user.clone(), m.device.clone(), m.id.clone()), m.seq);
                 self.messages.insert(m.seq, m.clone());
             }
             ServerWrite::Cursor(c) => {
-                let e = self.cursors.entry(c.device.clone()).or_insert_with(|| c.clone());
-                e.through = e.through.max(c.through);
+                let key = (c.user.clone(), c.device.clone());
+                let e = self.cursors.entry(key).or_insert_with(|| (c.clone(), 0));
+                e.0.through = e.0.through.max(c.through);
+            }
+            ServerWrite::Seen { user, device, at } => {
+                let cursor = Cursor { user: user.clone(), device: device.clone(), through: 0 };
+                let e = self.cursors.entry((user.clone(), device.clone())).or_insert((cursor, 0));
+                e.1 = e.1.max(*at);
+            }
+            ServerWrite::Forget { user, device } => {
+                self.cursors.remove(&(user.clone(), device.clone()));
             }
         }
     }
@@ -42,10 +51,10 @@ impl ConversationStore for ServerData {
     fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self.messages.values().next_back().cloned())
     }
-    fn find(&self, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self
             .by_id
-            .get(&(device.to_owned(), id.to_owned()))
+            .get(&(user.to_owned(), device.to_owned(), id.to_owned()))
             .and_then(|s| self.messages.get(s))
             .cloned())
     }
@@ -68,8 +77,12 @@ impl ConversationStore for ServerData {
         v.reverse();
         Ok(v)
     }
-    fn cursors(&self) -> Result<Vec<Cursor>, StoreError> {
-        Ok(self.cursors.values().cloned().collect())
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        Ok(self
+            .cursors
+            .values()
+            .map(|(cursor, seen)| DeviceRecord { cursor: cursor.clone(), seen: *seen })
+            .collect())
     }
 }
 

@@ -93,6 +93,8 @@ struct DeviceNode {
 struct Conn {
     dev: usize,
     open: bool,
+    /// The server's last memo for this socket (its attachment in the edge).
+    memo: protocol::ConnMemo,
 }
 
 #[derive(PartialEq, Eq)]
@@ -277,7 +279,7 @@ impl World {
 
     fn start_server(&mut self) {
         let seed = self.rng.next_u64();
-        match Conversation::new(self.server.cfg.clone(), seed, &self.server.disk.visible) {
+        match Conversation::new(self.server.cfg.clone(), seed, self.now, &self.server.disk.visible) {
             Ok(c) => self.server.conv = Some(c),
             Err(e) => self.fail(format!("server failed to start: {e}")),
         }
@@ -597,7 +599,7 @@ impl World {
         }
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(conn, Conn { dev, open: true });
+        self.conns.insert(conn, Conn { dev, open: true, memo: Default::default() });
         self.devs[dev].conn = Some(conn);
         self.devs[dev].reconnect_at = None;
         self.log(|| format!("dev{dev} connects conn{conn}"));
@@ -606,7 +608,8 @@ impl World {
             conn: ConnId(conn),
             user,
             device,
-            resumed: false,
+            resumed: None,
+            expires: None,
         });
         if self.devs[dev].conn == Some(conn) {
             self.client_input(dev, ClientInput::Connected);
@@ -658,15 +661,17 @@ impl World {
         self.server.inc += 1;
         self.server.flush_scheduled = false;
         self.start_server();
-        let mut open: Vec<(u64, usize)> = self.conns.iter().filter(|(_, c)| c.open).map(|(k, c)| (*k, c.dev)).collect();
-        open.sort_unstable();
-        for (conn, dev) in open {
+        let mut open: Vec<(u64, usize, protocol::ConnMemo)> =
+            self.conns.iter().filter(|(_, c)| c.open).map(|(k, c)| (*k, c.dev, c.memo.clone())).collect();
+        open.sort_unstable_by_key(|(k, _, _)| *k);
+        for (conn, dev, memo) in open {
             let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
             self.server_input(ServerInput::Connected {
                 conn: ConnId(conn),
                 user,
                 device,
-                resumed: true,
+                resumed: Some(memo),
+                expires: None,
             });
         }
     }
@@ -801,6 +806,11 @@ impl World {
                     }
                     self.close_conn(conn.0, false, true);
                 }
+                ServerOutput::Remember { conn, memo } => {
+                    if let Some(c) = self.conns.get_mut(&conn.0) {
+                        c.memo = memo;
+                    }
+                }
             }
         }
     }
@@ -824,7 +834,7 @@ impl World {
             }
             ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors } => {
                 for c in cursors {
-                    let stored = durable.cursors.get(&c.device).map_or(0, |d| d.through);
+                    let stored = durable.cursors.get(&(c.user.clone(), c.device.clone())).map_or(0, |d| d.0.through);
                     if c.through > stored {
                         return Err(format!(
                             "announces {} stored through {} but only {stored} is durable",
@@ -875,7 +885,8 @@ impl World {
                             self.fail(format!("{who}: {e}"));
                         }
                     }
-                    let text = frame.encode();
+                    let rx = self.devs[dev].client.as_ref().and_then(|c| c.read_ticket());
+                    let text = frame.encode_rx(rx);
                     self.log(|| format!("dev{dev} -> server {text}"));
                     if let Some(conn) = self.devs[dev].conn {
                         if self.conns.get(&conn).is_some_and(|c| c.open) {
