@@ -8,9 +8,9 @@
 //    size is read from the JS value (no copy) and an oversized frame is replaced
 //    by a short marker that the Rust side answers like any oversized frame:
 //    error frame `frame_too_large`, one strike toward the abuse limit.
-// 2. permessage-deflate. Compression lets a ~31 KiB frame inflate to 31 MiB
-//    inside workerd; every client frame is under 64 KiB, so it buys nothing.
-//    See `withoutCompression` below.
+// 2. permessage-deflate is off (wrangler.toml: no_web_socket_compression):
+//    compression lets a ~31 KiB frame inflate to 31 MiB inside workerd, and
+//    every client frame is under 64 KiB, so it buys nothing.
 
 import RustWorker, { Conversation as RustConversation } from "./build/index.js";
 

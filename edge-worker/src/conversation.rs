@@ -28,9 +28,53 @@ use crate::http::{error_response, json_response};
 use crate::names::validate_name;
 use crate::store::Store;
 
-/// Optional variable overriding the per-connection frame rate (frames/s; the
-/// burst is twice that). For load tests; the default is the core's.
-const RATE_BINDING: &str = "ACKLINE_RATE_PER_SEC";
+/// Optional Worker variables overriding the core's defaults, for load and
+/// limit tests (docs/PROTOCOL.md, "Limits"). Each is a positive integer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Overrides {
+    /// `ACKLINE_RATE_PER_SEC`: frames per second per connection (burst twice that).
+    rate_per_sec: Option<u64>,
+    /// `ACKLINE_STALL_TIMEOUT_MS`: how long unread answers may block a connection.
+    stall_timeout: Option<u64>,
+    /// `ACKLINE_DEVICE_RETENTION_MS`: devices not seen this long are forgotten.
+    device_retention: Option<u64>,
+    /// `ACKLINE_RTO_MS`: first push retransmission timeout (the cap is 30 times it).
+    rto_initial: Option<u64>,
+}
+
+impl Overrides {
+    fn from_env(env: &Env) -> Overrides {
+        let var = |name: &str| {
+            env.var(name)
+                .ok()
+                .and_then(|v| v.to_string().parse::<u64>().ok())
+                .filter(|n| *n > 0)
+        };
+        Overrides {
+            rate_per_sec: var("ACKLINE_RATE_PER_SEC"),
+            stall_timeout: var("ACKLINE_STALL_TIMEOUT_MS"),
+            device_retention: var("ACKLINE_DEVICE_RETENTION_MS"),
+            rto_initial: var("ACKLINE_RTO_MS"),
+        }
+    }
+
+    fn apply(&self, config: &mut ServerConfig) {
+        if let Some(rate) = self.rate_per_sec {
+            config.rate_per_sec = rate;
+            config.rate_burst = rate.saturating_mul(2);
+        }
+        if let Some(t) = self.stall_timeout {
+            config.stall_timeout = t;
+        }
+        if let Some(t) = self.device_retention {
+            config.device_retention = t;
+        }
+        if let Some(t) = self.rto_initial {
+            config.rto_initial = t;
+            config.rto_max = t.saturating_mul(30);
+        }
+    }
+}
 
 /// Who is on a socket and what its limits need to remember; survives
 /// hibernation as the socket's attachment (workerd allows 2 KiB; this is
@@ -51,8 +95,8 @@ struct Peer {
 #[durable_object]
 pub struct Conversation {
     state: State,
-    /// Override of the per-connection frame rate (`ACKLINE_RATE_PER_SEC`).
-    rate_per_sec: Option<u64>,
+    /// Tunables set by Worker variables.
+    overrides: Overrides,
     store: Option<Store>,
     /// The core; `None` until first needed after a (re)start or a storage error.
     core: RefCell<Option<protocol::Conversation>>,
@@ -60,6 +104,15 @@ pub struct Conversation {
     sockets: RefCell<HashMap<ConnId, WebSocket>>,
     /// The alarm time last armed, to skip redundant `set_alarm` calls.
     armed: Cell<Option<u64>>,
+}
+
+/// What edge-worker/entry.mjs passes instead of a message too large to be a
+/// frame (it is never copied into wasm), followed by its size in decimal.
+const OVERSIZED_MARKER: &str = "\u{0}frame_too_large:";
+
+/// The size announced by an [`OVERSIZED_MARKER`] message, if `text` is one.
+fn oversized_len(text: &str) -> Option<usize> {
+    text.strip_prefix(OVERSIZED_MARKER)?.parse().ok()
 }
 
 fn now_millis() -> u64 {
@@ -88,11 +141,7 @@ impl DurableObject for Conversation {
         };
         Self {
             state,
-            rate_per_sec: env
-                .var(RATE_BINDING)
-                .ok()
-                .and_then(|v| v.to_string().parse::<u64>().ok())
-                .filter(|r| *r > 0),
+            overrides: Overrides::from_env(&env),
             store,
             core: RefCell::new(None),
             sockets: RefCell::new(HashMap::new()),
@@ -128,9 +177,12 @@ impl DurableObject for Conversation {
         };
         let conn = ConnId(peer.conn);
         let input = match message {
-            WebSocketIncomingMessage::String(text) => ServerInput::Frame {
-                conn,
-                bytes: text.into_bytes(),
+            WebSocketIncomingMessage::String(text) => match oversized_len(&text) {
+                Some(len) => ServerInput::Oversized { conn, len },
+                None => ServerInput::Frame {
+                    conn,
+                    bytes: text.into_bytes(),
+                },
             },
             WebSocketIncomingMessage::Binary(_) => ServerInput::Binary { conn },
         };
@@ -250,10 +302,7 @@ impl Conversation {
         let conversation = store.conversation()?.unwrap_or_default();
         let seed = now_millis() ^ (worker::js_sys::Math::random() * (MAX_SEQ as f64)) as u64;
         let mut config = ServerConfig::new(conversation);
-        if let Some(rate) = self.rate_per_sec {
-            config.rate_per_sec = rate;
-            config.rate_burst = rate.saturating_mul(2);
-        }
+        self.overrides.apply(&mut config);
         let now = now_millis();
         let mut core = protocol::Conversation::new(config, seed, now, store)
             .map_err(|e| worker::Error::from(e.to_string()))?;
@@ -274,6 +323,11 @@ impl Conversation {
                 store,
             );
         }
+        // Tells operators (and tests) that the object was evicted and rebuilt.
+        log_event(
+            "core_start",
+            serde_json::json!({ "sockets": sockets.len(), "devices": core.stats().devices }),
+        );
         *self.sockets.borrow_mut() = sockets;
         *self.core.borrow_mut() = Some(core);
         // Outputs of the re-registration (pushes from cursors) go out with the

@@ -220,6 +220,15 @@ pub enum ServerInput {
         /// Which socket.
         conn: ConnId,
     },
+    /// A message too large to be a frame arrived, and the shell refused to
+    /// copy it: `len` is (a lower bound of) its size in bytes. Answered like
+    /// any oversized frame.
+    Oversized {
+        /// Which socket.
+        conn: ConnId,
+        /// Its size in bytes, or a lower bound of it.
+        len: usize,
+    },
     /// Every write up to and including `through` is durable.
     Durable {
         /// The last durable write.
@@ -527,8 +536,9 @@ impl Conversation {
                 expires,
             } => self.on_connected(now, conn, (user, device), resumed, expires, store),
             ServerInput::Disconnected { conn } => self.forget(conn),
-            ServerInput::Frame { conn, bytes } => self.on_frame(now, conn, Some(&bytes), store),
-            ServerInput::Binary { conn } => self.on_frame(now, conn, None, store),
+            ServerInput::Frame { conn, bytes } => self.on_frame(now, conn, Incoming::Text(&bytes), store),
+            ServerInput::Binary { conn } => self.on_frame(now, conn, Incoming::Binary, store),
+            ServerInput::Oversized { conn, len } => self.on_frame(now, conn, Incoming::Oversized(len), store),
             ServerInput::Durable { through } => self.on_durable(now, through, store),
             ServerInput::Timeout => {}
         }
@@ -687,6 +697,12 @@ impl Conversation {
     }
 
     /// Counts a protocol violation; too many close the connection.
+    fn refuse_oversized(&mut self, conn: ConnId, len: usize) {
+        let err = DecodeError::TooLarge { len, max: limits::MAX_FRAME_BYTES };
+        self.frame(conn, ServerFrame::from_decode_error(&err));
+        self.strike(conn);
+    }
+
     fn strike(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -810,24 +826,25 @@ impl Conversation {
         true
     }
 
-    /// A text frame (`Some(bytes)`) or a binary message (`None`).
-    fn on_frame(&mut self, now: Millis, conn: ConnId, bytes: Option<&[u8]>, store: &dyn ConversationStore) {
+    /// One WebSocket message, whatever its kind.
+    fn on_frame(&mut self, now: Millis, conn: ConnId, incoming: Incoming<'_>, store: &dyn ConversationStore) {
         if !self.conns.contains_key(&conn) {
             return;
         }
         let has_token = self.take_token(now, conn);
-        let Some(bytes) = bytes else {
-            self.error(conn, ErrorCode::BadJson, "binary messages are not frames: send JSON as text", None);
-            self.strike(conn);
-            return;
+        let bytes = match incoming {
+            Incoming::Binary => {
+                self.error(conn, ErrorCode::BadJson, "binary messages are not frames: send JSON as text", None);
+                self.strike(conn);
+                return;
+            }
+            // Length first: nothing larger than a frame is parsed at all.
+            Incoming::Oversized(len) => return self.refuse_oversized(conn, len),
+            Incoming::Text(bytes) if bytes.len() > limits::MAX_FRAME_BYTES => {
+                return self.refuse_oversized(conn, bytes.len())
+            }
+            Incoming::Text(bytes) => bytes,
         };
-        // Length first: nothing larger than a frame is parsed at all.
-        if bytes.len() > limits::MAX_FRAME_BYTES {
-            let err = DecodeError::TooLarge { len: bytes.len(), max: limits::MAX_FRAME_BYTES };
-            self.frame(conn, ServerFrame::from_decode_error(&err));
-            self.strike(conn);
-            return;
-        }
         // RFC 6455: a text message must be UTF-8. A runtime that decoded it
         // already put U+FFFD where bytes were invalid; clients escape a real
         // U+FFFD as \ufffd, so a literal one means invalid input.
@@ -1492,6 +1509,16 @@ impl Conversation {
             self.touched.insert(conn);
         }
     }
+}
+
+/// One WebSocket message as the shell delivered it.
+enum Incoming<'a> {
+    /// A text message's bytes.
+    Text(&'a [u8]),
+    /// A binary message (never a frame).
+    Binary,
+    /// A message the shell did not copy because it is larger than a frame.
+    Oversized(usize),
 }
 
 /// A page read for a `batch`.

@@ -100,6 +100,11 @@ impl Device {
         }
     }
 
+    /// The device's socket, for tests that misbehave on purpose.
+    pub fn ws_mut(&mut self) -> &mut Ws {
+        &mut self.ws
+    }
+
     /// Sends any frame.
     pub fn send_frame(&mut self, frame: &ClientFrame) {
         self.ws.send(frame);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::{ClientFrame, ServerFrame};
+use protocol::{ClientFrame, ServerFrame, Ticket};
 use serde::Serialize;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::Message;
@@ -196,6 +196,36 @@ impl Edge {
         self.spawn();
     }
 
+    /// Resident memory of the edge's workerd processes, in KiB (read from
+    /// /proc: the processes of wrangler's process group named `workerd`).
+    pub fn workerd_rss_kib(&self) -> u64 {
+        let Some(group) = self.child.as_ref().map(Child::id) else { return 0 };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+        let mut total = 0;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+            // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            let pgrp = rest.split_whitespace().nth(2).and_then(|p| p.parse::<u32>().ok());
+            if pgrp != Some(group) || !head.contains("workerd") {
+                continue;
+            }
+            let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
+    /// The edge's log so far (wrangler's and workerd's output).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// `http://127.0.0.1:port`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -257,7 +287,7 @@ impl Edge {
                 if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
                 }
-                Ok(Ws { socket })
+                Ok(Ws { socket, read_ticket: None, echo_tickets: true, bytes_received: 0 })
             }
             Err(tungstenite::Error::Http(response)) => {
                 // tungstenite keeps only the body bytes that arrived with the
@@ -301,15 +331,47 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// A protocol client over a real WebSocket, for tests.
+/// A protocol client over a real WebSocket, for tests. Like a real client it
+/// echoes the read ticket of the newest `welcome`/`batch` it decoded as `rx`
+/// on every frame it sends (see [`Ws::echo_tickets`] to stop).
 pub struct Ws {
     socket: tungstenite::WebSocket<MaybeTlsStream<TcpStream>>,
+    read_ticket: Option<Ticket>,
+    echo_tickets: bool,
+    bytes_received: u64,
 }
 
 impl Ws {
-    /// Sends a frame.
+    /// Sends a frame (with `rx` unless echoing is off).
     pub fn send(&mut self, frame: &ClientFrame) {
-        self.send_text(&frame.encode());
+        let rx = self.read_ticket.filter(|_| self.echo_tickets);
+        self.send_text(&frame.encode_rx(rx));
+    }
+
+    /// Whether [`Ws::send`] echoes read tickets (on by default). Off: the
+    /// server sees a client that never proves it read its answers.
+    pub fn echo_tickets(&mut self, on: bool) {
+        self.echo_tickets = on;
+    }
+
+    /// The ticket of the newest answer decoded so far.
+    pub fn read_ticket(&self) -> Option<Ticket> {
+        self.read_ticket
+    }
+
+    /// Bytes of text frames decoded so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// Decodes a server frame and notes its read ticket.
+    fn decode(&mut self, text: &str) -> Result<ServerFrame, protocol::DecodeError> {
+        self.bytes_received += text.len() as u64;
+        let frame = ServerFrame::decode(text.as_bytes())?;
+        if let Some(ticket) = frame.ticket() {
+            self.read_ticket = Some(ticket);
+        }
+        Ok(frame)
     }
 
     /// Sends raw text (for bad-input tests).
@@ -326,6 +388,16 @@ impl Ws {
             .expect("WebSocket send");
     }
 
+    /// Sends `payload` as a text message without checking that it is UTF-8
+    /// (for invalid-input tests).
+    pub fn send_raw_text_frame(&mut self, payload: Vec<u8>) {
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tungstenite::protocol::frame::Frame;
+        self.socket
+            .send(Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true)))
+            .expect("WebSocket send");
+    }
+
     /// Sets how long a read waits.
     pub fn set_read_timeout(&mut self, timeout: Duration) {
         if let MaybeTlsStream::Plain(tcp) = self.socket.get_ref() {
@@ -336,10 +408,9 @@ impl Ws {
     /// The next frame if one arrives within the read timeout; panics on close.
     pub fn try_recv(&mut self) -> Option<ServerFrame> {
         match self.socket.read() {
-            Ok(Message::Text(text)) => Some(
-                ServerFrame::decode(text.as_bytes())
-                    .unwrap_or_else(|e| panic!("bad server frame {text}: {e}")),
-            ),
+            Ok(Message::Text(text)) => {
+                Some(self.decode(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}")))
+            }
             Ok(Message::Close(frame)) => panic!("server closed the socket: {frame:?}"),
             Ok(_) => None,
             Err(tungstenite::Error::Io(e))
@@ -359,7 +430,7 @@ impl Ws {
             match self.socket.read() {
                 Ok(Message::Close(frame)) => return frame.map_or(1005, |f| u16::from(f.code)),
                 Ok(Message::Text(text)) => {
-                    if let Ok(frame) = ServerFrame::decode(text.as_bytes()) {
+                    if let Ok(frame) = self.decode(&text) {
                         on_frame(frame);
                     }
                 }
@@ -367,6 +438,27 @@ impl Ws {
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return 1006,
                 Err(tungstenite::Error::Protocol(_)) => return 1006,
                 Err(e) => panic!("expected a close, got {e}"),
+            }
+        }
+    }
+
+    /// Reads (and drops) frames until none arrives for `quiet`; the close code
+    /// if the socket closed meanwhile.
+    pub fn drain(&mut self, quiet: Duration) -> Option<u16> {
+        self.set_read_timeout(quiet);
+        loop {
+            match self.socket.read() {
+                Ok(Message::Close(frame)) => return Some(frame.map_or(1005, |f| u16::from(f.code))),
+                Ok(Message::Text(text)) => {
+                    let _ = self.decode(&text);
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    return None
+                }
+                Err(_) => return Some(1006),
             }
         }
     }
@@ -400,8 +492,7 @@ impl Ws {
         loop {
             match self.socket.read().expect("WebSocket read") {
                 Message::Text(text) => {
-                    return ServerFrame::decode(text.as_bytes())
-                        .unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
+                    return self.decode(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
                 }
                 Message::Close(frame) => panic!("server closed the socket: {frame:?}"),
                 _ => continue,

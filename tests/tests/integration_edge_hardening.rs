@@ -1,0 +1,348 @@
+//! One bad member must never stall, bloat or break a conversation: the limits of
+//! docs/PROTOCOL.md ("Limits") against real workerd, each from the attack that
+//! broke it. Figures are printed (`cargo test -- --nocapture` shows them).
+
+use std::time::{Duration, Instant};
+
+use ackline_tests::device::Device;
+use ackline_tests::edge::{fresh_storage, mint, token_for, unix_now, Claims, Edge, TEST_SECRET};
+use protocol::server::close;
+use protocol::{limits, ClientFrame, ErrorCode, ServerFrame};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn stats(edge: &Edge, conversation: &str) -> serde_json::Value {
+    let auth = format!("Bearer {}", token_for(conversation, "ops", "ops-1"));
+    let (status, body) = edge
+        .http("GET", &format!("/v1/conversations/{conversation}/stats"), &[("Authorization", &auth)], "")
+        .expect("stats");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("stats JSON")
+}
+
+/// Sends one message and waits for its `sent`; the latency.
+fn timed_send(d: &mut Device, id: &str) -> Duration {
+    let start = Instant::now();
+    d.send(id, "ping");
+    d.pump_until(LONG, |d| d.sent.contains_key(id));
+    start.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+// Item 1: 300 messages of 16 KiB, then 200 `sync after 0` in a burst from one
+// member. Before: 378 MiB streamed, a bystander's send->sent 13.7 s, and a
+// paused reader's output buffered without limit.
+#[test]
+fn a_sync_burst_neither_delays_a_bystander_nor_grows_without_bound() {
+    let edge = Edge::start_with_vars(&fresh_storage("sync-burst"), &[("ACKLINE_STALL_TIMEOUT_MS", "3000")]);
+    let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
+    let body = "x".repeat(limits::MAX_BODY_BYTES);
+    let history: Vec<(String, String)> = (0..300).map(|i| (format!("h{i}"), body.clone())).collect();
+    ann.send_windowed(&history, 32, LONG);
+    let mut bob = Device::join(&edge, "room", "bob", "bob-1", None);
+    bob.pump_for(Duration::from_millis(300));
+    let quiet: Vec<Duration> = (0..20).map(|i| timed_send(&mut bob, &format!("q{i}"))).collect();
+
+    let rss_before = edge.workerd_rss_kib();
+    // Mallory never reads and never echoes a read ticket.
+    let mut mallory = Device::join(&edge, "room", "mallory", "mallory-1", Some(0));
+    mallory.ws_mut().echo_tickets(false);
+    let read_at_join = mallory.ws_mut().bytes_received();
+    let burst = ClientFrame::Sync { after: Some(0), before: None, limit: limits::MAX_PAGE }.encode();
+    for _ in 0..200 {
+        mallory.send_text(&burst);
+    }
+    let mut busy: Vec<Duration> = (0..40).map(|i| timed_send(&mut bob, &format!("b{i}"))).collect();
+    let rss_after = edge.workerd_rss_kib();
+
+    // A paused reader is closed once its unread answers stall for the timeout.
+    std::thread::sleep(Duration::from_secs(5));
+    let code = mallory.ws_mut().drain(Duration::from_secs(10));
+    let streamed = mallory.ws_mut().bytes_received() - read_at_join;
+    let mut quiet = quiet;
+    quiet.sort();
+    busy.sort();
+    println!(
+        "sync burst: bystander send->sent p50/p99/max quiet {:?}/{:?}/{:?}, under the burst {:?}/{:?}/{:?}; \
+         attacker received {} KiB; workerd RSS {} -> {} MiB; attacker closed with {code:?}",
+        percentile(&quiet, 0.5),
+        percentile(&quiet, 0.99),
+        quiet[quiet.len() - 1],
+        percentile(&busy, 0.5),
+        percentile(&busy, 0.99),
+        busy[busy.len() - 1],
+        streamed / 1024,
+        rss_before / 1024,
+        rss_after / 1024,
+    );
+    assert_eq!(code, Some(close::UNRESPONSIVE), "a client that does not read is closed");
+    // At most the answer budget plus one page in answers, and pushes of bob's
+    // 60 short messages: far from 200 catch-ups of 4.8 MiB.
+    let bound = (limits::ANSWER_BUDGET + limits::PAGE_BYTES + 64 * 1024) as u64;
+    assert!(streamed <= bound, "the attacker got {streamed} bytes (bound {bound})");
+    assert!(
+        percentile(&busy, 0.5) < Duration::from_millis(100),
+        "bystander median send->sent under the burst: {:?}",
+        percentile(&busy, 0.5)
+    );
+    assert!(busy[busy.len() - 1] < Duration::from_secs(1), "bystander worst send->sent: {:?}", busy);
+    assert!(rss_after < rss_before + 100 * 1024, "workerd grew from {rss_before} to {rss_after} KiB");
+
+    // A member that reads and echoes, and still bursts 200 syncs, gets each
+    // answer once: a new sync replaces the one still being answered.
+    let mut carol = Device::join(&edge, "room", "carol", "carol-1", Some(0));
+    let before = carol.ws_mut().bytes_received();
+    for _ in 0..200 {
+        carol.send_text(&burst);
+    }
+    carol.pump_until(LONG, |d| d.watermark >= 360);
+    carol.pump_for(Duration::from_millis(500));
+    let got = carol.ws_mut().bytes_received() - before;
+    let history_bytes = 300 * (limits::MAX_BODY_BYTES as u64 + 200);
+    println!("sync burst with a reader: {} KiB for a {} KiB history", got / 1024, history_bytes / 1024);
+    assert!(got < 3 * history_bytes, "{got} bytes for a {history_bytes}-byte history");
+    assert!(carol.is_open());
+}
+
+// Item 2: after 7,000 device ids joined once, every `welcome` was 1.15 MB and
+// no client could get in. Now cursors are per member user.
+#[test]
+fn welcome_stays_small_after_ten_thousand_devices_and_old_devices_are_forgotten() {
+    const USERS: usize = 20;
+    const DEVICES: usize = 10_000;
+    let storage = fresh_storage("many-devices");
+    let edge = Edge::start(&storage);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let edge = &edge;
+            s.spawn(move || {
+                for i in (t..DEVICES).step_by(4) {
+                    let user = format!("u{}", i % USERS);
+                    let ws = edge.connect("crowd", &user, &format!("{user}-d{i}"));
+                    drop(ws);
+                }
+            });
+        }
+    });
+    println!("{DEVICES} devices joined in {:?}", start.elapsed());
+    let s = stats(&edge, "crowd");
+    assert!(s["devices"].as_u64().unwrap_or(0) >= DEVICES as u64, "{s}");
+
+    let mut ann = Device::join(&edge, "crowd", "u0", "u0-fresh", Some(0));
+    let welcome_len = ann.ws_mut().bytes_received();
+    println!("welcome with {} devices of {USERS} users: {welcome_len} bytes", s["devices"]);
+    assert!(welcome_len < 8 * 1024, "welcome is {welcome_len} bytes");
+    assert!(ann.cursors.len() <= USERS + 1, "{} cursors", ann.cursors.len());
+    // `delivered` is bounded the same way.
+    let mut bob = Device::join(&edge, "crowd", "u1", "u1-fresh", Some(0));
+    ann.send("hello", "hi");
+    bob.pump_until(LONG, |d| d.watermark == 1);
+    bob.pump_for(Duration::from_millis(300));
+    let read = ann.ws_mut().bytes_received();
+    ann.pump_until(LONG, |d| d.cursors.get("u1-fresh").is_some_and(|c| c.through == 1));
+    assert!(ann.ws_mut().bytes_received() - read < 4 * 1024, "delivered is small");
+    drop((ann, bob, edge));
+
+    // Retention: a restart with a 1 s retention forgets every device not seen
+    // since (the two fresh ones reconnect after it).
+    std::thread::sleep(Duration::from_millis(1_500));
+    let edge = Edge::start_with_vars(&storage, &[("ACKLINE_DEVICE_RETENTION_MS", "1000")]);
+    let _ann = Device::join(&edge, "crowd", "u0", "u0-fresh", Some(1));
+    let s = stats(&edge, "crowd");
+    println!("after retention: {s}");
+    assert!(s["devices"].as_u64().unwrap_or(u64::MAX) <= 2, "{s}");
+    assert_eq!(s["head"], 1, "messages are kept: {s}");
+}
+
+// Item 3: a token of mallory's with vic's device id closed vic's socket, had
+// its send deduplicated against vic's, and forged vic's delivered tick.
+#[test]
+fn a_token_never_acts_for_another_users_device() {
+    let edge = Edge::start(&fresh_storage("device-namespace"));
+    let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
+    let mut vic = Device::join(&edge, "room", "vic", "shared", Some(0));
+    vic.send("m1", "vic's own words");
+    vic.pump_until(LONG, |d| d.sent.get("m1") == Some(&1));
+    ann.pump_until(LONG, |d| d.watermark == 1);
+    ann.send("a1", "for vic");
+    ann.pump_until(LONG, |d| d.sent.contains_key("a1"));
+    // Vic stays silent from here: it stores and acks nothing more.
+
+    let mut mallory = Device::join(&edge, "room", "mallory", "shared", Some(0));
+    assert!(vic.is_open(), "mallory's connection did not replace vic's");
+    mallory.send("m1", "forged");
+    mallory.pump_until(LONG, |d| d.sent.contains_key("m1"));
+    assert_eq!(mallory.sent["m1"], 3, "a new message of mallory's, not vic's seq 1");
+    mallory.pump_until(LONG, |d| d.watermark == 3);
+    mallory.pump_for(Duration::from_millis(300)); // acks through 3
+    ann.pump_for(Duration::from_millis(500));
+    let vic_through = ann.cursors.values().filter(|c| c.user == "vic").map(|c| c.through).max();
+    assert_eq!(vic_through, Some(1), "vic stored only through 1: {:?}", ann.cursors);
+    let history = edge
+        .http(
+            "GET",
+            "/v1/conversations/room/messages?after=0",
+            &[("Authorization", &format!("Bearer {}", token_for("room", "ann", "ann-1")))],
+            "",
+        )
+        .expect("history")
+        .1;
+    let page: serde_json::Value = serde_json::from_str(&history).expect("JSON");
+    assert_eq!(page["messages"][0]["user"], "vic");
+    assert_eq!(page["messages"][0]["body"], "vic's own words");
+    assert_eq!(page["messages"][2]["user"], "mallory");
+}
+
+// Item 4: each eviction rebuilt the core with no retries and no strikes, so a
+// device that never acks was re-pushed forever, and violations never closed.
+#[test]
+fn give_up_and_abuse_limits_survive_eviction() {
+    let edge = Edge::start_with_vars(&fresh_storage("eviction-limits"), &[("ACKLINE_RTO_MS", "300")]);
+    let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
+    let mut eve = Device::join(&edge, "room", "eve", "eve-1", Some(0));
+    for i in 0..15 {
+        eve.send_text(&format!("{{not json {i}"));
+    }
+    eve.pump_until(LONG, |d| d.errors.len() == 15);
+    // A raw socket that never acks the push it gets.
+    let mut mute = edge.connect("room", "mute", "mute-1");
+    mute.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    ann.send("p1", "are you there");
+    ann.pump_until(LONG, |d| d.sent.contains_key("p1"));
+
+    let starts = |edge: &Edge| edge.log_text().matches(r#""event":"core_start""#).count();
+    let first = starts(&edge);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while starts(&edge) == first {
+        assert!(Instant::now() < deadline, "the object was never evicted");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("evicted after the first start; log has {} core starts", starts(&edge));
+    // Eve's earlier strikes still count: five more close her.
+    for i in 0..5 {
+        eve.send_text(&format!("{{still not json {i}"));
+    }
+    assert_eq!(eve.expect_close(), close::POLICY, "20 violations close, across an eviction");
+    // The mute device is given up within its retries, evictions or not.
+    let code = mute.expect_close(|_| {});
+    assert_eq!(code, close::UNRESPONSIVE);
+}
+
+// Item 5: frames of 1-31 MiB were copied into wasm before the 64 KiB check,
+// and at 32 MiB workerd logged an uncaught exception.
+#[test]
+fn oversized_messages_are_refused_before_they_are_copied() {
+    let edge = Edge::start(&fresh_storage("oversized"));
+    let mut eve = Device::join(&edge, "room", "eve", "eve-1", Some(0));
+    let rss_before = edge.workerd_rss_kib();
+    for mib in [1usize, 8, 31] {
+        eve.send_text(&"x".repeat(mib << 20));
+        eve.pump_until(LONG, |d| !d.errors.is_empty());
+        match eve.errors.remove(0) {
+            ServerFrame::Error { code, message, .. } => {
+                assert_eq!(code, ErrorCode::FrameTooLarge);
+                assert!(message.contains(&format!("{}", mib << 20)), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    eve.ws_mut().send_binary(vec![b'{'; 2 << 20]);
+    eve.pump_until(LONG, |d| !d.errors.is_empty());
+    assert!(matches!(eve.errors.remove(0), ServerFrame::Error { code: ErrorCode::FrameTooLarge, .. }));
+    println!("oversized: workerd RSS {} -> {} MiB", rss_before / 1024, edge.workerd_rss_kib() / 1024);
+    eve.send("ok", "still served");
+    eve.pump_until(LONG, |d| d.sent.contains_key("ok"));
+    assert!(!edge.log_text().contains("Uncaught"), "no uncaught exception in the edge log");
+}
+
+// Item 5: permessage-deflate is not negotiated (a 31 KiB deflated message
+// could carry 31 MiB).
+#[test]
+fn compression_is_not_negotiated() {
+    use tungstenite::client::IntoClientRequest;
+    let edge = Edge::start(&fresh_storage("no-deflate"));
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/conversations/room/connect?access_token={}",
+        edge.port,
+        token_for("room", "ann", "ann-1")
+    );
+    let mut request = url.into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits".parse().expect("header"));
+    let extensions = match tungstenite::connect(request) {
+        Ok((_, response)) => response.headers().get("sec-websocket-extensions").cloned(),
+        // tungstenite refuses an extension it did not ask to use itself.
+        Err(e) => panic!("handshake failed (was an extension accepted?): {e}"),
+    };
+    assert_eq!(extensions, None, "the edge accepted {extensions:?}");
+}
+
+// Item 6: the smaller mismatches.
+#[test]
+fn frames_text_and_acks_are_checked_as_documented() {
+    let edge = Edge::start(&fresh_storage("mismatches"));
+    let mut eve = Device::join(&edge, "room", "eve", "eve-1", Some(0));
+    let last_error = |d: &mut Device| {
+        d.pump_until(LONG, |d| !d.errors.is_empty());
+        match d.errors.remove(0) {
+            ServerFrame::Error { code, id, .. } => (code, id),
+            other => panic!("{other:?}"),
+        }
+    };
+    // A binary message holding a valid frame is not executed.
+    eve.ws_mut().send_binary(ClientFrame::Send { id: "bin".into(), body: "b".into() }.encode().into_bytes());
+    assert_eq!(last_error(&mut eve), (ErrorCode::BadJson, None));
+    // body_too_large names the message.
+    let big = "y".repeat(limits::MAX_BODY_BYTES + 1);
+    eve.send("big-1", &big);
+    assert_eq!(last_error(&mut eve), (ErrorCode::BodyTooLarge, Some("big-1".into())));
+    // Selective ranges beyond the head are refused like a cumulative ack.
+    eve.send("one", "1");
+    eve.pump_until(LONG, |d| d.sent.contains_key("one"));
+    eve.send_frame(&ClientFrame::Ack { seq: 0, ranges: vec![[5, 9]] });
+    assert_eq!(last_error(&mut eve).0, ErrorCode::BadFrame);
+    eve.send_frame(&ClientFrame::Ack { seq: 7, ranges: vec![] });
+    assert_eq!(last_error(&mut eve).0, ErrorCode::BadFrame);
+    // A real U+FFFD in a body travels escaped and is stored as sent.
+    eve.send("fffd", "a \u{FFFD} b");
+    eve.pump_until(LONG, |d| d.sent.contains_key("fffd"));
+    eve.pump_until(LONG, |d| d.messages.values().any(|m| m.body == "a \u{FFFD} b"));
+    assert!(eve.is_open());
+
+    // Invalid UTF-8 in a text message: close 1007 (RFC 6455 7.4.1).
+    let mut raw = edge.connect("room", "mal", "mal-1");
+    raw.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    raw.send_raw_text_frame(b"{\"v\":1,\"type\":\"send\",\"id\":\"u\",\"body\":\"\xff\xfe\"}".to_vec());
+    assert_eq!(raw.expect_close(|_| {}), close::INVALID_PAYLOAD);
+    let page = edge
+        .http(
+            "GET",
+            "/v1/conversations/room/messages?after=0",
+            &[("Authorization", &format!("Bearer {}", token_for("room", "ann", "ann-1")))],
+            "",
+        )
+        .expect("history")
+        .1;
+    assert!(!page.contains("\"u\""), "nothing of the invalid frame was stored: {page}");
+}
+
+// Item 6: an open socket does not outlive its token.
+#[test]
+fn a_socket_is_closed_when_its_token_expires() {
+    let edge = Edge::start(&fresh_storage("token-expiry"));
+    // Expired 57 s ago: still inside the 60 s leeway, so it expires in ~3 s.
+    let token = mint(
+        &Claims { sub: "ann", device: "ann-1", exp: unix_now() - 57, conversations: vec!["room"] },
+        TEST_SECRET,
+    );
+    let mut ws = edge.connect_with_token("room", &token).expect("accepted within the leeway");
+    ws.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    let start = Instant::now();
+    assert_eq!(ws.expect_close(|_| {}), close::TOKEN_EXPIRED);
+    assert!(start.elapsed() < Duration::from_secs(10), "closed after {:?}", start.elapsed());
+}
