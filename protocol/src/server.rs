@@ -444,6 +444,9 @@ pub struct Conversation {
     by_device: HashMap<DeviceKey, ConnId>,
     /// Connections whose memo may have changed during this call.
     touched: BTreeSet<ConnId>,
+    /// Devices past retention at start, forgotten once the shell has
+    /// re-registered the sockets that survived (a connected device is kept).
+    expiring: Vec<DeviceKey>,
     out: VecDeque<ServerOutput>,
 }
 
@@ -473,8 +476,9 @@ fn next_read(want: u32, bytes: usize, rows: usize, budget: usize) -> u32 {
 impl Conversation {
     /// Rebuilds the conversation from its storage (empty storage: a new one).
     /// Everything in the store is taken as durable. Devices not seen for
-    /// [`ServerConfig::device_retention`] before `now` are forgotten (their
-    /// deletes leave as `Persist` outputs).
+    /// [`ServerConfig::device_retention`] before `now` are forgotten at the
+    /// first `handle` that is not a resumed `Connected` (their deletes leave
+    /// as `Persist` outputs), unless a resumed socket shows them connected.
     pub fn new(
         config: ServerConfig,
         seed: u64,
@@ -492,8 +496,7 @@ impl Conversation {
             let c = record.cursor;
             let key = (c.user, c.device);
             if record.seen > 0 && record.seen.saturating_add(config.device_retention) < now {
-                expired.push(key);
-                continue;
+                expired.push(key.clone());
             }
             let through = c.through.min(head);
             devices.insert(key, Device { through, persisted: through });
@@ -517,16 +520,18 @@ impl Conversation {
             conns: BTreeMap::new(),
             by_device: HashMap::new(),
             touched: BTreeSet::new(),
+            expiring: Vec::new(),
             out: VecDeque::new(),
         };
-        for (user, device) in expired {
-            conv.persist(ServerWrite::Forget { user, device }, Effect::None);
-        }
+        conv.expiring = expired;
         Ok(conv)
     }
 
     /// Feeds one event in; collect outputs with [`Conversation::poll_output`].
     pub fn handle(&mut self, now: Millis, input: ServerInput, store: &dyn ConversationStore) {
+        if !matches!(input, ServerInput::Connected { resumed: Some(_), .. }) {
+            self.forget_expired(now);
+        }
         match input {
             ServerInput::Connected {
                 conn,
@@ -678,6 +683,20 @@ impl Conversation {
         self.touched.remove(&conn);
     }
 
+    /// Forgets the devices found past retention at start, except those still
+    /// connected through a resumed socket: those count as seen now.
+    fn forget_expired(&mut self, now: Millis) {
+        for key in std::mem::take(&mut self.expiring) {
+            let (user, device) = key.clone();
+            if self.by_device.contains_key(&key) {
+                self.persist(ServerWrite::Seen { user, device, at: now }, Effect::None);
+            } else {
+                self.devices.remove(&key);
+                self.persist(ServerWrite::Forget { user, device }, Effect::None);
+            }
+        }
+    }
+
     /// Hands the shell the memo of every connection whose limits changed.
     fn remember_touched(&mut self) {
         for conn in std::mem::take(&mut self.touched) {
@@ -795,7 +814,9 @@ impl Conversation {
             // still closed after `max_retries`, however often the object is
             // evicted in between.
             let pending = self.conns.get(&conn).is_some_and(|c| c.next_push.saturating_sub(1) > self.floor(c));
-            if pending && memo.retries > 0 {
+            // Even the first: the shell rebuilds the core, resumes, then feeds
+            // the due alarm, which then finds the resend timer reset.
+            if pending {
                 if memo.retries >= self.cfg.max_retries {
                     self.close(conn, close::UNRESPONSIVE, "pushes were not acknowledged");
                 } else if let Some(c) = self.conns.get_mut(&conn) {

@@ -73,6 +73,8 @@ struct Server {
     tickets: BTreeMap<ConnId, u64>,
     /// Per connection, the shell's memo (a socket attachment in the edge).
     memos: BTreeMap<ConnId, ConnMemo>,
+    /// Every write the server asked for, in order.
+    writes: Vec<ServerWrite>,
 }
 
 impl Server {
@@ -89,6 +91,7 @@ impl Server {
             closes: Vec::new(),
             tickets: BTreeMap::new(),
             memos: BTreeMap::new(),
+            writes: Vec::new(),
         }
     }
     fn input(&mut self, now: u64, input: ServerInput) {
@@ -103,6 +106,7 @@ impl Server {
                 }
                 ServerOutput::Persist { write, op } => {
                     self.store.apply(&op);
+                    self.writes.push(op);
                     self.last_write = write;
                 }
                 ServerOutput::Close { conn, code, .. } => self.closes.push((conn, code)),
@@ -123,6 +127,14 @@ impl Server {
     fn send(&mut self, now: u64, conn: u64, frame: ClientFrame) {
         let rx = self.tickets.get(&ConnId(conn)).copied();
         self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode_rx(rx).into_bytes() });
+    }
+    /// Sends a frame without `rx`, as a client that does not read its answers.
+    fn send_no_rx(&mut self, now: u64, conn: u64, frame: ClientFrame) {
+        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode().into_bytes() });
+    }
+    /// Re-registers a socket that survived an eviction, with its memo.
+    fn resume(&mut self, now: u64, conn: u64, user: &str, device: &str, memo: ConnMemo) {
+        self.input(now, ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: Some(memo), expires: None });
     }
     fn raw(&mut self, now: u64, conn: u64, text: &str) {
         self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: text.as_bytes().to_vec() });
@@ -1013,4 +1025,378 @@ fn server_probes_selectively_acked_pushes_and_closes_without_progress() {
     }
     assert_eq!(probes, vec![2, 2], "one probe per retry, the lowest selectively acked push");
     assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
+}
+
+// ------------------------------------------------ edge hardening
+//
+// Read tickets and the answer budget, superseding requests, bounded cursors,
+// devices keyed by (user, device), limits that survive an eviction, device
+// retention, and the refusals of the edge's inputs.
+
+/// A store holding `n` durable messages of ann's a1 (bodies of `body_len`
+/// bytes), acknowledged by a1 through all of them.
+fn history(n: u64, body_len: usize) -> Mem {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    for i in 0..n {
+        s.send(T0, 1, send(&format!("m{i}"), &"x".repeat(body_len)));
+        s.durable(T0);
+    }
+    s.send(T0, 1, ClientFrame::Ack { seq: n, ranges: vec![] });
+    s.durable(T0);
+    assert_eq!(s.store.messages.len() as u64, n);
+    s.store
+}
+
+/// The `batch` pages sent to `to`: their seqs, whether another follows, and
+/// the encoded size of their messages.
+fn batches(frames: &[(ConnId, ServerFrame)], to: u64) -> Vec<(Vec<u64>, bool, usize)> {
+    frames
+        .iter()
+        .filter(|(c, _)| c.0 == to)
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Batch { messages, follows, .. } => Some((
+                messages.iter().map(|m| m.seq).collect(),
+                *follows,
+                messages.iter().map(|m| serde_json::to_string(m).unwrap().len()).sum(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn frames_to(frames: &[(ConnId, ServerFrame)], to: u64) -> Vec<(ConnId, ServerFrame)> {
+    frames.iter().filter(|(c, _)| c.0 == to).cloned().collect()
+}
+
+fn welcome_cursors(frames: &[(ConnId, ServerFrame)], to: u64) -> Vec<Cursor> {
+    frames
+        .iter()
+        .filter(|(c, _)| c.0 == to)
+        .find_map(|(_, f)| match f {
+            ServerFrame::Welcome { cursors, .. } => Some(cursors.clone()),
+            _ => None,
+        })
+        .expect("a welcome")
+}
+
+/// Small pages and a small answer budget: about 8 messages a page, 4 pages
+/// of answers unconfirmed at most.
+fn budget_config() -> ServerConfig {
+    let mut cfg = ServerConfig::new("c");
+    cfg.answer_budget = 8_000;
+    cfg.page_bytes = 2_000;
+    cfg
+}
+
+#[test]
+fn server_bounds_unread_answers_by_the_budget_and_closes_a_stalled_reader() {
+    // Rule: answers beyond answer_budget wait for an echoed rx; waiting past stall_timeout closes with 4002.
+    let cfg = budget_config();
+    let store = history(200, 100);
+    let mut s = Server::with_store(cfg.clone(), store.clone());
+    s.connect(T0, 2, "bob", "b1");
+    s.send_no_rx(T0, 2, hello(Some(200)));
+    for i in 0..100 {
+        s.send_no_rx(T0 + i, 2, ClientFrame::Sync { after: Some(0), before: None, limit: 500 });
+    }
+    let pages = batches(&s.take(), 2);
+    let bytes: usize = pages.iter().map(|p| p.2).sum();
+    let answered: usize = pages.iter().map(|p| p.0.len()).sum();
+    assert!(!pages.is_empty(), "answers go out within the budget");
+    assert!(bytes <= cfg.answer_budget + cfg.page_bytes, "{bytes} bytes of answers sent unread");
+    assert!(answered < 200, "the catch-up is not sent to a client that does not read");
+    assert!(s.closes.is_empty());
+    let due = s.conv.poll_timeout().expect("the stall timer is armed");
+    assert_eq!(due, T0 + cfg.stall_timeout, "counted from the oldest unread answer");
+    s.input(due - 1, ServerInput::Timeout);
+    assert!(s.closes.is_empty());
+    s.input(due, ServerInput::Timeout);
+    assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
+    assert_eq!(s.conv.stats().connections, 0);
+
+    // A client that echoes its tickets gets the whole catch-up.
+    let mut s = Server::with_store(cfg, store);
+    s.connect(T0, 3, "bob", "b1");
+    s.send(T0, 3, hello(Some(0)));
+    let mut got: Vec<u64> = Vec::new();
+    for round in 0..1_000 {
+        let pages = batches(&s.take(), 3);
+        got.extend(pages.iter().flat_map(|p| p.0.iter().copied()));
+        if got.len() >= 200 {
+            break;
+        }
+        match pages.last() {
+            // The stream ended: ask for the rest.
+            Some((_, false, _)) => s.send(T0, 3, ClientFrame::Sync { after: got.last().copied(), before: None, limit: 500 }),
+            // Paused by the budget: any frame with rx confirms and resumes it.
+            _ => s.send(T0, 3, ClientFrame::Ping { nonce: round }),
+        }
+    }
+    assert_eq!(got, (1..=200).collect::<Vec<_>>());
+    assert!(s.closes.is_empty());
+}
+
+#[test]
+fn server_new_sync_replaces_the_request_still_being_answered() {
+    // Rule: a new hello/sync replaces the owed answer; requests never stack up beyond the budget.
+    let cfg = budget_config();
+    let mut s = Server::with_store(cfg.clone(), history(200, 100));
+    s.connect(T0, 2, "bob", "b1");
+    s.send_no_rx(T0, 2, hello(Some(200)));
+    for i in 0..50 {
+        s.send_no_rx(T0, 2, ClientFrame::Sync { after: Some(i), before: None, limit: 500 });
+    }
+    let pages = batches(&s.take(), 2);
+    let bytes: usize = pages.iter().map(|p| p.2).sum();
+    assert!(bytes <= cfg.answer_budget + cfg.page_bytes, "{bytes} bytes for 50 unread syncs");
+    assert_eq!(pages.first().map(|p| p.0[0]), Some(1), "the first sync was answered");
+    // Confirming resumes only the latest request (after 49), streamed alone.
+    let mut got: Vec<u64> = Vec::new();
+    for round in 0..100 {
+        s.send(T0 + 1, 2, ClientFrame::Ping { nonce: round });
+        let pages = batches(&s.take(), 2);
+        got.extend(pages.iter().flat_map(|p| p.0.iter().copied()));
+        if pages.last().is_some_and(|p| !p.1) {
+            break;
+        }
+    }
+    assert_eq!(got.first(), Some(&50), "{got:?}");
+    assert_eq!(got, (50..50 + got.len() as u64).collect::<Vec<_>>(), "one contiguous stream");
+    let pages = batches(&s.take(), 2);
+    assert!(pages.is_empty(), "nothing owed after the stream");
+}
+
+#[test]
+fn server_welcome_cursors_are_one_per_user_plus_own_however_many_devices_joined() {
+    // Rule: welcome carries per user the furthest device's cursor, plus the device's own; bounded by members.
+    let mut s = Server::new(ServerConfig::new("c"));
+    let dev = |i: usize| (format!("u{}", i % 5), format!("d{i:04}"));
+    for i in 0..2_000 {
+        let (user, device) = dev(i);
+        s.connect(T0, i as u64, &user, &device);
+    }
+    s.send(T0, 0, hello(None));
+    for i in 0..10 {
+        s.send(T0, 0, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    // Per user k: device 5+k acks k+1, device 10+k (the furthest) acks k+6.
+    for k in 0..5 {
+        for (i, seq) in [(5 + k, k + 1), (10 + k, k + 6)] {
+            s.send(T0, i as u64, hello(None));
+            s.send(T0, i as u64, ClientFrame::Ack { seq: seq as u64, ranges: vec![] });
+        }
+    }
+    s.durable(T0);
+    assert_eq!(s.conv.stats().devices, 2_000);
+    s.take();
+    s.connect(T0 + 1, 9_999, "u2", "fresh");
+    s.send(T0 + 1, 9_999, hello(None));
+    let cursors = welcome_cursors(&s.take(), 9_999);
+    assert!(cursors.len() <= 6, "{} cursors", cursors.len());
+    for k in 0..5 {
+        let (user, device) = dev(10 + k);
+        let expected = Cursor { user, device, through: k as u64 + 6 };
+        assert!(cursors.contains(&expected), "{expected:?} missing from {cursors:?}");
+    }
+    assert!(cursors.contains(&Cursor { user: "u2".into(), device: "fresh".into(), through: 0 }), "its own cursor");
+}
+
+#[test]
+fn server_namespaces_devices_by_user() {
+    // Rule: devices are keyed by (user, device): another user's same device id shares no slot, dedup key or cursor.
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "x1");
+    s.send(T0, 1, hello(Some(0)));
+    s.connect(T0, 2, "bob", "x1");
+    assert!(s.closes.is_empty(), "bob's x1 does not replace ann's x1: {:?}", s.closes);
+    s.send(T0, 2, hello(Some(0)));
+    s.send(T0, 1, send("m1", "from ann"));
+    s.durable(T0);
+    s.send(T0, 2, send("m1", "from bob"));
+    s.durable(T0);
+    let f = s.take();
+    assert_eq!(sent_seqs(&frames_to(&f, 1)), vec![("m1".into(), 1)]);
+    assert_eq!(sent_seqs(&frames_to(&f, 2)), vec![("m1".into(), 2)], "the same client id of another user is a new message");
+    assert_eq!(s.store.messages[&2].body, "from bob");
+    s.send(T0 + 1, 2, ClientFrame::Ack { seq: 2, ranges: vec![] });
+    s.durable(T0 + 1);
+    let through = |s: &Server, user: &str| s.store.cursors[&(user.to_owned(), "x1".to_owned())].0.through;
+    assert_eq!((through(&s, "ann"), through(&s, "bob")), (0, 2));
+    assert_eq!(s.conv.stats().pending_pushes, 2, "ann's pushes are still unacknowledged");
+    assert_eq!(s.conv.stats().devices, 2);
+    s.connect(T0 + 2, 3, "cat", "c1");
+    s.send(T0 + 2, 3, hello(None));
+    let cursors = welcome_cursors(&s.take(), 3);
+    assert!(cursors.contains(&Cursor { user: "ann".into(), device: "x1".into(), through: 0 }), "{cursors:?}");
+    assert!(cursors.contains(&Cursor { user: "bob".into(), device: "x1".into(), through: 2 }), "{cursors:?}");
+    assert!(s.closes.is_empty());
+}
+
+#[test]
+fn server_strikes_survive_a_rebuild_through_the_memo() {
+    // Rule: a resumed connection keeps the strikes of its memo, so an eviction does not reset abuse_limit.
+    let cfg = ServerConfig::new("c");
+    let mut s = Server::new(cfg.clone());
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    for _ in 0..15 {
+        s.raw(T0, 1, "{");
+    }
+    assert!(s.closes.is_empty());
+    let memo = s.memos[&ConnId(1)].clone();
+    assert_eq!(memo.strikes, 15);
+    let mut s = Server::with_store(cfg.clone(), s.store.clone());
+    s.resume(T0 + 1, 1, "ann", "a1", memo);
+    for _ in 0..cfg.abuse_limit - 16 {
+        s.raw(T0 + 1, 1, "{");
+    }
+    assert!(s.closes.is_empty());
+    s.raw(T0 + 1, 1, "{");
+    assert_eq!(s.closes, vec![(ConnId(1), close::POLICY)], "15 + 5 violations");
+}
+
+/// ann and bob connected, one message, acknowledged by ann only.
+fn unacked_by_bob(cfg: &ServerConfig) -> Server {
+    let mut s = Server::new(cfg.clone());
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    s.send(T0, 1, send("m1", "x"));
+    s.durable(T0);
+    s.send(T0, 1, ClientFrame::Ack { seq: 1, ranges: vec![] });
+    s.durable(T0);
+    assert_eq!(pushed(&s.take(), 2), vec![1]);
+    s
+}
+
+#[test]
+fn server_retries_survive_a_rebuild_between_retries() {
+    // Rule: retries travel in the memo; a device that never acks closes with 4002 after max_retries, evictions or not.
+    let mut cfg = ServerConfig::new("c");
+    cfg.max_retries = 3;
+    let mut s = unacked_by_bob(&cfg);
+    let mut memo = ConnMemo::default();
+    let mut rebuilds = 0;
+    while s.closes.is_empty() && rebuilds < 20 {
+        let t = s.conv.poll_timeout().expect("a resend is due");
+        s.input(t, ServerInput::Timeout);
+        if !s.closes.is_empty() {
+            break;
+        }
+        // Evicted after each retry; bob's socket survives with its last memo.
+        memo = s.memos.get(&ConnId(2)).cloned().unwrap_or(memo);
+        s = Server::with_store(cfg.clone(), s.store.clone());
+        s.resume(t, 2, "bob", "b1", memo.clone());
+        rebuilds += 1;
+    }
+    assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
+    assert!(rebuilds <= cfg.max_retries as usize + 1, "closed after {rebuilds} rebuilds");
+}
+
+#[test]
+fn server_retries_survive_an_eviction_at_every_alarm() {
+    // Rule: a device that never acks closes with 4002 after max_retries even if every alarm wakes an evicted object.
+    let mut cfg = ServerConfig::new("c");
+    cfg.max_retries = 3;
+    let mut s = unacked_by_bob(&cfg);
+    let mut memo = ConnMemo::default();
+    let mut alarms = 0;
+    while s.closes.is_empty() && alarms < 50 {
+        let Some(t) = s.conv.poll_timeout() else { break };
+        // The edge's order: an alarm rebuilds the core, re-registers the
+        // sockets that survived (with their last memo), then feeds the timeout.
+        memo = s.memos.get(&ConnId(2)).cloned().unwrap_or(memo);
+        s = Server::with_store(cfg.clone(), s.store.clone());
+        s.resume(t, 2, "bob", "b1", memo.clone());
+        s.input(t, ServerInput::Timeout);
+        alarms += 1;
+    }
+    assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)], "after {alarms} alarms");
+    assert!(alarms <= cfg.max_retries as usize + 2, "closed after {alarms} alarms");
+}
+
+#[test]
+fn server_forgets_devices_past_retention_unless_their_socket_is_resumed() {
+    // Rule: devices not seen for device_retention are forgotten at the first non-resumed input; a resumed one is kept as seen now.
+    let cfg = ServerConfig::new("c");
+    let mut store = Mem::default();
+    let record = |user: &str, device: &str, seen: u64| {
+        ((user.to_owned(), device.to_owned()), (Cursor { user: user.into(), device: device.into(), through: 0 }, seen))
+    };
+    store.cursors.extend([record("old", "o1", T0 - cfg.device_retention - 1), record("ann", "a1", T0 - 1_000)]);
+    let key = ("old".to_owned(), "o1".to_owned());
+
+    let mut s = Server::with_store(cfg.clone(), store.clone());
+    s.connect(T0, 1, "ann", "a1");
+    assert!(s.writes.contains(&ServerWrite::Forget { user: "old".into(), device: "o1".into() }), "{:?}", s.writes);
+    assert!(!s.store.cursors.contains_key(&key));
+    assert_eq!(s.conv.stats().devices, 1);
+
+    // Its socket survived the eviction: re-registered first, it is kept.
+    let mut s = Server::with_store(cfg, store);
+    s.resume(T0, 7, "old", "o1", ConnMemo::default());
+    assert!(s.writes.is_empty(), "nothing decided before the sockets are back: {:?}", s.writes);
+    s.input(T0 + 5, ServerInput::Timeout);
+    assert_eq!(s.writes, vec![ServerWrite::Seen { user: "old".into(), device: "o1".into(), at: T0 + 5 }]);
+    assert_eq!(s.store.cursors[&key].1, T0 + 5);
+    assert_eq!(s.conv.stats().devices, 2);
+    assert!(s.closes.is_empty());
+}
+
+#[test]
+fn server_refuses_oversized_and_binary_messages_with_a_strike() {
+    // Rule: Oversized is frame_too_large without parsing, Binary is bad_json; each is a strike.
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.input(T0, ServerInput::Oversized { conn: ConnId(1), len: 10 * 1024 * 1024 });
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::FrameTooLarge]);
+    assert_eq!(s.memos[&ConnId(1)].strikes, 1);
+    // Length first: an oversized text is neither parsed nor UTF-8 checked.
+    s.input(T0, ServerInput::Frame { conn: ConnId(1), bytes: vec![0xff; limits::MAX_FRAME_BYTES + 1] });
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::FrameTooLarge]);
+    assert_eq!(s.memos[&ConnId(1)].strikes, 2);
+    s.input(T0, ServerInput::Binary { conn: ConnId(1) });
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::BadJson]);
+    assert_eq!(s.memos[&ConnId(1)].strikes, 3);
+    assert!(s.closes.is_empty());
+}
+
+#[test]
+fn server_refuses_acks_beyond_the_head_as_bad_frames() {
+    // Rule: an ack (cumulative or range) beyond the durable head is bad_frame and a strike, and moves no cursor past it.
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 1, send("m1", "x"));
+    s.durable(T0);
+    s.take();
+    s.send(T0, 1, ClientFrame::Ack { seq: 0, ranges: vec![[2, 3]] });
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::BadFrame]);
+    s.send(T0, 1, ClientFrame::Ack { seq: 5, ranges: vec![] });
+    assert_eq!(error_codes(&s.take()), vec![ErrorCode::BadFrame]);
+    assert_eq!(s.memos[&ConnId(1)].strikes, 2);
+    s.durable(T0);
+    let cursor = &s.store.cursors[&("ann".to_owned(), "a1".to_owned())].0;
+    assert_eq!(cursor.through, 1, "clamped to the head");
+    assert!(s.closes.is_empty());
+}
+
+#[test]
+fn server_closes_a_connection_when_its_token_expires() {
+    // Rule: Connected { expires } closes the connection with 4003 at that time.
+    let mut s = Server::new(ServerConfig::new("c"));
+    let expires = T0 + 5_000;
+    s.input(T0, ServerInput::Connected { conn: ConnId(1), user: "ann".into(), device: "a1".into(), resumed: None, expires: Some(expires) });
+    s.send(T0, 1, hello(None));
+    assert_eq!(s.conv.poll_timeout(), Some(expires));
+    s.input(expires - 1, ServerInput::Timeout);
+    assert!(s.closes.is_empty());
+    s.input(expires, ServerInput::Timeout);
+    assert_eq!(s.closes, vec![(ConnId(1), close::TOKEN_EXPIRED)]);
+    assert_eq!(s.conv.stats().connections, 0);
+    assert_eq!(s.conv.poll_timeout(), None);
 }

@@ -24,8 +24,8 @@ pub struct Device {
     pub watermark: Seq,
     /// `sent` answers: client id -> seq.
     pub sent: HashMap<String, Seq>,
-    /// Latest cursor of every device, from `welcome` and `delivered`.
-    pub cursors: HashMap<String, Cursor>,
+    /// Latest cursor of every (user, device), from `welcome` and `delivered`.
+    pub cursors: HashMap<(String, String), Cursor>,
     /// Head announced by the last `welcome`.
     pub welcome_head: Seq,
     /// Error frames received.
@@ -100,6 +100,11 @@ impl Device {
         }
     }
 
+    /// The latest cursor announced for `user`'s `device`.
+    pub fn cursor(&self, user: &str, device: &str) -> Option<&Cursor> {
+        self.cursors.get(&(user.to_owned(), device.to_owned()))
+    }
+
     /// The device's socket, for tests that misbehave on purpose.
     pub fn ws_mut(&mut self) -> &mut Ws {
         &mut self.ws
@@ -120,7 +125,7 @@ impl Device {
             ServerFrame::Welcome { head, cursors, .. } => {
                 self.welcome_head = head;
                 for c in cursors {
-                    self.cursors.insert(c.device.clone(), c);
+                    self.cursors.insert((c.user.clone(), c.device.clone()), c);
                 }
             }
             ServerFrame::Push { messages } => self.store(messages),
@@ -140,7 +145,7 @@ impl Device {
             }
             ServerFrame::Delivered { cursors } => {
                 for c in cursors {
-                    self.cursors.insert(c.device.clone(), c);
+                    self.cursors.insert((c.user.clone(), c.device.clone()), c);
                 }
             }
             ServerFrame::Error { .. } => self.errors.push(frame),
