@@ -148,7 +148,9 @@ pub enum ServerFrame {
         head: Seq,
         /// Chain value at `head`.
         chain: ChainHash,
-        /// Stored-through cursor of every device that ever joined.
+        /// Stored-through cursors: per member user the furthest of that
+        /// user's devices, plus the receiving device's own (at most
+        /// [`limits::MAX_CURSORS`], however many devices ever joined).
         cursors: Vec<Cursor>,
         /// Server clock.
         now: Millis,
@@ -195,7 +197,8 @@ pub enum ServerFrame {
     },
     /// Devices stored further: drives the sender's delivered ticks.
     Delivered {
-        /// Updated cursors.
+        /// Updated cursors: per user whose devices moved, that user's
+        /// furthest; plus the receiving device's own when it moved.
         cursors: Vec<Cursor>,
     },
     /// Something was wrong with a frame; the connection stays open unless closed
@@ -235,11 +238,11 @@ pub enum ErrorCode {
     BodyTooLarge,
     /// The connection sends faster than allowed.
     RateLimited,
-    /// The device has too many unacknowledged pushes or unconfirmed sends.
+    /// The device has too many sends not yet confirmed by `sent`.
     WindowFull,
     /// The conversation already has the maximum number of members.
     TooManyMembers,
-    /// A frame was sent before `hello`, or `hello` was sent twice.
+    /// A frame other than `hello` or `ping` was sent before `hello`.
     NotReady,
     /// The server could not complete the request; retry later.
     Internal,

@@ -981,14 +981,13 @@ impl Conversation {
         }
     }
 
-    /// The cursors a device needs: per member user the furthest of that
-    /// user's devices (what delivery ticks need), plus the device's own
-    /// (so it knows its acks arrived). Bounded by the member limit, however
+    /// Per member user (all, or only `users`), the furthest of that user's
+    /// devices: what delivery ticks need. Bounded by the member limit, however
     /// many devices ever joined.
-    fn cursors_for(&self, own: &DeviceKey, only_users: Option<&BTreeSet<&str>>) -> Vec<Cursor> {
+    fn user_cursors(&self, users: Option<&BTreeSet<&str>>) -> Vec<Cursor> {
         let mut best: BTreeMap<&str, (&str, Seq)> = BTreeMap::new();
         for ((user, device), d) in &self.devices {
-            if only_users.is_some_and(|users| !users.contains(user.as_str())) {
+            if users.is_some_and(|users| !users.contains(user.as_str())) {
                 continue;
             }
             let e = best.entry(user.as_str()).or_insert((device.as_str(), d.persisted));
@@ -996,14 +995,18 @@ impl Conversation {
                 *e = (device.as_str(), d.persisted);
             }
         }
-        let mut cursors: Vec<Cursor> = best
-            .into_iter()
+        best.into_iter()
             .map(|(user, (device, through))| Cursor {
                 user: user.to_owned(),
                 device: device.to_owned(),
                 through,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Adds `own`'s cursor to `cursors` unless it is already there (so a
+    /// device always learns that its acks arrived).
+    fn with_own(&self, mut cursors: Vec<Cursor>, own: &DeviceKey) -> Vec<Cursor> {
         if let Some(d) = self.devices.get(own) {
             if !cursors.iter().any(|c| c.user == own.0 && c.device == own.1) {
                 cursors.push(Cursor {
@@ -1022,7 +1025,7 @@ impl Conversation {
             return;
         };
         let key = c.key.clone();
-        let cursors = self.cursors_for(&key, None);
+        let cursors = self.with_own(self.user_cursors(None), &key);
         let bytes = FRAME_OVERHEAD
             + cursors
                 .iter()
@@ -1470,11 +1473,11 @@ impl Conversation {
             .filter(|(_, c)| c.ready)
             .map(|(k, c)| (*k, c.key.clone()))
             .collect();
+        let shared = self.user_cursors(Some(&users));
         let mut frames = Vec::new();
         for (conn, key) in ready {
             // Own cursor only when it moved; the per-user ones always.
-            let own = if dirty.contains(&key) { key.clone() } else { (String::new(), String::new()) };
-            let cursors = self.cursors_for(&own, Some(&users));
+            let cursors = if dirty.contains(&key) { self.with_own(shared.clone(), &key) } else { shared.clone() };
             frames.push((conn, cursors));
         }
         for (conn, cursors) in frames {
