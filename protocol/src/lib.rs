@@ -40,6 +40,7 @@
 //! protocol and of both state machines.
 #![deny(missing_docs)]
 
+mod bucket;
 mod bugs;
 pub mod chain;
 pub mod client;

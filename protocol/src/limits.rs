@@ -23,6 +23,9 @@ pub const PAGE_BYTES: usize = 256 * 1024;
 pub const MAX_MEMBERS: usize = 256;
 /// Default most bytes of unconfirmed answers (`welcome`, `batch`) per connection.
 pub const ANSWER_BUDGET: usize = 512 * 1024;
+/// Default answer bytes per second per conversation (all `welcome` and
+/// `batch` frames together).
+pub const ANSWER_RATE: u64 = 8 * 1024 * 1024;
 /// Most cursors a `welcome` or `delivered` carries: one per member user plus
 /// the receiving device's own.
 pub const MAX_CURSORS: usize = MAX_MEMBERS + 1;

@@ -3,53 +3,42 @@
 //! token bucket, gets `rate_limited` refusals and, as they count as violations,
 //! is eventually disconnected; with it, the flush simply takes its time.
 
+use crate::bucket::TokenBucket;
 use crate::frame::{Millis, RateLimit};
 
 /// Share of the server's budget that sends may use: the rest is left for
 /// acks, syncs and pings on the same connection.
 const SEND_SHARE_PERCENT: u64 = 80;
 
-/// A token bucket mirroring the server's, in thousandths of a frame.
+/// A token bucket mirroring the server's, at a share of its budget.
 #[derive(Debug, Clone)]
 pub(crate) struct Pacer {
-    tokens: u64,
-    cap: u64,
-    /// Refill per millisecond, in thousandths of a frame (= frames per second).
-    per_sec: u64,
-    last: Millis,
+    bucket: TokenBucket,
 }
 
 impl Pacer {
     /// A full bucket (the server's starts full when the connection opens).
     pub fn new(now: Millis, limit: RateLimit) -> Pacer {
         let share = |x: u64| (x.saturating_mul(SEND_SHARE_PERCENT) / 100).max(1);
-        let cap = share(limit.burst).saturating_mul(1000);
         Pacer {
-            tokens: cap,
-            cap,
-            per_sec: share(limit.per_sec),
-            last: now,
+            bucket: TokenBucket::new(now, share(limit.per_sec), share(limit.burst)),
         }
     }
 
     /// Whole frames that may be sent now.
     pub fn available(&mut self, now: Millis) -> usize {
-        let elapsed = now.saturating_sub(self.last);
-        self.last = self.last.max(now);
-        self.tokens = self.tokens.saturating_add(elapsed.saturating_mul(self.per_sec)).min(self.cap);
-        usize::try_from(self.tokens / 1000).unwrap_or(usize::MAX)
+        usize::try_from(self.bucket.available(now)).unwrap_or(usize::MAX)
     }
 
+    /// Counts `frames` sent (at most what [`Pacer::available`] allowed).
     pub fn spend(&mut self, frames: usize) {
-        let cost = u64::try_from(frames).unwrap_or(u64::MAX).saturating_mul(1000);
-        self.tokens = self.tokens.saturating_sub(cost);
+        self.bucket.spend(u64::try_from(frames).unwrap_or(u64::MAX));
     }
 
     /// When the next frame may be sent (at or before the last refill if one
     /// may be sent already).
     pub fn next_at(&self) -> Millis {
-        let missing = 1000u64.saturating_sub(self.tokens);
-        self.last.saturating_add(missing.div_ceil(self.per_sec))
+        self.bucket.ready_at(1)
     }
 }
 
@@ -77,7 +66,7 @@ mod tests {
     fn tiny_budgets_still_let_frames_through() {
         let mut p = Pacer::new(0, RateLimit { per_sec: 0, burst: 0 });
         assert_eq!(p.available(0), 1);
-        p.spend(5);
+        p.spend(1);
         assert_eq!(p.next_at(), 1_000);
         assert_eq!(p.available(1_000), 1);
     }

@@ -57,6 +57,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use crate::bucket::TokenBucket;
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
 use crate::frame::{
@@ -309,6 +310,12 @@ pub struct ServerConfig {
     /// Most bytes of answers (`welcome`, `batch`) a connection may have sent
     /// and not confirmed by echoing their tickets; further answers wait.
     pub answer_budget: usize,
+    /// Answer bytes per second the whole conversation may send (`welcome`,
+    /// `batch`), shared in turn by the connections that owe answers: catch-up
+    /// never takes more of the object's time than this costs.
+    pub answer_rate: u64,
+    /// Answer bytes that may go out at once before `answer_rate` applies.
+    pub answer_burst: u64,
     /// An answer waiting for budget while older answers stay unconfirmed this
     /// long closes the connection (4002): the client is not reading.
     pub stall_timeout: Millis,
@@ -339,6 +346,8 @@ impl ServerConfig {
             abuse_limit: 20,
             cache: 512,
             answer_budget: limits::ANSWER_BUDGET,
+            answer_rate: limits::ANSWER_RATE,
+            answer_burst: limits::PAGE_BYTES as u64,
             stall_timeout: 30_000,
             device_retention: 90 * 24 * 3600 * 1000,
             bugs: Bugs::default(),
@@ -401,9 +410,8 @@ struct Conn {
     sacked: RangeSet,
     resend_at: Option<Millis>,
     retries: u32,
-    /// Token bucket, in thousandths of a frame.
-    tokens: u64,
-    refilled_at: Millis,
+    /// Frames this connection may send (`rate_per_sec`, `rate_burst`).
+    frames: TokenBucket,
     strikes: u32,
     request: Option<Request>,
     unread: VecDeque<Unread>,
@@ -444,6 +452,11 @@ pub struct Conversation {
     by_device: HashMap<DeviceKey, ConnId>,
     /// Connections whose memo may have changed during this call.
     touched: BTreeSet<ConnId>,
+    /// Answer bytes the conversation may still send (`answer_rate`): answers
+    /// cost the object time that live traffic needs too.
+    answers: TokenBucket,
+    /// Connections owing an answer that wait for `answers`, served in turn.
+    answer_queue: VecDeque<ConnId>,
     /// Devices past retention at start, forgotten once the shell has
     /// re-registered the sockets that survived (a connected device is kept).
     expiring: Vec<DeviceKey>,
@@ -501,6 +514,7 @@ impl Conversation {
             let through = c.through.min(head);
             devices.insert(key, Device { through, persisted: through });
         }
+        let answers = TokenBucket::new(now, config.answer_rate, config.answer_burst);
         let mut conv = Conversation {
             cfg: config,
             rng: Rng::new(seed),
@@ -521,6 +535,8 @@ impl Conversation {
             by_device: HashMap::new(),
             touched: BTreeSet::new(),
             expiring: Vec::new(),
+            answers,
+            answer_queue: VecDeque::new(),
             out: VecDeque::new(),
         };
         conv.expiring = expired;
@@ -558,11 +574,13 @@ impl Conversation {
 
     /// When to call `handle(now, ServerInput::Timeout, ..)` next.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        let answers_at = (!self.answer_queue.is_empty()).then(|| self.answers.ready_at(1));
         self.conns
             .values()
             .flat_map(|c| [c.resend_at, self.stall_deadline(c), c.expires])
             .flatten()
             .chain(self.delivered_due)
+            .chain(answers_at)
             .min()
     }
 
@@ -622,6 +640,7 @@ impl Conversation {
     /// Sends an answer (`welcome` or `batch`) of about `bytes` bytes with a
     /// fresh ticket, counting it against the connection's answer budget.
     fn answer(&mut self, now: Millis, conn: ConnId, mut frame: ServerFrame, bytes: usize) {
+        self.answers.spend(u64::try_from(bytes).unwrap_or(u64::MAX));
         let ticket = self.rng.range(1, MAX_SEQ);
         match &mut frame {
             ServerFrame::Welcome { ticket: t, .. } | ServerFrame::Batch { ticket: t, .. } => *t = Some(ticket),
@@ -681,6 +700,7 @@ impl Conversation {
             }
         }
         self.touched.remove(&conn);
+        self.answer_queue.retain(|c| *c != conn);
     }
 
     /// Forgets the devices found past retention at start, except those still
@@ -796,8 +816,7 @@ impl Conversation {
                 sacked: RangeSet::new(),
                 resend_at: None,
                 retries: memo.retries,
-                tokens: self.cfg.rate_burst.saturating_mul(1000),
-                refilled_at: now,
+                frames: TokenBucket::new(now, self.cfg.rate_per_sec, self.cfg.rate_burst),
                 strikes: memo.strikes,
                 request: None,
                 unread_bytes: unread.iter().map(|u| u.bytes).sum(),
@@ -827,24 +846,9 @@ impl Conversation {
         }
     }
 
-    /// Takes one token from the connection's bucket; false when it is empty.
+    /// Takes one frame from the connection's bucket; false when it is empty.
     fn take_token(&mut self, now: Millis, conn: ConnId) -> bool {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
-        // Refill by elapsed time, one token per frame.
-        let elapsed = now.saturating_sub(c.refilled_at);
-        c.refilled_at = now;
-        let cap = self.cfg.rate_burst.saturating_mul(1000);
-        c.tokens = c
-            .tokens
-            .saturating_add(elapsed.saturating_mul(self.cfg.rate_per_sec))
-            .min(cap);
-        if c.tokens < 1000 {
-            return false;
-        }
-        c.tokens -= 1000;
-        true
+        self.conns.get_mut(&conn).is_some_and(|c| c.frames.try_take(now, 1))
     }
 
     /// One WebSocket message, whatever its kind.
@@ -940,43 +944,80 @@ impl Conversation {
         }
     }
 
-    /// Answers the owed request as far as the answer budget allows.
+    /// Whether the connection owes an answer it may send now (a request,
+    /// and room in its answer budget).
+    fn owes_answer(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.request.is_some() && c.unread_bytes < self.cfg.answer_budget)
+    }
+
+    /// Answers the owed request as far as the connection's answer budget and
+    /// the conversation's answer rate allow. Connections already waiting for
+    /// the answer rate go first: this one queues behind them.
     fn serve(&mut self, now: Millis, conn: ConnId, store: &dyn ConversationStore) {
-        loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return;
-            };
-            if c.unread_bytes >= self.cfg.answer_budget {
+        if !self.answer_queue.is_empty() {
+            if self.owes_answer(conn) && !self.answer_queue.contains(&conn) {
+                self.answer_queue.push_back(conn);
+            }
+            return;
+        }
+        while self.owes_answer(conn) {
+            if self.answers.available(now) == 0 {
+                self.answer_queue.push_back(conn);
                 return;
             }
-            let Some(request) = c.request.take() else {
+            self.answer_once(now, conn, store);
+        }
+    }
+
+    /// Serves the connections waiting for the answer rate, one answer each
+    /// in turn, while the rate allows.
+    fn serve_queue(&mut self, now: Millis, store: &dyn ConversationStore) {
+        while self.answers.available(now) > 0 {
+            let Some(conn) = self.answer_queue.pop_front() else {
                 return;
             };
-            match request {
-                Request::Hello { after } => self.on_hello(now, conn, after, store),
-                Request::After {
-                    from,
-                    upper,
-                    limit,
-                    pages_left,
-                } => {
-                    let page = self.page_after(from, upper, limit, store);
-                    if let Some(last) = self.answer_page(now, conn, page, pages_left > 1) {
-                        if let Some(c) = self.conns.get_mut(&conn) {
-                            // Unless a newer request came in meanwhile.
-                            c.request.get_or_insert(Request::After {
-                                from: last,
-                                upper,
-                                limit,
-                                pages_left: pages_left - 1,
-                            });
-                        }
+            if !self.owes_answer(conn) {
+                continue; // it owes nothing more, or is waiting for its reader
+            }
+            self.answer_once(now, conn, store);
+            if self.owes_answer(conn) {
+                self.answer_queue.push_back(conn);
+            }
+        }
+    }
+
+    /// Sends the next answer of the connection's owed request (a welcome or
+    /// one page); a streamed request stays owed for its next page.
+    fn answer_once(&mut self, now: Millis, conn: ConnId, store: &dyn ConversationStore) {
+        let Some(request) = self.conns.get_mut(&conn).and_then(|c| c.request.take()) else {
+            return;
+        };
+        match request {
+            Request::Hello { after } => self.on_hello(now, conn, after, store),
+            Request::After {
+                from,
+                upper,
+                limit,
+                pages_left,
+            } => {
+                let page = self.page_after(from, upper, limit, store);
+                if let Some(last) = self.answer_page(now, conn, page, pages_left > 1) {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        // Unless a newer request came in meanwhile.
+                        c.request.get_or_insert(Request::After {
+                            from: last,
+                            upper,
+                            limit,
+                            pages_left: pages_left - 1,
+                        });
                     }
                 }
-                Request::Before { before, limit } => {
-                    let page = self.page_before(before, limit, store);
-                    self.answer_page(now, conn, page, false);
-                }
+            }
+            Request::Before { before, limit } => {
+                let page = self.page_before(before, limit, store);
+                self.answer_page(now, conn, page, false);
             }
         }
     }
@@ -1456,6 +1497,7 @@ impl Conversation {
         for conn in due {
             self.resend(now, conn, store);
         }
+        self.serve_queue(now, store);
     }
 
     /// Sends the coalesced `delivered` notice: per user whose devices moved,

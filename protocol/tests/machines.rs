@@ -1400,3 +1400,49 @@ fn server_closes_a_connection_when_its_token_expires() {
     assert_eq!(s.conv.stats().connections, 0);
     assert_eq!(s.conv.poll_timeout(), None);
 }
+
+#[test]
+fn server_shares_its_answer_rate_among_catching_up_connections_in_turn() {
+    // Rule: answers of all connections together stay within answer_rate (after answer_burst), served in turn; the timer resumes them.
+    let mut cfg = ServerConfig::new("c");
+    cfg.page_bytes = 2_000;
+    cfg.answer_burst = 4_000;
+    cfg.answer_rate = 10_000; // 10 bytes per millisecond
+    let store = history(300, 100);
+    let mut s = Server::with_store(cfg.clone(), store);
+    s.connect(T0, 2, "bob", "b1");
+    s.connect(T0, 3, "cat", "c1");
+    s.send(T0, 2, hello(Some(0)));
+    s.send(T0, 3, hello(Some(0)));
+    let first = s.take();
+    let bytes = |frames: &[(ConnId, ServerFrame)]| -> usize { frames.iter().map(|(_, f)| f.encode().len()).sum() };
+    assert!(bytes(&first) <= cfg.answer_burst as usize + 2 * (cfg.page_bytes + 400), "{} bytes at once", bytes(&first));
+    assert!(frames_to(&first, 3).is_empty(), "bob's catch-up took the burst: cat's welcome waits its turn");
+    // From here the timer paces answers; both connections advance in turn.
+    let mut now = T0;
+    let mut sent = 0;
+    let mut got = [0usize; 2];
+    for _ in 0..500 {
+        let Some(due) = s.conv.poll_timeout() else { break };
+        assert!(due > now || due == now, "the timer never goes back");
+        now = due.max(now + 1);
+        s.input(now, ServerInput::Timeout);
+        let frames = s.take();
+        sent += bytes(&frames);
+        for (i, conn) in [2u64, 3].iter().enumerate() {
+            got[i] += batches(&frames, *conn).iter().map(|p| p.0.len()).sum::<usize>();
+        }
+        // Both read and confirm what they got.
+        s.send(now, 2, ClientFrame::Ping { nonce: 1 });
+        s.send(now, 3, ClientFrame::Ping { nonce: 1 });
+        sent += bytes(&s.take());
+        if got.iter().all(|g| *g >= 40) {
+            break;
+        }
+    }
+    let elapsed = now - T0;
+    assert!(got.iter().all(|g| *g >= 40), "both advanced through their streamed pages: {got:?}");
+    assert!(got[0].abs_diff(got[1]) <= 20, "in turn, not one after the other: {got:?}");
+    let allowed = cfg.answer_burst as usize + (elapsed as usize) * 10 + 2 * (cfg.page_bytes + 400);
+    assert!(sent <= allowed, "{sent} bytes in {elapsed} ms (allowed {allowed})");
+}

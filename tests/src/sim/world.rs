@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, MessageStatus};
 use protocol::rng::Rng;
 use protocol::server::{ConnId, Conversation, ServerConfig, ServerInput, ServerOutput};
-use protocol::{ClientFrame, Millis, ServerFrame, WriteId};
+use protocol::{limits, ClientFrame, Millis, ServerFrame, WriteId};
 
 use super::check::{self, AppView};
 use super::disk::{ClientDisk, ServerDisk};
@@ -133,6 +133,9 @@ impl World {
         scfg.max_retries = *pick(&mut rng, &[2, 6]) as u32;
         scfg.cache = *pick(&mut rng, &[0, 8, 512]) as usize;
         scfg.page_bytes = *pick(&mut rng, &[300, 2_000, 256 * 1024]) as usize;
+        scfg.answer_budget = *pick(&mut rng, &[1_000, 20_000, limits::ANSWER_BUDGET as u64]) as usize;
+        scfg.answer_rate = *pick(&mut rng, &[20_000, 1_000_000, limits::ANSWER_RATE]);
+        scfg.answer_burst = *pick(&mut rng, &[500, 20_000, limits::PAGE_BYTES as u64]);
         scfg.bugs = opts.bugs;
         let page = *pick(&mut rng, &[4, 10, 200]) as u32;
         let window = *pick(&mut rng, &[1, 4, 16]) as usize;
