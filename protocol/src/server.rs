@@ -735,13 +735,14 @@ impl Conversation {
         }
     }
 
-    /// Counts a protocol violation; too many close the connection.
+    /// Answers a message larger than a frame (`frame_too_large`, a strike).
     fn refuse_oversized(&mut self, conn: ConnId, len: usize) {
         let err = DecodeError::TooLarge { len, max: limits::MAX_FRAME_BYTES };
         self.frame(conn, ServerFrame::from_decode_error(&err));
         self.strike(conn);
     }
 
+    /// Counts a protocol violation; too many close the connection.
     fn strike(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
