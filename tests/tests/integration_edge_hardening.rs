@@ -20,6 +20,16 @@ fn stats(edge: &Edge, conversation: &str) -> serde_json::Value {
     serde_json::from_str(&body).expect("stats JSON")
 }
 
+/// The first history page of "room", as JSON text.
+fn history_of_room(edge: &Edge) -> String {
+    let auth = format!("Bearer {}", token_for("room", "ann", "ann-1"));
+    let (status, body) = edge
+        .http("GET", "/v1/conversations/room/messages?after=0", &[("Authorization", &auth)], "")
+        .expect("history");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// Sends one message and waits for its `sent`; the latency.
 fn timed_send(d: &mut Device, id: &str) -> Duration {
     let start = Instant::now();
@@ -223,16 +233,7 @@ fn a_token_never_acts_for_another_users_device() {
     ann.pump_for(Duration::from_millis(500));
     let vic_through = ann.cursors.values().filter(|c| c.user == "vic").map(|c| c.through).max();
     assert_eq!(vic_through, Some(1), "vic stored only through 1: {:?}", ann.cursors);
-    let history = edge
-        .http(
-            "GET",
-            "/v1/conversations/room/messages?after=0",
-            &[("Authorization", &format!("Bearer {}", token_for("room", "ann", "ann-1")))],
-            "",
-        )
-        .expect("history")
-        .1;
-    let page: serde_json::Value = serde_json::from_str(&history).expect("JSON");
+    let page: serde_json::Value = serde_json::from_str(&history_of_room(&edge)).expect("JSON");
     assert_eq!(page["messages"][0]["user"], "vic");
     assert_eq!(page["messages"][0]["body"], "vic's own words");
     assert_eq!(page["messages"][2]["user"], "mallory");
@@ -385,15 +386,7 @@ fn frames_text_and_acks_are_checked_as_documented() {
     raw.send(&ClientFrame::Hello { after: Some(0), chain: None });
     raw.send_raw_text_frame(b"{\"v\":1,\"type\":\"send\",\"id\":\"u\",\"body\":\"\xff\xfe\"}".to_vec());
     assert_eq!(raw.expect_close(|_| {}), close::INVALID_PAYLOAD);
-    let page = edge
-        .http(
-            "GET",
-            "/v1/conversations/room/messages?after=0",
-            &[("Authorization", &format!("Bearer {}", token_for("room", "ann", "ann-1")))],
-            "",
-        )
-        .expect("history")
-        .1;
+    let page = history_of_room(&edge);
     assert!(!page.contains("\"u\""), "nothing of the invalid frame was stored: {page}");
 }
 
