@@ -52,6 +52,7 @@ fn run_seeds(default_count: u64) {
         }
         panic!("{v}");
     }
+    assert_eq!(batch.passed, count, "every seed must run and pass");
 }
 
 #[test]

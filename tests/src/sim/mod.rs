@@ -302,11 +302,23 @@ pub fn run_many(seeds: Vec<u64>, threads: usize, bugs: Bugs) -> Batch {
             std::thread::spawn(move || loop {
                 let next = seeds.lock().ok().and_then(|mut s| s.next());
                 let Some(seed) = next else { break };
-                let result = run(Options {
-                    seed,
-                    trace: false,
-                    bugs,
-                    mix: None,
+                // A panic in a machine is a failure of its seed, never a
+                // silently lost run.
+                let result = std::panic::catch_unwind(|| {
+                    run(Options {
+                        seed,
+                        trace: false,
+                        bugs,
+                        mix: None,
+                    })
+                })
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "a panic without a message".to_owned());
+                    Err(Violation { seed, at: 0, what: format!("panicked: {what}"), trace: Vec::new() })
                 });
                 let Ok(mut t) = total.lock() else { break };
                 match result {
@@ -329,7 +341,12 @@ pub fn run_many(seeds: Vec<u64>, threads: usize, bugs: Bugs) -> Batch {
         })
         .collect();
     for h in handles {
-        let _ = h.join();
+        // Runs catch their own panics; a thread can only die outside them.
+        if h.join().is_err() {
+            if let Ok(mut t) = total.lock() {
+                t.failures.push(Violation { seed: 0, at: 0, what: "a simulator thread died".into(), trace: Vec::new() });
+            }
+        }
     }
     let out = total.lock().map(|t| t.clone()).unwrap_or_default();
     out
