@@ -394,14 +394,14 @@ fn frames_text_and_acks_are_checked_as_documented() {
 #[test]
 fn a_socket_is_closed_when_its_token_expires() {
     let edge = Edge::start(&fresh_storage("token-expiry"));
-    // Expired 57 s ago: still inside the 60 s leeway, so it expires in ~3 s.
+    // Expired 52 s ago: still inside the 60 s leeway, so it runs out in ~8 s.
     let token = mint(
-        &Claims { sub: "ann", device: "ann-1", exp: unix_now() - 57, conversations: vec!["room"] },
+        &Claims { sub: "ann", device: "ann-1", exp: unix_now() - 52, conversations: vec!["room"] },
         TEST_SECRET,
     );
     let mut ws = edge.connect_with_token("room", &token).expect("accepted within the leeway");
     ws.send(&ClientFrame::Hello { after: Some(0), chain: None });
     let start = Instant::now();
     assert_eq!(ws.expect_close(|_| {}), close::TOKEN_EXPIRED);
-    assert!(start.elapsed() < Duration::from_secs(10), "closed after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(20), "closed after {:?}", start.elapsed());
 }
