@@ -1560,14 +1560,18 @@ impl Conversation {
         let mut bytes = 0;
         'gaps: for [lo, hi] in gaps {
             for m in self.load(lo, hi, store) {
-                if !msgs.is_empty() && bytes + encoded_len(&m) > self.cfg.page_bytes {
+                let len = encoded_len(&m);
+                if !msgs.is_empty() && bytes + len > self.cfg.page_bytes {
                     break 'gaps;
                 }
-                bytes += encoded_len(&m);
+                bytes += len;
                 msgs.push(m);
             }
         }
-        self.push_frames(conn, msgs);
+        // Already one frame's worth: no need to split it again.
+        if !msgs.is_empty() {
+            self.frame(conn, ServerFrame::Push { messages: msgs });
+        }
         let wait = backoff(self.cfg.rto_initial, self.cfg.rto_max, retries);
         let jitter = self.rng.range(0, wait / 5);
         if let Some(c) = self.conns.get_mut(&conn) {

@@ -269,6 +269,14 @@ impl Edge {
         Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
     }
 
+    /// Asks the dev token endpoint for a token of `user` on `device` for
+    /// `conversations`; the HTTP status and body.
+    pub fn dev_token(&self, user: &str, device: &str, conversations: &[&str]) -> (u16, String) {
+        let body = serde_json::json!({ "user": user, "device": device, "conversations": conversations });
+        self.http("POST", "/v1/dev/token", &[("Content-Type", "application/json")], &body.to_string())
+            .expect("HTTP")
+    }
+
     /// Opens a WebSocket to a conversation as `user` on `device`, with a valid token.
     pub fn connect(&self, conversation: &str, user: &str, device: &str) -> Ws {
         self.connect_with_token(conversation, &token_for(conversation, user, device))
@@ -352,11 +360,6 @@ impl Ws {
     /// server sees a client that never proves it read its answers.
     pub fn echo_tickets(&mut self, on: bool) {
         self.echo_tickets = on;
-    }
-
-    /// The ticket of the newest answer decoded so far.
-    pub fn read_ticket(&self) -> Option<Ticket> {
-        self.read_ticket
     }
 
     /// Bytes of text frames decoded so far.

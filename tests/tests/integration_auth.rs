@@ -64,14 +64,7 @@ fn routes_answer_json_errors() {
     assert_eq!(status, 400, "{body}");
 
     // The dev token endpoint (enabled for tests) mints tokens the edge accepts.
-    let (status, body) = edge
-        .http(
-            "POST",
-            "/v1/dev/token",
-            &[("Content-Type", "application/json")],
-            r#"{"user":"ann","device":"ann-web","conversations":["room"]}"#,
-        )
-        .unwrap();
+    let (status, body) = edge.dev_token("ann", "ann-web", &["room"]);
     assert_eq!(status, 200, "{body}");
     let token: serde_json::Value = serde_json::from_str(&body).unwrap();
     let token = token["token"].as_str().unwrap();

@@ -228,14 +228,7 @@ fn a_short_secret_is_a_server_misconfiguration() {
         let body = assert_refused(&edge, &token, 500, "server_misconfigured", "short secret");
         assert!(body.contains("at least 32 bytes"), "{body}");
     }
-    let (status, body) = edge
-        .http(
-            "POST",
-            "/v1/dev/token",
-            &[("Content-Type", "application/json")],
-            r#"{"user":"ann","device":"ann-web","conversations":["room"]}"#,
-        )
-        .expect("HTTP");
+    let (status, body) = edge.dev_token("ann", "ann-web", &["room"]);
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("server_misconfigured"), "{body}");
     // The edge says why in its log, as one JSON line.

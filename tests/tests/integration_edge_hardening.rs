@@ -30,6 +30,18 @@ fn history_of_room(edge: &Edge) -> String {
     body
 }
 
+/// 300 messages of 16 KiB from ann in "room", and bob, a bystander who joined
+/// after them.
+fn room_with_history(edge: &Edge) -> (Device, Device) {
+    let mut ann = Device::join(edge, "room", "ann", "ann-1", Some(0));
+    let body = "x".repeat(limits::MAX_BODY_BYTES);
+    let history: Vec<(String, String)> = (0..300).map(|i| (format!("h{i}"), body.clone())).collect();
+    ann.send_windowed(&history, 32, LONG);
+    let mut bob = Device::join(edge, "room", "bob", "bob-1", None);
+    bob.pump_for(Duration::from_millis(300));
+    (ann, bob)
+}
+
 /// Sends one message and waits for its `sent`; the latency.
 fn timed_send(d: &mut Device, id: &str) -> Duration {
     let start = Instant::now();
@@ -48,12 +60,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn a_sync_burst_neither_delays_a_bystander_nor_grows_without_bound() {
     let edge = Edge::start_with_vars(&fresh_storage("sync-burst"), &[("ACKLINE_STALL_TIMEOUT_MS", "3000")]);
-    let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
-    let body = "x".repeat(limits::MAX_BODY_BYTES);
-    let history: Vec<(String, String)> = (0..300).map(|i| (format!("h{i}"), body.clone())).collect();
-    ann.send_windowed(&history, 32, LONG);
-    let mut bob = Device::join(&edge, "room", "bob", "bob-1", None);
-    bob.pump_for(Duration::from_millis(300));
+    let (_ann, mut bob) = room_with_history(&edge);
     let quiet: Vec<Duration> = (0..20).map(|i| timed_send(&mut bob, &format!("q{i}"))).collect();
 
     let rss_before = edge.workerd_rss_kib();
@@ -123,12 +130,7 @@ fn a_sync_burst_neither_delays_a_bystander_nor_grows_without_bound() {
 #[test]
 fn a_greedy_reader_does_not_delay_a_bystander() {
     let edge = Edge::start(&fresh_storage("greedy-reader"));
-    let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
-    let body = "x".repeat(limits::MAX_BODY_BYTES);
-    let history: Vec<(String, String)> = (0..300).map(|i| (format!("h{i}"), body.clone())).collect();
-    ann.send_windowed(&history, 32, LONG);
-    let mut bob = Device::join(&edge, "room", "bob", "bob-1", None);
-    bob.pump_for(Duration::from_millis(300));
+    let (_ann, mut bob) = room_with_history(&edge);
     let mut carol = edge.connect("room", "carol", "carol-1");
     carol.send(&ClientFrame::Hello { after: Some(0), chain: None });
     let sync = ClientFrame::Sync { after: Some(0), before: None, limit: limits::MAX_PAGE };
