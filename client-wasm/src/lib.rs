@@ -64,7 +64,9 @@ export interface Message {
   status?: "sent" | "delivered";
 }
 
-/** An own message accepted locally and queued in the outbox. */
+/** An own message queued in the outbox. The `pending` event fires only after the
+ *  IndexedDB transaction holding it committed: from then on it survives a reload
+ *  or a crashed tab. */
 export interface PendingMessage {
   conversation: string;
   id: string;
@@ -333,17 +335,18 @@ pub struct Conversation {
 
 #[wasm_bindgen]
 impl Conversation {
-    /// Sends `body`. The message is in the outbox (and announced with a
-    /// `pending` event) at once; the promise resolves with `{ id, seq, at }` once
-    /// the server stored it, and rejects with an Error with a `code` if the body
-    /// is too large or the server refuses it.
+    /// Sends `body`. The message goes to the IndexedDB outbox; once that
+    /// transaction committed (the message now survives a reload or a crash) it
+    /// is announced with a `pending` event. The promise resolves with
+    /// `{ id, seq, at }` once the server stored it, and rejects with an Error
+    /// with a `code` if the body is too large or the server refuses it.
     #[wasm_bindgen(unchecked_return_type = "Promise<SendResult>")]
     pub fn send(&self, body: String) -> Promise {
         self.session.send(body)
     }
 
     /// Listens to `message` (each stored message once, in seq order, own ones
-    /// included), `pending` (an own message entered the outbox) and `update`
+    /// included), `pending` (an own message is durably in the outbox) and `update`
     /// (an own message became sent, delivered or failed).
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: String, listener: Function) {

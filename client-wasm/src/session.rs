@@ -229,6 +229,18 @@ struct Inner {
     reconnect_wanted: bool,
     /// Outbox entries without a seq when the page loaded.
     initial_pending: Vec<protocol::OutboxEntry>,
+    /// Messages given to `send` whose outbox write is not durable yet: their
+    /// `pending` event waits for the core's `Status { Pending }`, which follows
+    /// the IndexedDB transaction's `complete` (so `pending` means "survives a
+    /// reload or a crash", not merely "accepted").
+    not_yet_durable: HashMap<String, QueuedMessage>,
+}
+
+/// What the `pending` event of a sent message carries, kept until its outbox
+/// write is durable.
+struct QueuedMessage {
+    body: String,
+    created: Millis,
 }
 
 /// A conversation session; cheap to clone (shared state).
@@ -274,6 +286,7 @@ impl Session {
                 events: Vec::new(),
                 reconnect_wanted: false,
                 initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
+                not_yet_durable: HashMap::new(),
             })),
             listeners: Rc::new(Listeners::default()),
             client_listeners,
@@ -318,14 +331,14 @@ impl Session {
                 reject_now = Some((reject, js_error("closed", "the client was closed")));
                 return;
             }
-            match inner.core.send(now(), body.clone()) {
+            // The core stamps the outbox entry with this time; the `pending`
+            // event reports the same one.
+            let created = now();
+            match inner.core.send(created, body.clone()) {
                 Ok(id) => {
-                    let conv = inner.cfg.conversation.clone();
-                    let created = now();
-                    inner.events.push(AppEvent::Conversation(
-                        "pending",
-                        to_js(&PendingEvent { conversation: &conv, id: &id, body: &body, created }),
-                    ));
+                    // No `pending` event yet: it fires once the outbox write
+                    // committed (see `on_status`).
+                    inner.not_yet_durable.insert(id.clone(), QueuedMessage { body: body.clone(), created });
                     inner.sends.insert(id, (resolve, reject));
                 }
                 Err(e) => reject_now = Some((reject, client_error_js(&e))),
@@ -404,6 +417,7 @@ impl Session {
         inner.core_timer = None;
         inner.heartbeat_timer = None;
         let err = js_error("closed", "the client was closed");
+        inner.not_yet_durable.clear();
         let sends: Vec<_> = inner.sends.drain().map(|(_, (_, reject))| reject).collect();
         let waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
         drop(inner);
@@ -740,6 +754,16 @@ impl Inner {
 
     fn on_status(&mut self, id: &str, status: MessageStatus) {
         let conv = self.cfg.conversation.clone();
+        if status == MessageStatus::Pending {
+            // The core reports Pending only after `Durable` covering the outbox
+            // write, which the writer feeds after the transaction's `complete`.
+            if let Some(queued) = self.not_yet_durable.remove(id) {
+                self.events.push(AppEvent::Conversation(
+                    "pending",
+                    to_js(&PendingEvent { conversation: &conv, id, body: &queued.body, created: queued.created }),
+                ));
+            }
+        }
         let (name, seq, at, code) = match &status {
             MessageStatus::Pending => ("pending", None, None, None),
             MessageStatus::Sent { seq, at } => ("sent", Some(*seq), Some(*at), None),
