@@ -21,6 +21,19 @@ pub struct Bugs {
     pub server_ack_before_persist: bool,
     /// Server: skip the (device, client id) idempotency lookup.
     pub server_no_dedup: bool,
+    /// Server: store a `send` even when the message it comes `after` is not
+    /// stored yet (one device's messages may then be stored out of order).
+    pub server_ignore_send_order: bool,
+    /// Server: never retransmit unacknowledged pushes.
+    pub server_never_resends: bool,
+    /// Server: let a device's cursor move backwards on a lower ack.
+    pub server_cursor_backwards: bool,
+    /// Client: report `delivered` as soon as the server confirms `sent`.
+    pub client_delivered_on_sent: bool,
+    /// Client: take messages without checking that they extend the chain.
+    pub client_skip_chain_check: bool,
+    /// Client: show messages to the app as they arrive, before they are durable.
+    pub client_surface_before_durable: bool,
 }
 
 impl Bugs {

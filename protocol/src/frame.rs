@@ -95,6 +95,13 @@ pub enum ClientFrame {
         id: String,
         /// Message text.
         body: String,
+        /// The id of this device's previous message that the client had not
+        /// yet seen confirmed when it sent this one. The server stores this
+        /// message only after that one (else `out_of_order`), so one device's
+        /// messages get seqs in `send()` order. Absent: no earlier message is
+        /// unconfirmed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
     },
     /// Cumulative ack: the device has durably stored everything from where it
     /// started (seq 1, or the first message of its first page) through `seq`.
@@ -132,6 +139,10 @@ pub enum ClientFrame {
     },
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Frames the server sends to a connected device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -152,6 +163,12 @@ pub enum ServerFrame {
         /// user's devices, plus the receiving device's own (at most
         /// [`limits::MAX_CURSORS`], however many devices ever joined).
         cursors: Vec<Cursor>,
+        /// How many users are members (the receiver's own included). A
+        /// client counts a message delivered only once it knows a cursor of
+        /// that many users, so a `delivered` lost on the way cannot make it
+        /// overlook a member. 0 (absent): unknown.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        members: u32,
         /// Server clock.
         now: Millis,
         /// The connection's frame budget; absent from servers that predate it
@@ -200,6 +217,9 @@ pub enum ServerFrame {
         /// Updated cursors: per user whose devices moved, that user's
         /// furthest; plus the receiving device's own when it moved.
         cursors: Vec<Cursor>,
+        /// How many users are members, as in `welcome`.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        members: u32,
     },
     /// Something was wrong with a frame; the connection stays open unless closed
     /// separately.
@@ -246,6 +266,9 @@ pub enum ErrorCode {
     NotReady,
     /// The server could not complete the request; retry later.
     Internal,
+    /// A `send` named in `after` a message of the same device that the server
+    /// has not stored yet: send that one first (transient).
+    OutOfOrder,
 }
 
 impl ErrorCode {
@@ -263,6 +286,7 @@ impl ErrorCode {
             ErrorCode::TooManyMembers => "too_many_members",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::Internal => "internal",
+            ErrorCode::OutOfOrder => "out_of_order",
         }
     }
 }
@@ -426,8 +450,11 @@ impl ClientFrame {
     fn validate(&self) -> Result<(), DecodeError> {
         match self {
             ClientFrame::Hello { after, .. } => check_seq("hello", "after", after.unwrap_or(0)),
-            ClientFrame::Send { id, body } => {
+            ClientFrame::Send { id, body, after } => {
                 validate_id(id).map_err(|r| invalid("send", r))?;
+                if let Some(after) = after {
+                    validate_id(after).map_err(|r| invalid("send", format!("after: {r}")))?;
+                }
                 if body.len() > limits::MAX_BODY_BYTES {
                     return Err(DecodeError::BodyTooLarge {
                         len: body.len(),
@@ -565,6 +592,7 @@ mod tests {
         let f = ClientFrame::Send {
             id: "01J0ABC".into(),
             body: "hi".into(),
+            after: None,
         };
         let text = f.encode();
         assert_eq!(text, r#"{"v":1,"type":"send","id":"01J0ABC","body":"hi"}"#);

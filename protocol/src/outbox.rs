@@ -19,8 +19,15 @@ pub(crate) struct Outgoing {
     pub retry_at: Option<Millis>,
 }
 
-/// A `send` to transmit: client message id and body.
-pub(crate) type Transmission = (String, String);
+/// A `send` to transmit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Transmission {
+    pub id: String,
+    pub body: String,
+    /// The nearest earlier entry not yet confirmed: the server stores this
+    /// one only after it (per-device `send()` order).
+    pub after: Option<String>,
+}
 
 /// Every invariant between the maps is kept by the methods below:
 /// - `ids` maps each entry's id to its order (creation rank);
@@ -148,13 +155,33 @@ impl Outbox {
     }
 
     /// Pushes back the retransmission of an entry in flight to
-    /// `deadline(transmits)` (entries not in flight are left alone).
+    /// `deadline(transmits)`, and of every later entry in flight to at least
+    /// that (go-back-N: the server refuses later ones until this one is
+    /// stored, so they would only be refused again). Entries not in flight
+    /// are left alone.
     pub fn retry_later(&mut self, order: u64, deadline: impl FnOnce(u32) -> Millis) {
-        if self.in_flight.contains(&order) {
-            if let Some(o) = self.entries.get_mut(&order) {
-                o.retry_at = Some(deadline(o.transmits));
+        if !self.in_flight.contains(&order) {
+            return;
+        }
+        let Some(o) = self.entries.get_mut(&order) else {
+            return;
+        };
+        let at = deadline(o.transmits);
+        o.retry_at = Some(at);
+        let later: Vec<u64> = self.in_flight.range(order + 1..).copied().collect();
+        for k in later {
+            if let Some(o) = self.entries.get_mut(&k) {
+                o.retry_at = Some(o.retry_at.map_or(at, |r| r.max(at)));
             }
         }
+    }
+
+    /// The nearest entry before `order` that the server has not confirmed.
+    fn unconfirmed_before(&self, order: u64) -> Option<&str> {
+        let in_flight = self.in_flight.range(..order).next_back();
+        let ready = self.ready.range(..order).next_back();
+        let k = in_flight.max(ready)?;
+        self.entries.get(k).map(|o| o.entry.id.as_str())
     }
 
     /// The connection is gone: nothing is in flight any more.
@@ -203,6 +230,7 @@ impl Outbox {
         due.truncate(budget);
         let mut frames = Vec::with_capacity(due.len());
         for order in due {
+            let after = self.unconfirmed_before(order).map(str::to_owned);
             let Some(o) = self.entries.get_mut(&order) else {
                 continue;
             };
@@ -211,7 +239,11 @@ impl Outbox {
             o.retry_at = Some(now.saturating_add(wait));
             self.ready.remove(&order);
             self.in_flight.insert(order);
-            frames.push((o.entry.id.clone(), o.entry.body.clone()));
+            frames.push(Transmission {
+                id: o.entry.id.clone(),
+                body: o.entry.body.clone(),
+                after,
+            });
         }
         frames
     }
@@ -241,13 +273,13 @@ mod tests {
         for id in ["b", "a", "c"] {
             assert!(o.mark_durable(id));
         }
-        let ids: Vec<String> = o.due(0, 2, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(0, 2, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert!(o.due(50, 2, usize::MAX, |_| 100).is_empty(), "window full, no deadline passed");
         // a confirmed: c may go; b's deadline passed: it goes again.
         let a = o.order_of("a").unwrap();
         assert_eq!(o.confirm(a, 1, 7).map(|e| e.seq), Some(Some(1)));
-        let ids: Vec<String> = o.due(100, 2, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(100, 2, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(o.next_retry(), Some(200));
     }
@@ -258,12 +290,12 @@ mod tests {
         for id in ["a", "b", "c"] {
             o.insert(entry(id), true);
         }
-        let ids: Vec<String> = o.due(0, 8, 2, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(0, 8, 2, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert!(o.any_ready());
         assert_eq!(o.in_flight_len(), 2);
         // a's and b's retries are due and c is ready: a budget of one goes to the oldest.
-        let ids: Vec<String> = o.due(100, 8, 1, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(100, 8, 1, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["a"]);
     }
 
@@ -276,7 +308,7 @@ mod tests {
         o.reset_connection();
         assert!(!o.any_in_flight());
         assert_eq!(o.next_retry(), None);
-        let ids: Vec<String> = o.due(1, 8, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(1, 8, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["a", "b"]);
     }
 
@@ -312,7 +344,7 @@ mod tests {
         o.insert(entry("y"), true);
         assert_eq!(o.len(), 2);
         assert!(o.any_awaiting_delivery());
-        let ids: Vec<String> = o.due(0, 8, usize::MAX, |_| 100).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = o.due(0, 8, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["y"], "a confirmed entry is never sent again");
     }
 }

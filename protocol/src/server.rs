@@ -390,6 +390,11 @@ enum Request {
     After { from: Seq, upper: Seq, limit: u32, pages_left: usize },
     /// One page just below `before`.
     Before { before: Seq, limit: u32 },
+    /// A fresh device's start: the latest page if it reaches down to `floor`
+    /// (what its user's devices stored through), else forward pages from
+    /// `floor`, so that its acks never vouch for messages no device of its
+    /// user stored.
+    Fresh { floor: Seq, head: Seq },
 }
 
 /// An answer sent and not yet confirmed by its ticket.
@@ -786,14 +791,26 @@ impl Conversation {
                 });
                 return;
             }
-            self.devices.insert(key.clone(), Device { through: 0, persisted: 0 });
+            // A new member's first device starts its user's cursor at the
+            // head: what was stored before the user joined counts as
+            // delivered to it. Another device of a member starts at 0 and
+            // never vouches for what it did not store (see `fresh_request`).
+            let joined_at = if is_member { 0 } else { self.durable_head };
+            self.devices.insert(key.clone(), Device { through: joined_at, persisted: 0 });
         }
         if resumed.is_none() {
             // Creates the record of a new device (announced like a cursor, so
             // members learn of a new member), and refreshes the retention clock.
             let (user, device) = key.clone();
+            let joined_at = self.devices.get(&key).map_or(0, |d| d.through);
             let effect = if is_new { Effect::Cursor { key: key.clone(), through: 0 } } else { Effect::None };
-            self.persist(ServerWrite::Seen { user, device, at: now }, effect);
+            self.persist(ServerWrite::Seen { user: user.clone(), device: device.clone(), at: now }, effect);
+            if is_new && joined_at > 0 {
+                self.persist(
+                    ServerWrite::Cursor(Cursor { user, device, through: joined_at }),
+                    Effect::Cursor { key: key.clone(), through: joined_at },
+                );
+            }
         }
         let through = self.devices.get(&key).map_or(0, |d| d.through);
         let memo = resumed.clone().unwrap_or_default();
@@ -909,7 +926,7 @@ impl Conversation {
         }
         match frame {
             ClientFrame::Hello { after, .. } => self.request(conn, Request::Hello { after }),
-            ClientFrame::Send { id, body } => self.on_send(now, conn, id, body, store),
+            ClientFrame::Send { id, body, after } => self.on_send(now, conn, id, body, after, store),
             ClientFrame::Ack { seq, ranges } => self.on_ack(now, conn, seq, &ranges, store),
             ClientFrame::Sync {
                 after,
@@ -1020,7 +1037,40 @@ impl Conversation {
                 let page = self.page_before(before, limit, store);
                 self.answer_page(now, conn, page, false);
             }
+            Request::Fresh { floor, head } => {
+                let page = self.page_before(head + 1, self.cfg.fresh_page, store);
+                let chains = match &page {
+                    Ok(p) => p.messages.first().is_none_or(|m| m.seq <= floor + 1),
+                    Err(_) => true, // answered as an `internal` error
+                };
+                if chains {
+                    self.answer_page(now, conn, page, false);
+                } else if let Some(c) = self.conns.get_mut(&conn) {
+                    // One page: the device adopts the first batch it gets as
+                    // its start, so nothing may stream behind it (a later
+                    // page overtaking it would become the start). The device
+                    // gap-fills the rest as usual.
+                    c.request.get_or_insert(Request::After {
+                        from: floor,
+                        upper: head + 1,
+                        limit: limits::MAX_PAGE,
+                        pages_left: 1,
+                    });
+                    self.answer_once(now, conn, store);
+                }
+            }
         }
+    }
+
+    /// How far some device of `user` stored everything (from where the user
+    /// joined): the furthest cursor of its devices.
+    fn user_floor(&self, user: &str) -> Seq {
+        self.devices
+            .iter()
+            .filter(|((u, _), _)| u == user)
+            .map(|(_, d)| d.through)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Per member user (all, or only `users`), the furthest of that user's
@@ -1073,6 +1123,7 @@ impl Conversation {
                 .iter()
                 .map(|c| c.user.len() + c.device.len() + 48)
                 .sum::<usize>();
+        let floor = self.user_floor(&key.0);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1090,10 +1141,7 @@ impl Conversation {
                 pages_left: limits::STREAM_PAGES,
             }),
             Some(_) => None,
-            None => Some(Request::Before {
-                before: head + 1,
-                limit: self.cfg.fresh_page,
-            }),
+            None => Some(Request::Fresh { floor, head }),
         };
         self.touched.insert(conn);
         let (user, device) = key;
@@ -1107,6 +1155,7 @@ impl Conversation {
                 head,
                 chain: self.durable_chain,
                 cursors,
+                members: u32::try_from(self.member_count()).unwrap_or(u32::MAX),
                 now,
                 rate: Some(RateLimit {
                     per_sec: self.cfg.rate_per_sec,
@@ -1219,7 +1268,15 @@ impl Conversation {
         }
     }
 
-    fn on_send(&mut self, now: Millis, conn: ConnId, id: String, body: String, store: &dyn ConversationStore) {
+    fn on_send(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        id: String,
+        body: String,
+        after: Option<String>,
+        store: &dyn ConversationStore,
+    ) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -1240,6 +1297,25 @@ impl Conversation {
                 }
                 Ok(Some(_)) => return,
                 Ok(None) => {}
+            }
+        }
+        if let Some(prev) = after.filter(|_| !Bugs::on(self.cfg.bugs.server_ignore_send_order)) {
+            // One device's messages are stored in its `send()` order: this one
+            // waits until the one before it is stored (accepted is enough:
+            // its seq is taken).
+            let prev_key = (user.clone(), device.clone(), prev);
+            let stored = self.unconfirmed.contains_key(&prev_key)
+                || match store.find(&user, &device, &prev_key.2) {
+                    Ok(found) => found.is_some(),
+                    Err(e) => {
+                        self.error(conn, ErrorCode::Internal, e.to_string(), Some(id));
+                        return;
+                    }
+                };
+            if !stored {
+                let message = format!("send {} first: it comes before this message", prev_key.2);
+                self.error(conn, ErrorCode::OutOfOrder, message, Some(id));
+                return;
             }
         }
         let waiting = self
@@ -1295,6 +1371,13 @@ impl Conversation {
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
+        if Bugs::on(self.cfg.bugs.server_cursor_backwards) && seq > 0 && seq < d.through {
+            // The mistake: the cursor is the latest ack, not the furthest.
+            d.through = seq;
+            d.persisted = seq;
+            self.dirty.insert(key.clone());
+            self.delivered_due.get_or_insert(now);
+        }
         if seq > d.through {
             d.through = seq;
             let (user, device) = key.clone();
@@ -1315,7 +1398,8 @@ impl Conversation {
                 device,
                 through: d.persisted,
             };
-            self.frame(conn, ServerFrame::Delivered { cursors: vec![cursor] });
+            let members = u32::try_from(self.member_count()).unwrap_or(u32::MAX);
+            self.frame(conn, ServerFrame::Delivered { cursors: vec![cursor], members });
         }
         let floor = self.conns.get(&conn).map_or(0, |c| self.floor(c));
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1523,8 +1607,9 @@ impl Conversation {
             let cursors = if dirty.contains(&key) { self.with_own(shared.clone(), &key) } else { shared.clone() };
             frames.push((conn, cursors));
         }
+        let members = u32::try_from(self.member_count()).unwrap_or(u32::MAX);
         for (conn, cursors) in frames {
-            self.frame(conn, ServerFrame::Delivered { cursors });
+            self.frame(conn, ServerFrame::Delivered { cursors, members });
         }
     }
 
@@ -1534,7 +1619,7 @@ impl Conversation {
         };
         let floor = self.floor(c);
         let top = c.next_push.saturating_sub(1);
-        if top <= floor {
+        if top <= floor || Bugs::on(self.cfg.bugs.server_never_resends) {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.resend_at = None;
             }

@@ -25,7 +25,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
         (proptest::option::of(seq()), proptest::option::of(chain()))
             .prop_map(|(after, chain)| ClientFrame::Hello { after, chain }),
-        (id(), body()).prop_map(|(id, body)| ClientFrame::Send { id, body }),
+        (id(), body()).prop_map(|(id, body)| ClientFrame::Send { id, body, after: None }),
         (0u64..1000, proptest::collection::vec((1u64..50, 0u64..50), 0..5)).prop_map(|(seq, rs)| {
             // Ranges strictly above `seq`, ascending.
             let mut lo = seq + 1;
@@ -85,6 +85,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 head,
                 chain,
                 cursors,
+                members: 0,
                 now,
                 rate,
                 ticket: None,
@@ -93,7 +94,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         proptest::collection::vec(message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
         (proptest::collection::vec(message(), 0..4), seq(), any::<bool>())
             .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false, ticket: None }),
-        proptest::collection::vec(cursor(), 0..4).prop_map(|cursors| ServerFrame::Delivered { cursors }),
+        proptest::collection::vec(cursor(), 0..4).prop_map(|cursors| ServerFrame::Delivered { cursors, members: 0 }),
         (".{0,20}", proptest::option::of(id())).prop_map(|(message, id)| ServerFrame::Error {
             code: ErrorCode::WindowFull,
             message,
@@ -210,6 +211,7 @@ mod machines_never_panic {
                 head,
                 chain,
                 cursors: vec![],
+                members: 0,
                 now: 0,
                 rate: None,
                 ticket: None,

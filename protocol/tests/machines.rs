@@ -149,7 +149,7 @@ fn hello(after: Option<u64>) -> ClientFrame {
 }
 
 fn send(id: &str, body: &str) -> ClientFrame {
-    ClientFrame::Send { id: id.into(), body: body.into() }
+    ClientFrame::Send { id: id.into(), body: body.into(), after: None }
 }
 
 fn sent_seqs(frames: &[(ConnId, ServerFrame)]) -> Vec<(String, u64)> {
@@ -494,7 +494,7 @@ fn server_coalesces_delivered_notices_and_confirms_repeated_acks() {
     s.send(due, 2, ClientFrame::Ack { seq: 3, ranges: vec![] });
     let f = s.take();
     assert_eq!(f.len(), 1);
-    assert!(matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors }) if cursors[0].through == 3));
+    assert!(matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors, .. }) if cursors[0].through == 3));
 }
 
 // ---------------------------------------------------------------- client
@@ -583,6 +583,7 @@ fn welcome(head: u64, chain: ChainHash, cursors: Vec<Cursor>) -> ServerFrame {
         head,
         chain,
         cursors,
+        members: 0,
         now: T0,
         rate: None,
         ticket: None,
@@ -651,7 +652,7 @@ fn client_outbox_is_durable_before_the_first_transmit_and_resends_with_backoff()
     assert!(d.take_sent().is_empty(), "not transmitted before the outbox write is durable");
     d.durable(T0 + 1);
     assert_eq!(d.statuses, vec![(id.clone(), MessageStatus::Pending)]);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Send { id: id.clone(), body: "hello".into() }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Send { id: id.clone(), body: "hello".into(), after: None }]);
     let r1 = d.c.poll_timeout().unwrap();
     d.input(r1, ClientInput::Timeout);
     assert_eq!(d.take_sent().len(), 1, "resent with the same id");
@@ -664,9 +665,9 @@ fn client_outbox_is_durable_before_the_first_transmit_and_resends_with_backoff()
         Cursor { user: "bob".into(), device: "b1".into(), through: 7 },
         Cursor { user: "cat".into(), device: "c1".into(), through: 6 },
         Cursor { user: "cat".into(), device: "c2".into(), through: 3 },
-    ] });
+    ], members: 0 });
     assert!(!matches!(d.statuses.last(), Some((_, MessageStatus::Delivered { .. }))));
-    d.frame(r2, ServerFrame::Delivered { cursors: vec![Cursor { user: "cat".into(), device: "c2".into(), through: 9 }] });
+    d.frame(r2, ServerFrame::Delivered { cursors: vec![Cursor { user: "cat".into(), device: "c2".into(), through: 9 }], members: 0 });
     assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 7 })));
     assert_eq!(d.c.outbox_len(), 0);
 }
@@ -738,7 +739,7 @@ fn client_restores_its_outbox_and_resends_the_same_id_after_reload() {
     let mut d2 = Dev::new(ClientSnapshot { outbox, ..ClientSnapshot::default() });
     d2.input(T0 + 10, ClientInput::Connected);
     d2.frame(T0 + 10, welcome(0, ChainHash::GENESIS, vec![]));
-    assert!(d2.take_sent().contains(&ClientFrame::Send { id, body: "survive me".into() }));
+    assert!(d2.take_sent().contains(&ClientFrame::Send { id, body: "survive me".into(), after: None }));
 }
 
 #[test]

@@ -76,6 +76,7 @@ impl Device {
         self.ws.send(&ClientFrame::Send {
             id: id.into(),
             body: body.into(),
+            after: None,
         });
     }
 
@@ -143,7 +144,7 @@ impl Device {
                     assert_eq!(old, seq, "{}: {id} confirmed with two seqs", self.name);
                 }
             }
-            ServerFrame::Delivered { cursors } => {
+            ServerFrame::Delivered { cursors, .. } => {
                 for c in cursors {
                     self.cursors.insert((c.user.clone(), c.device.clone()), c);
                 }

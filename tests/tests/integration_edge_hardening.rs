@@ -364,7 +364,7 @@ fn frames_text_and_acks_are_checked_as_documented() {
         }
     };
     // A binary message holding a valid frame is not executed.
-    eve.ws_mut().send_binary(ClientFrame::Send { id: "bin".into(), body: "b".into() }.encode().into_bytes());
+    eve.ws_mut().send_binary(ClientFrame::Send { id: "bin".into(), body: "b".into(), after: None }.encode().into_bytes());
     assert_eq!(last_error(&mut eve), (ErrorCode::BadJson, None));
     // body_too_large names the message.
     let big = "y".repeat(limits::MAX_BODY_BYTES + 1);

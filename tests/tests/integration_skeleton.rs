@@ -9,6 +9,7 @@ fn send(id: &str, body: &str) -> ClientFrame {
     ClientFrame::Send {
         id: id.into(),
         body: body.into(),
+        after: None,
     }
 }
 

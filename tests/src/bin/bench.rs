@@ -91,7 +91,7 @@ fn run_sender(mut ws: Socket, prefix: &str, count: usize, window: usize, interva
         let due = interval.map_or(true, |i| start + i * next as u32 <= Instant::now());
         while next < count && sent_at.len() < window && due {
             let id = format!("{prefix}-{next}");
-            send(&mut ws, &ClientFrame::Send { id: id.clone(), body: format!("benchmark message {next}") });
+            send(&mut ws, &ClientFrame::Send { id: id.clone(), body: format!("benchmark message {next}"), after: None });
             sent_at.insert(id, Instant::now());
             next += 1;
             if interval.is_some() {

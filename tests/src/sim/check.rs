@@ -29,6 +29,8 @@ pub struct AppView {
     pub status: HashMap<String, MessageStatus>,
     /// Ids whose `send` was durably queued (status pending reported).
     pub queued: Vec<String>,
+    /// Every id `send()` returned, in call order.
+    pub send_order: Vec<String>,
 }
 
 /// Compares a surfaced message with the server's durable copy.

@@ -19,7 +19,10 @@ const EPOCH: Millis = 1_700_000_000_000;
 /// A run that takes more steps than this is stuck in a loop.
 const MAX_STEPS: u64 = 2_000_000;
 
-const USERS: [(&str, &str); 4] = [("ann", "ann-phone"), ("ann", "ann-laptop"), ("bob", "bob-1"), ("cat", "cat-1")];
+/// Two users with two devices each (a second device of a member must never
+/// make `delivered` claim what no device of its user stored), one with one.
+const USERS: [(&str, &str); 5] =
+    [("ann", "ann-phone"), ("ann", "ann-laptop"), ("bob", "bob-1"), ("bob", "bob-tablet"), ("cat", "cat-1")];
 
 #[derive(Debug, Clone)]
 enum Ev {
@@ -121,6 +124,11 @@ pub(super) struct World {
     last_step_at: Millis,
     same_time_steps: u64,
     failure: Option<String>,
+    /// Per user, the durable head when the server first durably recorded one
+    /// of its devices: it is a member for every later seq.
+    member_since: BTreeMap<String, u64>,
+    /// Highest cursor the server announced per (user, device).
+    announced: BTreeMap<(String, String), u64>,
 }
 
 impl World {
@@ -192,6 +200,8 @@ impl World {
             last_step_at: 0,
             same_time_steps: 0,
             failure: None,
+            member_since: BTreeMap::new(),
+            announced: BTreeMap::new(),
         };
         w.start_server();
         for dev in 0..w.devs.len() {
@@ -448,6 +458,7 @@ impl World {
                     let d = self.rng.range(0, 2);
                     self.at(d, Ev::ServerDurable { inc, through });
                 }
+                self.note_members();
                 self.schedule_server_flush();
             }
             Ev::ServerDurable { inc, through } => {
@@ -588,7 +599,10 @@ impl World {
             _ => format!("{} #{}", d.cfg.device, d.sent),
         };
         match c.send(self.now, body) {
-            Ok(id) => self.log(|| format!("dev{dev} send() -> {id}")),
+            Ok(id) => {
+                self.log(|| format!("dev{dev} send() -> {id}"));
+                self.devs[dev].view.send_order.push(id);
+            }
             Err(e) => self.fail(format!("send() refused a valid body: {e}")),
         }
         self.drain_client(dev);
@@ -660,6 +674,7 @@ impl World {
         self.log(|| "FAULT server evicted (sockets stay open)".into());
         let n = self.server.disk.pending.len();
         self.server.disk.flush(n);
+        self.note_members();
         self.server.conv = None;
         self.server.inc += 1;
         self.server.flush_scheduled = false;
@@ -693,6 +708,74 @@ impl World {
         }
         let inc = self.devs[dev].inc;
         self.at(down, Ev::ClientRestart { dev, inc });
+    }
+
+    /// Users whose first device record just became durable are members from now on.
+    fn note_members(&mut self) {
+        let durable = &self.server.disk.durable;
+        let head = durable.head();
+        for (user, _) in durable.cursors.keys() {
+            self.member_since.entry(user.clone()).or_insert(head);
+        }
+    }
+
+    /// `delivered` for `seq` is true only if every other user that was a
+    /// member when `seq` was stored has a device that durably stored it.
+    fn check_delivered(&self, dev: usize, id: &str, seq: u64) -> Result<(), String> {
+        let sender = &self.devs[dev].cfg.user;
+        for (user, since) in &self.member_since {
+            if user == sender || seq <= *since {
+                continue;
+            }
+            let stored = self
+                .devs
+                .iter()
+                .any(|d| &d.cfg.user == user && d.disk.durable.messages.contains_key(&seq));
+            if !stored {
+                return Err(format!(
+                    "{id} (seq {seq}) reported delivered, but no device of {user} (a member since seq {since}) has stored it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One device's messages are stored in the order its app called `send()`.
+    fn check_send_order(&self, dev: usize) -> Result<(), String> {
+        let d = &self.devs[dev];
+        let durable = &self.server.disk.durable;
+        let mut last: Option<(&str, u64)> = None;
+        for id in &d.view.send_order {
+            let key = (d.cfg.user.clone(), d.cfg.device.clone(), id.clone());
+            let Some(&seq) = durable.by_id.get(&key) else { continue };
+            if let Some((prev, prev_seq)) = last {
+                if seq < prev_seq {
+                    return Err(format!(
+                        "send order broken: {id} was sent after {prev} but stored at seq {seq}, before {prev_seq}"
+                    ));
+                }
+            }
+            last = Some((id, seq));
+        }
+        Ok(())
+    }
+
+    /// Announced cursors never move backwards.
+    fn check_announced(&mut self, frame: &ServerFrame) -> Result<(), String> {
+        let (ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors, .. }) = frame else {
+            return Ok(());
+        };
+        for c in cursors {
+            let e = self.announced.entry((c.user.clone(), c.device.clone())).or_insert(0);
+            if c.through < *e {
+                return Err(format!(
+                    "the cursor of {} moved backwards: announced {} after {}",
+                    c.device, c.through, *e
+                ));
+            }
+            *e = c.through;
+        }
+        Ok(())
     }
 
     /// Whether to crash the writer before its write can become durable.
@@ -777,7 +860,7 @@ impl World {
             let Some(out) = conv.poll_output() else { break };
             match out {
                 ServerOutput::Frame { conn, frame } => {
-                    if let Err(e) = self.check_server_frame(conn.0, &frame) {
+                    if let Err(e) = self.check_server_frame(conn.0, &frame).and_then(|()| self.check_announced(&frame)) {
                         self.fail(format!("server: {e}"));
                     }
                     let Some(c) = self.conns.get(&conn.0) else { continue };
@@ -835,7 +918,7 @@ impl World {
             ServerFrame::Welcome { head, .. } if *head > durable.head() => {
                 Err(format!("welcome announces head {head} beyond the durable head {}", durable.head()))
             }
-            ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors } => {
+            ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors, .. } => {
                 for c in cursors {
                     let stored = durable.cursors.get(&(c.user.clone(), c.device.clone())).map_or(0, |d| d.0.through);
                     if c.through > stored {
@@ -852,7 +935,7 @@ impl World {
                 // signals are fine.
                 use protocol::ErrorCode as E;
                 match code {
-                    E::RateLimited | E::WindowFull | E::Internal => Ok(()),
+                    E::RateLimited | E::WindowFull | E::Internal | E::OutOfOrder => Ok(()),
                     other => Err(format!("honest client got error {other:?}: {message}")),
                 }
             }
@@ -944,6 +1027,18 @@ impl World {
                             self.fail(format!("{device}: status of {id} names seq {seq}, which the server did not durably store for it"));
                         }
                     }
+                    if let MessageStatus::Delivered { seq } = status {
+                        if let Err(e) = self.check_delivered(dev, &id, seq) {
+                            let who = self.devs[dev].cfg.device.clone();
+                            self.fail(format!("{who}: {e}"));
+                        }
+                    }
+                    if let MessageStatus::Sent { .. } = status {
+                        if let Err(e) = self.check_send_order(dev) {
+                            let who = self.devs[dev].cfg.device.clone();
+                            self.fail(format!("{who}: {e}"));
+                        }
+                    }
                     self.devs[dev].view.status.insert(id, status);
                 }
                 ClientOutput::Error(e) => {
@@ -1002,6 +1097,18 @@ impl World {
                 if !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
                     problems.push(format!("{} queued {id} but it was never stored", d.cfg.device));
                 }
+            }
+        }
+        let mut last_at = 0;
+        for m in durable.messages.values() {
+            if m.at < last_at {
+                problems.push(format!("seq {} has time {} before its predecessor's {last_at}", m.seq, m.at));
+            }
+            last_at = m.at;
+        }
+        for dev in 0..self.devs.len() {
+            if let Err(e) = self.check_send_order(dev) {
+                problems.push(format!("{}: {e}", self.devs[dev].cfg.device));
             }
         }
         if let Some(p) = problems.into_iter().next() {
