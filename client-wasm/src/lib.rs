@@ -264,7 +264,9 @@ impl Ackline {
     }
 
     /// The session of conversation `id` (one per id; opened on first call):
-    /// restores its stored state and starts connecting.
+    /// restores its stored state and starts connecting. Rejects with `code`
+    /// `crypto_unavailable` without `crypto.getRandomValues` (message ids are
+    /// drawn from it), or a `store_*` code if IndexedDB fails.
     #[wasm_bindgen(unchecked_return_type = "Conversation")]
     pub async fn conversation(&self, id: String) -> Result<Conversation, JsValue> {
         if let Some(existing) = self.state.sessions.borrow().get(&id) {

@@ -28,7 +28,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use crate::errors::{js_error, to_js};
-use crate::store::{IdbStore, StoreError};
+use crate::store::IdbStore;
 
 /// Idle time after which the client pings the server.
 pub const HEARTBEAT_MS: u32 = 15_000;
@@ -259,9 +259,10 @@ impl Session {
         cfg: SessionConfig,
         store: Rc<IdbStore>,
         client_listeners: Rc<Listeners>,
-    ) -> Result<Session, StoreError> {
+    ) -> Result<Session, JsValue> {
+        // Drawn first: without a random source there is no point reading the store.
+        let seed = random_seed()?;
         let snapshot = store.load_snapshot(&cfg.conversation).await?;
-        let seed = (js_sys::Math::random() * 9007199254740991.0) as u64 ^ now();
         let core = Client::new(ClientConfig::new(&cfg.user, &cfg.device), seed, snapshot.clone());
         let session = Session {
             inner: Rc::new(RefCell::new(Inner {
@@ -810,6 +811,24 @@ impl Inner {
         });
         self.core_timer = Some((deadline, timer));
     }
+}
+
+/// 64 random bits from `crypto.getRandomValues` of the global scope (a window
+/// or a worker), for the core's seed: message ids draw 80 random bits from it,
+/// so two starts of the same device must not share one (`Math.random` and the
+/// clock could).
+fn random_seed() -> Result<u64, JsValue> {
+    let crypto = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("crypto"))
+        .ok()
+        .and_then(|c| c.dyn_into::<web_sys::Crypto>().ok())
+        .ok_or_else(|| {
+            js_error("crypto_unavailable", "crypto.getRandomValues is not available in this context (it is needed for message ids)")
+        })?;
+    let mut seed = [0u8; 8];
+    crypto
+        .get_random_values_with_u8_array(&mut seed)
+        .map_err(|e| js_error("crypto_unavailable", &format!("crypto.getRandomValues failed: {e:?}")))?;
+    Ok(u64::from_le_bytes(seed))
 }
 
 fn client_error_js(e: &ClientError) -> JsValue {

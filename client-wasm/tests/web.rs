@@ -191,3 +191,60 @@ async fn a_tab_that_dies_when_pending_fires_keeps_the_message() {
     reopened.close();
     delete_db(&db).await;
 }
+
+// ---- seeds ---------------------------------------------------------------------
+
+#[wasm_bindgen_test]
+async fn a_conversation_without_crypto_rejects_with_a_clear_code() {
+    let db = unique("no-crypto");
+    let options = js_sys::Object::new();
+    Reflect::set(&options, &"url".into(), &"http://127.0.0.1:9".into()).unwrap();
+    Reflect::set(&options, &"token".into(), &ANN_TOKEN.into()).unwrap();
+    Reflect::set(&options, &"dbName".into(), &db.as_str().into()).unwrap();
+    let client = Ackline::open(options.into()).await.expect("open client");
+    // Hide the global `crypto` (an own, configurable property of the window)
+    // for the one call, then put it back.
+    let global = js_sys::global();
+    let saved = js_sys::Object::get_own_property_descriptor(&global.clone().into(), &"crypto".into());
+    assert!(!saved.is_undefined(), "the window has its own crypto property");
+    let hidden = js_sys::Object::new();
+    Reflect::set(&hidden, &"value".into(), &JsValue::UNDEFINED).unwrap();
+    Reflect::set(&hidden, &"configurable".into(), &JsValue::TRUE).unwrap();
+    js_sys::Object::define_property(&global.clone().into(), &"crypto".into(), &hidden);
+    let result = client.conversation("seedless".into()).await;
+    js_sys::Object::define_property(&global.into(), &"crypto".into(), &saved.unchecked_into());
+    let err = result.err().expect("no conversation without crypto");
+    assert!(err.is_instance_of::<js_sys::Error>());
+    assert_eq!(field(&err, "code").as_string().as_deref(), Some("crypto_unavailable"));
+    assert!(field(&err, "message").as_string().unwrap().contains("getRandomValues"));
+    // With crypto back, the same client opens it.
+    client.conversation("seedless".into()).await.expect("conversation with crypto");
+    client.close();
+    delete_db(&db).await;
+}
+
+#[wasm_bindgen_test]
+async fn message_ids_of_two_starts_differ_in_their_random_part() {
+    // A sanity check of the seed plumbing: two starts draw different random
+    // id parts (80 bits each, so a collision means the seed is not random).
+    let (db_a, db_b) = (unique("seed-a"), unique("seed-b"));
+    let (a, conv_a) = offline_client(&db_a).await;
+    let (b, conv_b) = offline_client(&db_b).await;
+    let ids: Rc<RefCell<Vec<String>>> = Rc::default();
+    let mut keep = Vec::new();
+    for conv in [&conv_a, &conv_b] {
+        let ids = ids.clone();
+        let f = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| ids.borrow_mut().push(field(&e, "id").as_string().unwrap()));
+        conv.on("pending".into(), f.as_ref().unchecked_ref::<Function>().clone());
+        keep.push(f);
+        let _ = conv.send("x".into());
+    }
+    wait_for("both pending", || ids.borrow().len() == 2).await;
+    let ids = ids.borrow().clone();
+    // A ULID is 10 characters of time, then 16 of randomness.
+    assert_ne!(ids[0][10..], ids[1][10..], "{ids:?}");
+    a.close();
+    b.close();
+    delete_db(&db_a).await;
+    delete_db(&db_b).await;
+}
