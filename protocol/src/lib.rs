@@ -11,6 +11,8 @@
 //!   inbox watermark, acks, gap-fill, history, delivery ticks).
 //! - [`server::Conversation`]: the single writer of one conversation (seqs,
 //!   idempotent sends, pushes with per-device windows, pages, limits).
+//! - [`store`]: what a conversation's storage must do for the server (the
+//!   [`store::DurableStore`] contract) and the shared [`store::MemoryStore`].
 //!
 //! Both machines have the same shape, after quinn-proto and str0m:
 //! `new(config, seed, restored)`, `handle(now, input)`, `poll_output()` until
@@ -51,6 +53,7 @@ mod pacer;
 pub mod ranges;
 pub mod rng;
 pub mod server;
+pub mod store;
 
 pub use bugs::Bugs;
 pub use chain::ChainHash;
@@ -67,6 +70,7 @@ pub use server::{
     ConnId, ConnMemo, Conversation, ConversationStore, DeviceKey, DeviceRecord, ServerConfig, ServerInput,
     ServerOutput, ServerStats, ServerWrite, StoreError,
 };
+pub use store::{CommitError, DurableStore, MemoryStore};
 
 /// Identifies one storage write a machine asked for; ids increase by one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

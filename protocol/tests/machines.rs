@@ -4,62 +4,15 @@
 use std::collections::BTreeMap;
 
 use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus};
-use protocol::server::{
-    close, ConnId, ConnMemo, Conversation, ConversationStore, DeviceRecord, ServerConfig, ServerInput, ServerOutput, ServerWrite,
-    StoreError,
-};
+use protocol::server::{close, ConnId, ConnMemo, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite};
 use protocol::limits;
 use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
 
 const T0: u64 = 1_700_000_000_000;
 
-#[derive(Default, Clone)]
-struct Mem {
-    messages: BTreeMap<u64, StoredMessage>,
-    cursors: BTreeMap<(String, String), (Cursor, u64)>,
-}
-
-impl Mem {
-    fn apply(&mut self, op: &ServerWrite) {
-        match op {
-            ServerWrite::Append(m) => {
-                self.messages.insert(m.seq, m.clone());
-            }
-            ServerWrite::Cursor(c) => {
-                let e = self.cursors.entry((c.user.clone(), c.device.clone())).or_insert_with(|| (c.clone(), 0));
-                e.0.through = e.0.through.max(c.through);
-            }
-            ServerWrite::Seen { user, device, at } => {
-                let cursor = Cursor { user: user.clone(), device: device.clone(), through: 0 };
-                let e = self.cursors.entry((user.clone(), device.clone())).or_insert((cursor, 0));
-                e.1 = e.1.max(*at);
-            }
-            ServerWrite::Forget { user, device } => {
-                self.cursors.remove(&(user.clone(), device.clone()));
-            }
-        }
-    }
-}
-
-impl ConversationStore for Mem {
-    fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self.messages.values().next_back().cloned())
-    }
-    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self.messages.values().find(|m| m.user == user && m.device == device && m.id == id).cloned())
-    }
-    fn after(&self, after: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
-        Ok(self.messages.range(after + 1..).take(limit as usize).map(|(_, m)| m.clone()).collect())
-    }
-    fn before(&self, before: u64, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut v: Vec<_> = self.messages.range(..before).rev().take(limit as usize).map(|(_, m)| m.clone()).collect();
-        v.reverse();
-        Ok(v)
-    }
-    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        Ok(self.cursors.values().map(|(cursor, seen)| DeviceRecord { cursor: cursor.clone(), seen: *seen }).collect())
-    }
-}
+/// The shared in-memory store (protocol::store), which also passes the
+/// server store suite (tests/src/server_store_suite.rs).
+type Mem = protocol::MemoryStore;
 
 /// A server whose shell applies writes at once but reports durability only
 /// when told (`durable()`), like the simulator.

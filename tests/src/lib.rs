@@ -12,4 +12,8 @@ pub mod sim;
 /// The client store conformance suite, shared with the browser's IndexedDB store.
 pub mod store_suite;
 
+/// The conversation (server) store conformance suite, shared with the edge's
+/// SQLite store in a Durable Object.
+pub mod server_store_suite;
+
 pub use protocol;

@@ -1,90 +1,18 @@
 //! Simulated disks: every write is pending until a flush makes it durable,
 //! and a crash throws the pending writes away.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use protocol::client::{ClientSnapshot, ClientWrite, InboxState, OutboxEntry};
-use protocol::server::{ConversationStore, DeviceRecord, ServerWrite, StoreError};
-use protocol::{Cursor, Seq, StoredMessage, WriteId};
+use protocol::server::ServerWrite;
+use protocol::{MemoryStore, Seq, StoredMessage, WriteId};
 
-/// One conversation's tables, as the Durable Object's SQLite holds them.
-#[derive(Debug, Clone, Default)]
-pub struct ServerData {
-    /// `messages` by seq.
-    pub messages: BTreeMap<Seq, StoredMessage>,
-    /// The unique (user, device, client id) index.
-    pub by_id: HashMap<(String, String, String), Seq>,
-    /// `cursors` by (user, device), with the device's last-seen time.
-    pub cursors: BTreeMap<(String, String), (Cursor, u64)>,
-}
-
-impl ServerData {
-    fn apply(&mut self, op: &ServerWrite) {
-        match op {
-            ServerWrite::Append(m) => {
-                self.by_id.insert((m.user.clone(), m.device.clone(), m.id.clone()), m.seq);
-                self.messages.insert(m.seq, m.clone());
-            }
-            ServerWrite::Cursor(c) => {
-                let key = (c.user.clone(), c.device.clone());
-                let e = self.cursors.entry(key).or_insert_with(|| (c.clone(), 0));
-                e.0.through = e.0.through.max(c.through);
-            }
-            ServerWrite::Seen { user, device, at } => {
-                let cursor = Cursor { user: user.clone(), device: device.clone(), through: 0 };
-                let e = self.cursors.entry((user.clone(), device.clone())).or_insert((cursor, 0));
-                e.1 = e.1.max(*at);
-            }
-            ServerWrite::Forget { user, device } => {
-                self.cursors.remove(&(user.clone(), device.clone()));
-            }
-        }
-    }
-
-    /// Highest stored seq.
-    pub fn head(&self) -> Seq {
-        self.messages.keys().next_back().copied().unwrap_or(0)
-    }
-}
-
-impl ConversationStore for ServerData {
-    fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self.messages.values().next_back().cloned())
-    }
-    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        Ok(self
-            .by_id
-            .get(&(user.to_owned(), device.to_owned(), id.to_owned()))
-            .and_then(|s| self.messages.get(s))
-            .cloned())
-    }
-    fn after(&self, after: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
-        Ok(self
-            .messages
-            .range(after.saturating_add(1)..)
-            .take(limit as usize)
-            .map(|(_, m)| m.clone())
-            .collect())
-    }
-    fn before(&self, before: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut v: Vec<_> = self
-            .messages
-            .range(..before)
-            .rev()
-            .take(limit as usize)
-            .map(|(_, m)| m.clone())
-            .collect();
-        v.reverse();
-        Ok(v)
-    }
-    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        Ok(self
-            .cursors
-            .values()
-            .map(|(cursor, seen)| DeviceRecord { cursor: cursor.clone(), seen: *seen })
-            .collect())
-    }
-}
+/// One conversation's tables, as the Durable Object's SQLite holds them: the
+/// protocol crate's shared in-memory store (the one protocol tests use too),
+/// checked by the server store suite (tests/src/server_store_suite.rs).
+/// The disk records writes with its unchecked `apply`, so a deliberately
+/// broken core's duplicate still reaches the checker.
+pub type ServerData = MemoryStore;
 
 /// The server's disk: what is durable, what reads see, and what is pending.
 #[derive(Debug, Default)]
