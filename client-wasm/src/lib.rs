@@ -22,6 +22,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
 use js_sys::{Function, Promise};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -140,27 +143,27 @@ fn token_identity(token: &str) -> Result<TokenClaims, JsValue> {
         .map_err(|e| js_error("bad_token", &format!("the token has no sub/device claims: {e}")))
 }
 
+/// base64url as JWT parts use it (RFC 7515, unpadded), read leniently: padding
+/// is allowed and non-canonical trailing bits are accepted. The server checks
+/// the token; the client only reads who it is.
+const TOKEN_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
 fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for b in text.bytes() {
-        let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    // '+' and '/' (the standard alphabet) are read as '-' and '_', as before.
+    let url_safe: Vec<u8> = text
+        .bytes()
+        .map(|b| match b {
+            b'+' => b'-',
+            b'/' => b'_',
+            other => other,
+        })
+        .collect();
+    TOKEN_BASE64.decode(url_safe).ok()
 }
 
 fn socket_base(url: &str) -> Result<String, JsValue> {
@@ -391,4 +394,36 @@ impl Conversation {
 #[wasm_bindgen(js_name = protocolVersion)]
 pub fn protocol_version() -> u32 {
     protocol::PROTOCOL_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64url_decode;
+    use wasm_bindgen_test::*;
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    #[wasm_bindgen_test]
+    fn base64url_reads_jwt_parts() {
+        assert_eq!(base64url_decode("eyJzdWIiOiJhbm4ifQ").as_deref(), Some(&br#"{"sub":"ann"}"#[..]));
+        assert_eq!(base64url_decode("").as_deref(), Some(&b""[..]));
+        // Every length remainder, unpadded and padded.
+        assert_eq!(base64url_decode("YQ").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64url_decode("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(base64url_decode("YWI").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(base64url_decode("YWI=").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(base64url_decode("YWJj").as_deref(), Some(&b"abc"[..]));
+        // Both alphabets: 0xfb 0xff is "-_8" in base64url and "+/8" in base64.
+        assert_eq!(base64url_decode("-_8").as_deref(), Some(&[0xfb, 0xff][..]));
+        assert_eq!(base64url_decode("+/8").as_deref(), Some(&[0xfb, 0xff][..]));
+        // Non-canonical trailing bits ("YR" has bits set below the one byte).
+        assert_eq!(base64url_decode("YR").as_deref(), Some(&b"a"[..]));
+    }
+
+    #[wasm_bindgen_test]
+    fn base64url_refuses_what_is_not_base64() {
+        for bad in ["e30.", "a b", "*", "ey J9", "\u{e9}"] {
+            assert_eq!(base64url_decode(bad), None, "{bad:?}");
+        }
+    }
 }
