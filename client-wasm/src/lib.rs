@@ -30,11 +30,10 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::errors::js_error;
 use crate::session::{Listeners, Session, SessionConfig, TokenSource};
 use crate::store::IdbStore;
 
-pub use crate::errors::to_js;
+pub use crate::errors::{to_js, AcklineError, ErrorCode};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -84,8 +83,8 @@ export interface MessageUpdate {
   status: "pending" | "sent" | "delivered" | "failed";
   seq?: number;
   at?: number;
-  /** Set when status is "failed". */
-  code?: string;
+  /** Set when status is "failed": why the server refused it. */
+  code?: AcklineErrorCode;
 }
 
 /** What `send` resolves with. */
@@ -97,11 +96,8 @@ export interface ConnectionStatus {
   /** Own messages still in the outbox: not yet stored by the server, or stored
    *  but not yet delivered to every other member (they leave the outbox then). */
   outbox: number;
-  lastError: { code: string; message: string } | null;
+  lastError: { code: AcklineErrorCode; message: string } | null;
 }
-
-/** An error event, and the shape of every rejected promise (an Error with a code). */
-export interface AcklineError extends Error { code: string; }
 
 export interface ConversationEvents {
   message: Message;
@@ -111,7 +107,7 @@ export interface ConversationEvents {
 
 export interface ClientEvents {
   status: ConnectionStatus;
-  error: { conversation: string; code: string; message: string };
+  error: { conversation: string; code: AcklineErrorCode; message: string };
 }
 
 // Typed listeners (merged into the classes below).
@@ -133,14 +129,14 @@ struct TokenClaims {
 
 /// Reads `sub` and `device` from a JWT's payload (the server verifies it; the
 /// client only needs to know who it is).
-fn token_identity(token: &str) -> Result<TokenClaims, JsValue> {
+fn token_identity(token: &str) -> Result<TokenClaims, AcklineError> {
     let payload = token
         .split('.')
         .nth(1)
         .and_then(base64url_decode)
-        .ok_or_else(|| js_error("bad_token", "the token is not a JWT"))?;
+        .ok_or_else(|| AcklineError::BadToken("the token is not a JWT".into()))?;
     serde_json::from_slice(&payload)
-        .map_err(|e| js_error("bad_token", &format!("the token has no sub/device claims: {e}")))
+        .map_err(|e| AcklineError::BadToken(format!("the token has no sub/device claims: {e}")))
 }
 
 /// base64url as JWT parts use it (RFC 7515, unpadded), read leniently: padding
@@ -166,14 +162,14 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     TOKEN_BASE64.decode(url_safe).ok()
 }
 
-fn socket_base(url: &str) -> Result<String, JsValue> {
+fn socket_base(url: &str) -> Result<String, AcklineError> {
     let url = url.trim_end_matches('/');
     let rest = url
         .strip_prefix("https://")
         .map(|r| format!("wss://{r}"))
         .or_else(|| url.strip_prefix("http://").map(|r| format!("ws://{r}")))
         .or_else(|| (url.starts_with("ws://") || url.starts_with("wss://")).then(|| url.to_owned()));
-    rest.ok_or_else(|| js_error("bad_url", "url must start with http://, https://, ws:// or wss://"))
+    rest.ok_or(AcklineError::BadUrl("url must start with http://, https://, ws:// or wss://"))
 }
 
 struct ClientState {
@@ -203,23 +199,16 @@ impl Ackline {
         let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).unwrap_or(JsValue::UNDEFINED);
         let url = get("url")
             .as_string()
-            .ok_or_else(|| js_error("bad_options", "options.url (string) is required"))?;
+            .ok_or(AcklineError::BadOptions("options.url (string) is required"))?;
         let socket_base = socket_base(&url)?;
         let token_value = get("token");
         let (token, first) = if let Some(t) = token_value.as_string() {
             (TokenSource::Fixed(t.clone()), t)
         } else if let Some(f) = token_value.dyn_ref::<Function>() {
-            let value = f.call0(&JsValue::NULL)?;
-            let value = match value.dyn_into::<Promise>() {
-                Ok(p) => wasm_bindgen_futures::JsFuture::from(p).await?,
-                Err(v) => v,
-            };
-            let first = value
-                .as_string()
-                .ok_or_else(|| js_error("bad_token", "the token callback must return a string"))?;
+            let first = session::resolve_token(f).await?;
             (TokenSource::Callback(f.clone()), first)
         } else {
-            return Err(js_error("bad_options", "options.token must be a string or a function"));
+            return Err(AcklineError::BadOptions("options.token must be a string or a function").into());
         };
         let identity = token_identity(&first)?;
         let db_name = get("dbName").as_string().unwrap_or_else(|| "ackline".to_owned());
@@ -388,6 +377,13 @@ impl Conversation {
     pub fn outbox_size(&self) -> usize {
         self.session.outbox_len()
     }
+}
+
+/// Every `code` an error of this package can carry (the `AcklineErrorCode`
+/// union), in a stable order.
+#[wasm_bindgen(js_name = errorCodes, unchecked_return_type = "AcklineErrorCode[]")]
+pub fn error_codes() -> js_sys::Array {
+    ErrorCode::ALL.iter().map(|c| JsValue::from_str(c.as_str())).collect()
 }
 
 /// The protocol version this client speaks.

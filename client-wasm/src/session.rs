@@ -19,7 +19,7 @@ use std::rc::{Rc, Weak};
 use gloo_timers::callback::Timeout;
 use js_sys::Function;
 use protocol::{
-    Client, ClientConfig, ClientError, ClientFrame, ClientInput, ClientOutput, ClientWrite,
+    Client, ClientConfig, ClientFrame, ClientInput, ClientOutput, ClientWrite,
     MessageStatus, Millis, StoredMessage, WriteId,
 };
 use serde::Serialize;
@@ -27,7 +27,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
-use crate::errors::{js_error, to_js};
+use crate::errors::{js_message, to_js, AcklineError, ErrorCode};
 use crate::store::IdbStore;
 
 /// Idle time after which the client pings the server.
@@ -111,7 +111,7 @@ struct UpdateEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'static str>,
+    code: Option<ErrorCode>,
 }
 
 #[derive(Serialize)]
@@ -121,10 +121,25 @@ struct SendResult<'a> {
     at: u64,
 }
 
+/// The last error, as `status.lastError` shows it.
 #[derive(Serialize, Clone)]
 pub(crate) struct ErrorInfo {
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
+}
+
+impl From<&AcklineError> for ErrorInfo {
+    fn from(e: &AcklineError) -> ErrorInfo {
+        ErrorInfo { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// The `error` event.
+#[derive(Serialize)]
+struct ErrorEvent<'a> {
+    conversation: &'a str,
+    code: ErrorCode,
+    message: &'a str,
 }
 
 #[derive(Serialize)]
@@ -259,7 +274,7 @@ impl Session {
         cfg: SessionConfig,
         store: Rc<IdbStore>,
         client_listeners: Rc<Listeners>,
-    ) -> Result<Session, JsValue> {
+    ) -> Result<Session, AcklineError> {
         // Drawn first: without a random source there is no point reading the store.
         let seed = random_seed()?;
         let snapshot = store.load_snapshot(&cfg.conversation).await?;
@@ -329,7 +344,7 @@ impl Session {
         let promise = js_sys::Promise::new(&mut |resolve, reject| {
             let mut inner = self.inner.borrow_mut();
             if inner.closed {
-                reject_now = Some((reject, js_error("closed", "the client was closed")));
+                reject_now = Some((reject, AcklineError::Closed.into()));
                 return;
             }
             // The core stamps the outbox entry with this time; the `pending`
@@ -342,7 +357,7 @@ impl Session {
                     inner.not_yet_durable.insert(id.clone(), QueuedMessage { body: body.clone(), created });
                     inner.sends.insert(id, (resolve, reject));
                 }
-                Err(e) => reject_now = Some((reject, client_error_js(&e))),
+                Err(e) => reject_now = Some((reject, AcklineError::Core(e).into())),
             }
         });
         if let Some((reject, err)) = reject_now {
@@ -417,7 +432,7 @@ impl Session {
         inner.reconnect_timer = None;
         inner.core_timer = None;
         inner.heartbeat_timer = None;
-        let err = js_error("closed", "the client was closed");
+        let err: JsValue = AcklineError::Closed.into();
         inner.not_yet_durable.clear();
         let sends: Vec<_> = inner.sends.drain().map(|(_, (_, reject))| reject).collect();
         let waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
@@ -451,7 +466,7 @@ impl Session {
             match token {
                 Ok(token) => session.open_socket(&token),
                 Err(e) => {
-                    session.record_error("token_failed", &format!("token callback failed: {e:?}"));
+                    session.record_error(&e);
                     session.schedule_reconnect();
                     session.pump();
                 }
@@ -471,7 +486,7 @@ impl Session {
         let ws = match WebSocket::new(&url) {
             Ok(ws) => ws,
             Err(_) => {
-                self.record_error("bad_url", "cannot open a WebSocket to the configured url");
+                self.record_error(&AcklineError::BadUrl("cannot open a WebSocket to the configured url"));
                 self.schedule_reconnect();
                 self.pump();
                 return;
@@ -548,7 +563,7 @@ impl Session {
         };
         self.drop_socket(if closed { LinkState::Closed } else { LinkState::Offline });
         if code == 1008 || (4000..5000).contains(&code) {
-            self.record_error("connection_closed", &format!("server closed the connection ({code}): {reason}"));
+            self.record_error(&AcklineError::ConnectionClosed { code, reason });
         }
         if !closed && !held {
             self.schedule_reconnect();
@@ -600,7 +615,7 @@ impl Session {
         };
         if idle >= f64::from(HEARTBEAT_MS) + HEARTBEAT_DEAD_MS {
             // Nothing came back, not even a pong: a half-open connection.
-            self.record_error("heartbeat_timeout", "no answer from the server; reconnecting");
+            self.record_error(&AcklineError::HeartbeatTimeout);
             self.drop_socket(LinkState::Offline);
             self.schedule_reconnect();
             self.pump();
@@ -622,17 +637,10 @@ impl Session {
         }));
     }
 
-    fn record_error(&self, code: &str, message: &str) {
+    /// Reports `error` to the app (an `error` event and `status.lastError`).
+    fn record_error(&self, error: &AcklineError) {
         let mut inner = self.inner.borrow_mut();
-        inner.last_error = Some(ErrorInfo {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        });
-        let conv = inner.cfg.conversation.clone();
-        inner.events.push(AppEvent::Client(
-            "error",
-            to_js(&serde_json::json!({ "conversation": conv, "code": code, "message": message })),
-        ));
+        inner.record_error(error);
         inner.push_status();
     }
 
@@ -697,6 +705,14 @@ impl Inner {
         self.state = state;
     }
 
+    /// Keeps `error` as the last error and queues its `error` event.
+    fn record_error(&mut self, error: &AcklineError) {
+        let info = ErrorInfo::from(error);
+        let event = to_js(&ErrorEvent { conversation: &self.cfg.conversation, code: info.code, message: &info.message });
+        self.events.push(AppEvent::Client("error", event));
+        self.last_error = Some(info);
+    }
+
     fn push_status(&mut self) {
         let status = to_js(&StatusEvent {
             conversation: &self.cfg.conversation,
@@ -733,12 +749,7 @@ impl Inner {
                     self.on_status(&id, status);
                 }
                 ClientOutput::Error(e) => {
-                    self.last_error = Some(ErrorInfo {
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                    });
-                    let value = client_error_js(&e);
-                    self.events.push(AppEvent::Client("error", value));
+                    self.record_error(&AcklineError::Core(e));
                     status_changed = true;
                 }
                 ClientOutput::Disconnect => {
@@ -769,7 +780,7 @@ impl Inner {
             MessageStatus::Pending => ("pending", None, None, None),
             MessageStatus::Sent { seq, at } => ("sent", Some(*seq), Some(*at), None),
             MessageStatus::Delivered { seq } => ("delivered", Some(*seq), None, None),
-            MessageStatus::Failed { code } => ("failed", None, None, Some(code.as_str())),
+            MessageStatus::Failed { code } => ("failed", None, None, Some(ErrorCode::from(*code))),
         };
         self.events.push(AppEvent::Conversation(
             "update",
@@ -783,8 +794,8 @@ impl Inner {
             }
             MessageStatus::Failed { code } => {
                 if let Some((_, reject)) = self.sends.remove(id) {
-                    let err = js_error(code.as_str(), &format!("the server refused message {id}"));
-                    self.events.push(AppEvent::Reject(reject, err));
+                    let err = AcklineError::Refused { id: id.to_owned(), code };
+                    self.events.push(AppEvent::Reject(reject, err.into()));
                 }
             }
             _ => {}
@@ -817,33 +828,29 @@ impl Inner {
 /// or a worker), for the core's seed: message ids draw 80 random bits from it,
 /// so two starts of the same device must not share one (`Math.random` and the
 /// clock could).
-fn random_seed() -> Result<u64, JsValue> {
+fn random_seed() -> Result<u64, AcklineError> {
     let crypto = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("crypto"))
         .ok()
         .and_then(|c| c.dyn_into::<web_sys::Crypto>().ok())
-        .ok_or_else(|| {
-            js_error("crypto_unavailable", "crypto.getRandomValues is not available in this context (it is needed for message ids)")
-        })?;
+        .ok_or_else(|| AcklineError::CryptoUnavailable(String::new()))?;
     let mut seed = [0u8; 8];
     crypto
         .get_random_values_with_u8_array(&mut seed)
-        .map_err(|e| js_error("crypto_unavailable", &format!("crypto.getRandomValues failed: {e:?}")))?;
+        .map_err(|e| AcklineError::CryptoUnavailable(format!(": {}", js_message(&e))))?;
     Ok(u64::from_le_bytes(seed))
 }
 
-fn client_error_js(e: &ClientError) -> JsValue {
-    js_error(e.code(), &e.to_string())
-}
-
-async fn resolve_token(f: &Function) -> Result<String, JsValue> {
-    let value = f.call0(&JsValue::NULL)?;
+/// Calls the app's token callback and awaits its promise, if it returns one.
+pub(crate) async fn resolve_token(f: &Function) -> Result<String, AcklineError> {
+    let failed = |e: JsValue| AcklineError::TokenFailed(js_message(&e));
+    let value = f.call0(&JsValue::NULL).map_err(failed)?;
     let value = match value.dyn_into::<js_sys::Promise>() {
-        Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise).await?,
+        Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise).await.map_err(failed)?,
         Err(value) => value,
     };
     value
         .as_string()
-        .ok_or_else(|| js_error("bad_token", "the token callback must return a string"))
+        .ok_or_else(|| AcklineError::BadToken("the token callback must return a string".into()))
 }
 
 #[derive(Clone)]
@@ -891,7 +898,7 @@ async fn run_writer(weak: WeakSession) {
             Err(e) => {
                 // Nothing of the batch was stored: put it back in front and try
                 // again later. The core holds acks and surfacing meanwhile.
-                session.record_error(e.code(), &e.to_string());
+                session.record_error(&AcklineError::Store(e));
                 {
                     let mut inner = session.inner.borrow_mut();
                     for item in batch.into_iter().rev() {

@@ -65,6 +65,9 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{DomException, IdbDatabase, IdbOpenDbRequest, IdbTransaction, IdbTransactionMode, IdbVersionChangeEvent};
 
+pub use crate::errors::ErrorCode;
+use crate::errors::AcklineError;
+
 /// Current schema version. Opening runs the upgrade steps from the stored version.
 pub const DB_VERSION: u32 = 3;
 
@@ -107,25 +110,28 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    /// Stable machine-readable code (one of the npm API's [`ErrorCode`]s).
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            StoreError::Unavailable(_) => "store_unavailable",
-            StoreError::Blocked => "store_blocked",
-            StoreError::VersionChange => "store_version_change",
-            StoreError::QuotaExceeded => "store_quota",
-            StoreError::Corrupt(_) => "store_corrupt",
-            StoreError::Failed(_) => "store_failed",
+            StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+            StoreError::Blocked => ErrorCode::StoreBlocked,
+            StoreError::VersionChange => ErrorCode::StoreVersionChange,
+            StoreError::QuotaExceeded => ErrorCode::StoreQuota,
+            StoreError::Corrupt(_) => ErrorCode::StoreCorrupt,
+            StoreError::Failed(_) => ErrorCode::StoreFailed,
         }
+    }
+
+    /// [`StoreError::error_code`] as JS sees it.
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
     }
 }
 
 impl From<StoreError> for JsValue {
     /// A JS `Error` whose `code` property is [`StoreError::code`].
     fn from(err: StoreError) -> JsValue {
-        let js = js_sys::Error::new(&err.to_string());
-        let _ = Reflect::set(&js, &JsValue::from_str("code"), &JsValue::from_str(err.code()));
-        js.into()
+        AcklineError::Store(err).into()
     }
 }
 

@@ -248,3 +248,19 @@ async fn message_ids_of_two_starts_differ_in_their_random_part() {
     delete_db(&db_a).await;
     delete_db(&db_b).await;
 }
+
+#[wasm_bindgen_test]
+async fn a_failing_token_callback_rejects_with_token_failed() {
+    let options = js_sys::Object::new();
+    Reflect::set(&options, &"url".into(), &"http://127.0.0.1:9".into()).unwrap();
+    let callback = Function::new_no_args("throw new Error('no session')");
+    Reflect::set(&options, &"token".into(), &callback).unwrap();
+    let err = Ackline::open(options.into()).await.err().expect("open must fail");
+    assert!(err.is_instance_of::<js_sys::Error>());
+    assert_eq!(field(&err, "code").as_string().as_deref(), Some("token_failed"));
+    assert!(field(&err, "message").as_string().unwrap().contains("no session"));
+    let codes: Vec<String> = ackline::error_codes().iter().filter_map(|c| c.as_string()).collect();
+    for code in ["token_failed", "bad_options", "bad_url", "bad_token", "crypto_unavailable", "closed"] {
+        assert!(codes.iter().any(|c| c == code), "{code} is in errorCodes()");
+    }
+}
