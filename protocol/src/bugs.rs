@@ -26,7 +26,8 @@ pub struct Bugs {
     pub server_ignore_send_order: bool,
     /// Server: never retransmit unacknowledged pushes.
     pub server_never_resends: bool,
-    /// Server: let a device's cursor move backwards on a lower ack.
+    /// Server: answer a repeated (older) ack by confirming that ack's seq, not
+    /// the device's furthest cursor, so the announced cursor moves backwards.
     pub server_cursor_backwards: bool,
     /// Client: report `delivered` as soon as the server confirms `sent`.
     pub client_delivered_on_sent: bool,

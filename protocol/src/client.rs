@@ -423,6 +423,8 @@ pub struct Client {
     outbox: Outbox,
     /// Paces sends to the budget of the current connection's `welcome`.
     pacer: Option<Pacer>,
+    /// Paces acks to their share of the same budget.
+    ack_pacer: Option<Pacer>,
     /// Time and random part of the last id generated in this session.
     last_id: Option<(u64, u128)>,
     /// `created` of the newest outbox entry: never decreases, whatever the clock does.
@@ -470,6 +472,7 @@ impl Client {
             inbox: None,
             outbox: Outbox::default(),
             pacer: None,
+            ack_pacer: None,
             last_id: None,
             last_created: 0,
             members: 0,
@@ -731,6 +734,7 @@ impl Client {
         self.reset_connection();
         // The server's bucket is per connection: a new one starts full.
         self.pacer = None;
+        self.ack_pacer = None;
         self.last_rx = now;
         self.say_hello(now);
     }
@@ -818,6 +822,7 @@ impl Client {
         // one answers a refresh `hello` on the same connection and bucket).
         if self.pacer.is_none() {
             self.pacer = rate.map(|r| Pacer::new(now, r));
+            self.ack_pacer = rate.map(|r| Pacer::for_acks(now, r));
         }
         // Only ever raise the catch-up target: this welcome may be older than
         // frames of its own connection, or than an evicted message we must
@@ -1142,11 +1147,7 @@ impl Client {
             inbox.written = seq;
             inbox.chain = expect;
             advanced = true;
-            if Bugs::on(self.cfg.bugs.client_surface_before_durable) {
-                self.out.push_back(ClientOutput::Message(held.msg.clone()));
-            } else {
-                inbox.unsurfaced.insert(seq, held.msg.clone());
-            }
+            inbox.unsurfaced.insert(seq, held.msg.clone());
             if !held.written {
                 fresh.push(held.msg);
             }
@@ -1293,6 +1294,12 @@ impl Client {
                         while inbox.durable < w {
                             inbox.durable += 1;
                             if let Some(m) = inbox.unsurfaced.remove(&inbox.durable) {
+                                self.out.push_back(ClientOutput::Message(m));
+                            }
+                        }
+                        if Bugs::on(self.cfg.bugs.client_surface_before_durable) {
+                            // The mistake: show everything written, durable or not.
+                            while let Some((_, m)) = inbox.unsurfaced.pop_first() {
                                 self.out.push_back(ClientOutput::Message(m));
                             }
                         }
@@ -1470,6 +1477,19 @@ impl Client {
         let retry = self.ack.retry_at.is_some_and(|d| d <= now);
         if !(due || retry) {
             return;
+        }
+        if let Some(p) = &mut self.ack_pacer {
+            if p.available(now) == 0 {
+                // Over budget: the ack waits for a token (and then covers
+                // whatever became durable meanwhile).
+                let at = p.next_at().max(now.saturating_add(1));
+                self.ack.due = Some(at);
+                if retry {
+                    self.ack.retry_at = Some(at);
+                }
+                return;
+            }
+            p.spend(1);
         }
         self.ack.due = None;
         if retry {

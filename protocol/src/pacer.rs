@@ -1,5 +1,5 @@
-//! Pacing of a client's `send` frames to the budget the server announced in
-//! `welcome`. Without it, a client flushing a long outbox outruns the server's
+//! Pacing of a client's `send` and `ack` frames to the budget the server
+//! announced in `welcome`. Without it, a client flushing a long outbox outruns the server's
 //! token bucket, gets `rate_limited` refusals and, as they count as violations,
 //! is eventually disconnected; with it, the flush simply takes its time.
 
@@ -16,10 +16,24 @@ pub(crate) struct Pacer {
     bucket: TokenBucket,
 }
 
+/// Share for acks: most of the rest, leaving a little for syncs and pings.
+const ACK_SHARE_PERCENT: u64 = 15;
+
 impl Pacer {
-    /// A full bucket (the server's starts full when the connection opens).
+    /// The pacer of `send` frames: a full bucket (the server's starts full
+    /// when the connection opens).
     pub fn new(now: Millis, limit: RateLimit) -> Pacer {
-        let share = |x: u64| (x.saturating_mul(SEND_SHARE_PERCENT) / 100).max(1);
+        Pacer::with_share(now, limit, SEND_SHARE_PERCENT)
+    }
+
+    /// The pacer of `ack` frames. Acks are cumulative, so one held back
+    /// loses nothing: the next one covers it.
+    pub fn for_acks(now: Millis, limit: RateLimit) -> Pacer {
+        Pacer::with_share(now, limit, ACK_SHARE_PERCENT)
+    }
+
+    fn with_share(now: Millis, limit: RateLimit, percent: u64) -> Pacer {
+        let share = |x: u64| (x.saturating_mul(percent) / 100).max(1);
         Pacer {
             bucket: TokenBucket::new(now, share(limit.per_sec), share(limit.burst)),
         }

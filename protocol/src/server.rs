@@ -1371,13 +1371,6 @@ impl Conversation {
         let Some(d) = self.devices.get_mut(&key) else {
             return;
         };
-        if Bugs::on(self.cfg.bugs.server_cursor_backwards) && seq > 0 && seq < d.through {
-            // The mistake: the cursor is the latest ack, not the furthest.
-            d.through = seq;
-            d.persisted = seq;
-            self.dirty.insert(key.clone());
-            self.delivered_due.get_or_insert(now);
-        }
         if seq > d.through {
             d.through = seq;
             let (user, device) = key.clone();
@@ -1393,11 +1386,10 @@ impl Conversation {
         } else if seq <= d.persisted && seq > 0 {
             // A repeated ack: confirm the cursor so the device stops repeating it.
             let (user, device) = key;
-            let cursor = Cursor {
-                user,
-                device,
-                through: d.persisted,
-            };
+            // (The mutant confirms the ack's own seq: an older, duplicated
+            // ack then moves the announced cursor backwards.)
+            let through = if Bugs::on(self.cfg.bugs.server_cursor_backwards) { seq } else { d.persisted };
+            let cursor = Cursor { user, device, through };
             let members = u32::try_from(self.member_count()).unwrap_or(u32::MAX);
             self.frame(conn, ServerFrame::Delivered { cursors: vec![cursor], members });
         }

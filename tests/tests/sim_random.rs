@@ -1,6 +1,9 @@
 //! The simulator over many random seeds (see `ackline_tests::sim`).
 //!
-//! - `cargo test -p ackline-tests --test sim_random`: 5,000 fresh random seeds.
+//! - `cargo test -p ackline-tests --test sim_random`: the fixed seeds
+//!   `FIXED_SEEDS` (the same on every run, so a change that breaks one fails
+//!   every CI run) and 3,000 fresh random seeds (printed, so any failure can
+//!   be replayed).
 //! - `SIM_SEEDS=100000 cargo test -p ackline-tests --release --test sim_random -- --ignored soak`:
 //!   a long soak.
 //! - `SIM_SEED=n SIM_TRACE=1 cargo test -p ackline-tests --test sim_random -- replay --nocapture`:
@@ -25,9 +28,15 @@ fn base_seed() -> u64 {
     })
 }
 
+/// Seeds every run checks.
+const FIXED_SEEDS: std::ops::Range<u64> = 0..2_000;
+
 fn run_seeds(default_count: u64) {
     let count = env_u64("SIM_SEEDS").unwrap_or(default_count);
-    let base = base_seed();
+    run_range(base_seed(), count);
+}
+
+fn run_range(base: u64, count: u64) {
     let started = Instant::now();
     let batch = sim::run_many((base..base + count).collect(), threads(), Bugs::default());
     let secs = started.elapsed().as_secs_f64();
@@ -56,8 +65,13 @@ fn run_seeds(default_count: u64) {
 }
 
 #[test]
+fn fixed_seeds() {
+    run_range(FIXED_SEEDS.start, FIXED_SEEDS.end - FIXED_SEEDS.start);
+}
+
+#[test]
 fn random_seeds() {
-    run_seeds(5_000);
+    run_seeds(3_000);
 }
 
 #[test]

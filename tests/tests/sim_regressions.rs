@@ -1,47 +1,34 @@
-//! Seeds on which the simulator found bugs in drafts of the protocol core,
-//! kept as named runs. The seeds replay today's simulator (whose random
-//! choices have changed since), so each bug also has a deterministic scenario
-//! test in `protocol/tests/machines.rs` (`regression_*`).
+//! Determinism of the simulator, and the seeds that once found bugs (which
+//! no longer reproduce them; see `HISTORIC_SEEDS`).
 
 use ackline_tests::sim::{self, Options};
 
-fn passes(seed: u64) {
-    if let Err(v) = sim::run(Options {
-        seed,
-        ..Options::default()
-    }) {
-        panic!("{v}");
+/// Seeds on which the simulator once found bugs in drafts of the core. The
+/// simulator's draws have changed since (new faults, a fifth device), so
+/// these seeds no longer reproduce those bugs: each bug is pinned by a
+/// deterministic scenario in `protocol/tests/machines.rs` instead (named in
+/// the comment). They stay as fixed seeds that must keep passing.
+const HISTORIC_SEEDS: [(u64, &str); 8] = [
+    (1, "ack timer armed with nothing to ack: regression_ack_timer_with_nothing_to_ack_does_not_spin"),
+    (2, "fresh device acked early: regression_fresh_device_acks_nothing_before_its_first_record_is_durable"),
+    (9, "expired gap-fill deadline storm: regression_expired_gap_fill_with_nothing_missing_does_not_spin"),
+    (28, "welcome overtaken: regression_welcome_overtaken_by_its_own_connection_is_not_divergence"),
+    (87, "lost delivered notice: regression_lost_delivered_notice_is_repaired_by_a_refreshing_hello"),
+    (9_100_005, "full buffer livelock: regression_full_buffer_still_takes_the_message_that_fills_the_hole"),
+    (9_100_766, "evicted acked message: regression_evicted_acknowledged_message_is_fetched_again"),
+    (20_189_526, "late welcome lowered the target: regression_late_welcome_does_not_lower_the_catch_up_target"),
+];
+
+#[test]
+fn historic_seeds_still_pass() {
+    for (seed, found) in HISTORIC_SEEDS {
+        if let Err(v) = sim::run(Options {
+            seed,
+            ..Options::default()
+        }) {
+            panic!("historic seed {seed} (once found: {found}) fails: {v}");
+        }
     }
-}
-
-/// Client ack timer stayed armed with nothing to acknowledge (timer storm).
-#[test]
-fn seed_1_ack_timer_storm() {
-    passes(1);
-}
-
-/// Fresh device acknowledged before its first inbox record was durable.
-#[test]
-fn seed_2_fresh_device_early_ack() {
-    passes(2);
-}
-
-/// Expired gap-fill deadline stayed armed (timer storm).
-#[test]
-fn seed_9_expired_sync_deadline_storm() {
-    passes(9);
-}
-
-/// Frames overtaking the welcome were reported as a diverged server.
-#[test]
-fn seed_28_welcome_overtaken() {
-    passes(28);
-}
-
-/// A lost `delivered` notice was never repaired while connected.
-#[test]
-fn seed_87_lost_delivered_notice() {
-    passes(87);
 }
 
 /// Simulator bug: iterating a HashMap of connections made runs
@@ -54,24 +41,4 @@ fn runs_are_deterministic() {
         let b = sim::run(Options { seed, ..Options::default() }).map(|r| (r.head, r.sim_ms, r.steps));
         assert_eq!(a.map_err(|v| v.what), b.map_err(|v| v.what), "seed {seed}");
     }
-}
-
-/// A full out-of-order buffer refused the message that filled the hole
-/// (gap-fill livelock).
-#[test]
-fn seed_9100005_full_buffer_livelock() {
-    passes(9_100_005);
-}
-
-/// An evicted, already selectively acknowledged message was never fetched again.
-#[test]
-fn seed_9100766_evicted_acked_message() {
-    passes(9_100_766);
-}
-
-/// A late welcome lowered the catch-up target below an evicted, acknowledged
-/// message (found by a 300,000-seed soak).
-#[test]
-fn seed_20189526_late_welcome_lowers_target() {
-    passes(20_189_526);
 }

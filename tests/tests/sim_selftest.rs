@@ -86,3 +86,57 @@ fn catches_client_forgetting_its_outbox() {
     };
     expect_caught("client forgets its outbox on reload", bugs, &["never stored", "liveness"]);
 }
+
+#[test]
+fn catches_client_reporting_delivered_on_sent() {
+    let bugs = Bugs {
+        client_delivered_on_sent: true,
+        ..Bugs::default()
+    };
+    expect_caught("client reports delivered on sent", bugs, &["reported delivered, but no device of"]);
+}
+
+#[test]
+fn catches_server_that_never_resends() {
+    let bugs = Bugs {
+        server_never_resends: true,
+        ..Bugs::default()
+    };
+    expect_caught("server never resends", bugs, &["the server stopped pushing to a live connection"]);
+}
+
+#[test]
+fn catches_client_skipping_chain_verification() {
+    let bugs = Bugs {
+        client_skip_chain_check: true,
+        ..Bugs::default()
+    };
+    expect_caught("client skips chain verification", bugs, &["differs from the server's durable copy"]);
+}
+
+#[test]
+fn catches_client_surfacing_before_durable() {
+    let bugs = Bugs {
+        client_surface_before_durable: true,
+        ..Bugs::default()
+    };
+    expect_caught("client surfaces before durable", bugs, &["surfaced before durable"]);
+}
+
+#[test]
+fn catches_server_cursor_moving_backwards() {
+    let bugs = Bugs {
+        server_cursor_backwards: true,
+        ..Bugs::default()
+    };
+    expect_caught("server cursor moves backwards", bugs, &["moved backwards"]);
+}
+
+#[test]
+fn catches_server_ignoring_send_order() {
+    let bugs = Bugs {
+        server_ignore_send_order: true,
+        ..Bugs::default()
+    };
+    expect_caught("server ignores send order", bugs, &["send order broken"]);
+}

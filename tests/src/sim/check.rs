@@ -1,15 +1,23 @@
 //! The checker: what every device's app saw, and the invariants over it.
 //!
-//! Safety (checked at every step): no seq is surfaced twice on a device, live
-//! messages are surfaced in order without holes, history pages extend
-//! downwards without holes, every surfaced message is the one the server
-//! stored durably at that seq, nothing is acknowledged that is not durable
-//! (client acks against the device disk; server `sent`, `push` and `batch`
-//! against the server disk).
+//! Safety (checked at every step):
+//! - no seq is surfaced twice on a device; live messages are surfaced in
+//!   order without holes; history pages extend downwards without holes;
+//! - every surfaced message is the one the server stored durably at that
+//!   seq, and is already durable on the device when it is surfaced;
+//! - nothing is acknowledged that is not durable (client acks against the
+//!   device disk; server `sent`, `push` and `batch` against the server disk);
+//! - `delivered` is true: when a sender's message is reported delivered,
+//!   every other user that was a member when it was stored (its first device
+//!   record was durable) has a device that durably stored it;
+//! - one device's messages are stored in the order its app called `send()`;
+//! - announced cursors never move backwards, and never beyond what is durable.
 //!
 //! Liveness (checked after the final phase): every message whose `send` was
 //! durably queued is stored exactly once, surfaced exactly once on every
-//! device, and its sender saw `delivered`.
+//! device, and its sender saw `delivered`; stored times never decrease with
+//! the seq. A run that does not converge names a connected device the server
+//! stopped pushing to, when there is one.
 
 use std::collections::{BTreeSet, HashMap};
 

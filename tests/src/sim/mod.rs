@@ -62,6 +62,14 @@ pub struct FaultMix {
     /// Crashes aimed at the window between a write and its durability: after
     /// a write, with 1 in 20 odds, the writer crashes before the flush.
     pub write_crashes: u32,
+    /// Pushes altered on the way (a message body changed), per million
+    /// frames to devices: the integrity chain must catch every one.
+    pub tamper_pm: u32,
+    /// Messages sent during the liveness phase (the world is calm, but the
+    /// apps keep talking).
+    pub late_sends: u32,
+    /// Percent of bodies within 64 bytes of the 16 KiB body limit.
+    pub big_bodies_pct: u32,
 }
 
 impl FaultMix {
@@ -87,6 +95,9 @@ impl FaultMix {
         let late_joiners = level(0, 1, 2) as u32;
         let history_loads = level(0, 2, 6) as u32;
         let write_crashes = level(0, 1, 4) as u32;
+        let tamper_pm = level(0, 5_000, 40_000) as u32;
+        let late_sends = level(0, 2, 8) as u32;
+        let big_bodies_pct = level(0, 5, 30) as u32;
         let messages = rng.range(4, 40) as u32;
         let safety_ms = rng.range(5_000, 90_000);
         FaultMix {
@@ -106,6 +117,9 @@ impl FaultMix {
             late_joiners,
             history_loads,
             write_crashes,
+            tamper_pm,
+            late_sends,
+            big_bodies_pct,
         }
     }
 }
@@ -139,6 +153,12 @@ pub struct FaultCounts {
     pub unresponsive_closes: u64,
     /// Connections the server closed because the device connected again.
     pub replaced_closes: u64,
+    /// Pushes altered on the way.
+    pub tampered: u64,
+    /// Integrity-chain mismatches the devices caught (and repaired).
+    pub chain_mismatches: u64,
+    /// Sends the server refused as busy, rate limited or out of order.
+    pub refused_sends: u64,
 }
 
 impl AddAssign<&FaultCounts> for FaultCounts {
@@ -156,6 +176,9 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.write_crashes += o.write_crashes;
         self.unresponsive_closes += o.unresponsive_closes;
         self.replaced_closes += o.replaced_closes;
+        self.tampered += o.tampered;
+        self.chain_mismatches += o.chain_mismatches;
+        self.refused_sends += o.refused_sends;
     }
 }
 
@@ -166,7 +189,7 @@ impl fmt::Display for FaultCounts {
             "frames dropped {}, duplicated {}; disconnects {}, partitions {}, server crashes {}, \
              server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
              crashes right after a write {}, pending writes lost {}; server closed {} unresponsive \
-             and {} replaced connections",
+             and {} replaced connections; pushes tampered {}, chain mismatches caught {}; sends refused {}",
             self.dropped,
             self.duplicated,
             self.disconnects,
@@ -179,7 +202,10 @@ impl fmt::Display for FaultCounts {
             self.write_crashes,
             self.lost_writes,
             self.unresponsive_closes,
-            self.replaced_closes
+            self.replaced_closes,
+            self.tampered,
+            self.chain_mismatches,
+            self.refused_sends
         )
     }
 }

@@ -129,6 +129,8 @@ pub(super) struct World {
     member_since: BTreeMap<String, u64>,
     /// Highest cursor the server announced per (user, device).
     announced: BTreeMap<(String, String), u64>,
+    /// Seqs whose push was altered once already.
+    tampered_seqs: std::collections::BTreeSet<u64>,
 }
 
 impl World {
@@ -144,6 +146,11 @@ impl World {
         scfg.answer_budget = *pick(&mut rng, &[1_000, 20_000, limits::ANSWER_BUDGET as u64]) as usize;
         scfg.answer_rate = *pick(&mut rng, &[20_000, 1_000_000, limits::ANSWER_RATE]);
         scfg.answer_burst = *pick(&mut rng, &[500, 20_000, limits::PAGE_BYTES as u64]);
+        // Rate-limit pressure: a tight frame budget makes honest clients
+        // pace, and sometimes be refused and resend in order.
+        let (rate, burst) = *pick2(&mut rng, &[(1_000, 2_000), (100, 50), (30, 15)]);
+        scfg.rate_per_sec = rate;
+        scfg.rate_burst = burst;
         scfg.bugs = opts.bugs;
         let page = *pick(&mut rng, &[4, 10, 200]) as u32;
         let window = *pick(&mut rng, &[1, 4, 16]) as usize;
@@ -202,6 +209,7 @@ impl World {
             failure: None,
             member_since: BTreeMap::new(),
             announced: BTreeMap::new(),
+            tampered_seqs: Default::default(),
         };
         w.start_server();
         for dev in 0..w.devs.len() {
@@ -555,6 +563,11 @@ impl World {
     fn start_liveness(&mut self) {
         self.log(|| "LIVENESS: faults off, everyone reconnects".into());
         self.phase = Phase::Liveness;
+        for _ in 0..self.mix.late_sends {
+            let dev = self.rng.below(self.devs.len() as u64) as usize;
+            let t = self.rng.below(10_000);
+            self.at(t, Ev::AppSend { dev });
+        }
         self.mix.drop_pm = 0;
         self.mix.dup_pm = 0;
         self.mix.jitter_ms = 0;
@@ -586,18 +599,23 @@ impl World {
     }
 
     fn app_send(&mut self, dev: usize) {
-        if self.phase != Phase::Safety {
-            return;
-        }
+        let big = self.rng.below(100) < u64::from(self.mix.big_bodies_pct);
+        let slack = self.rng.below(64) as usize;
         let d = &mut self.devs[dev];
         let Some(c) = &mut d.client else { return };
         d.sent += 1;
-        // Some bodies need JSON escaping; one is empty.
-        let body = match d.sent % 5 {
+        // Some bodies need JSON escaping; one is empty; some are within a
+        // few bytes of the limit (multi-byte characters included).
+        let mut body = match d.sent % 5 {
             0 => format!("{} says \"hi\" \\ {}\n✓", d.cfg.device, d.sent),
             1 if d.sent == 1 => String::new(),
             _ => format!("{} #{}", d.cfg.device, d.sent),
         };
+        if big {
+            body.push('✓');
+            let pad = limits::MAX_BODY_BYTES.saturating_sub(body.len() + slack);
+            body.push_str(&"x".repeat(pad));
+        }
         match c.send(self.now, body) {
             Ok(id) => {
                 self.log(|| format!("dev{dev} send() -> {id}"));
@@ -744,10 +762,15 @@ impl World {
     fn check_send_order(&self, dev: usize) -> Result<(), String> {
         let d = &self.devs[dev];
         let durable = &self.server.disk.durable;
+        let mut seqs: HashMap<&str, u64> = HashMap::new();
+        for m in durable.messages.values().filter(|m| m.user == d.cfg.user && m.device == d.cfg.device) {
+            if let Some(prev) = seqs.insert(m.id.as_str(), m.seq) {
+                return Err(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
+            }
+        }
         let mut last: Option<(&str, u64)> = None;
         for id in &d.view.send_order {
-            let key = (d.cfg.user.clone(), d.cfg.device.clone(), id.clone());
-            let Some(&seq) = durable.by_id.get(&key) else { continue };
+            let Some(&seq) = seqs.get(id.as_str()) else { continue };
             if let Some((prev, prev_seq)) = last {
                 if seq < prev_seq {
                     return Err(format!(
@@ -818,6 +841,7 @@ impl World {
             self.log(|| format!("NET drop conn{conn}"));
             return;
         }
+        let bytes = if !to_server && self.rng.chance(self.mix.tamper_pm) { self.tamper(bytes) } else { bytes };
         let copies = if self.rng.chance(self.mix.dup_pm) {
             self.counts.duplicated += 1;
             2
@@ -834,6 +858,27 @@ impl World {
             };
             self.at(delay, ev);
         }
+    }
+
+    /// Alters the first message of a push (as a faulty middlebox or a
+    /// corrupted cache would); other frames pass unchanged.
+    fn tamper(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        let Ok(ServerFrame::Push { mut messages }) = ServerFrame::decode(&bytes) else {
+            return bytes;
+        };
+        let Some(m) = messages.first_mut() else {
+            return bytes;
+        };
+        // Each message at most once: a flaky middlebox, not a hostile server
+        // (which the chain reports as divergence after repeated mismatches).
+        if !self.tampered_seqs.insert(m.seq) {
+            return bytes;
+        }
+        m.body.push_str(" (altered)");
+        self.counts.tampered += 1;
+        let seq = m.seq;
+        self.log(|| format!("FAULT tampered push of seq {seq}"));
+        ServerFrame::Push { messages }.encode().into_bytes()
     }
 
     fn server_input(&mut self, input: ServerInput) {
@@ -860,8 +905,11 @@ impl World {
             let Some(out) = conv.poll_output() else { break };
             match out {
                 ServerOutput::Frame { conn, frame } => {
-                    if let Err(e) = self.check_server_frame(conn.0, &frame).and_then(|()| self.check_announced(&frame)) {
+                    if let Err(e) = self.check_announced(&frame).and_then(|()| self.check_server_frame(conn.0, &frame)) {
                         self.fail(format!("server: {e}"));
+                    }
+                    if matches!(frame, ServerFrame::Error { id: Some(_), .. }) {
+                        self.counts.refused_sends += 1;
                     }
                     let Some(c) = self.conns.get(&conn.0) else { continue };
                     if !c.open {
@@ -991,6 +1039,10 @@ impl World {
                 }
                 ClientOutput::Message(m) => {
                     self.log(|| format!("dev{dev} SURFACE {} {}", m.seq, m.id));
+                    if !self.devs[dev].disk.durable.messages.contains_key(&m.seq) {
+                        let who = self.devs[dev].cfg.device.clone();
+                        self.fail(format!("{who}: seq {} surfaced before durable on the device", m.seq));
+                    }
                     let r = self.devs[dev].view.surface(&self.server.disk.durable, &m);
                     if let Err(e) = r {
                         let who = self.devs[dev].cfg.device.clone();
@@ -1045,6 +1097,9 @@ impl World {
                     self.log(|| format!("dev{dev} ERROR {e}"));
                     match e {
                         ClientError::Server { .. } => {}
+                        ClientError::ChainMismatch { .. } if self.counts.tampered > 0 => {
+                            self.counts.chain_mismatches += 1;
+                        }
                         other => {
                             let who = self.devs[dev].cfg.device.clone();
                             self.fail(format!("{who}: client reported {other}"));
@@ -1118,6 +1173,21 @@ impl World {
 
     fn stuck(&mut self) -> Violation {
         let head = self.server.disk.durable.head();
+        // A device that is connected, welcomed and behind, with nothing on
+        // the way to it: only a resend (or a new message) could help it.
+        for (dev, d) in self.devs.iter().enumerate() {
+            let behind = d.client.as_ref().is_some_and(|c| c.is_ready() && c.watermark().is_some_and(|w| w < head));
+            let live = d.conn.is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
+            let on_the_way = self.heap.iter().any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
+            if behind && live && !on_the_way {
+                let what = format!(
+                    "liveness: the server stopped pushing to a live connection: {} is connected and welcomed but stored only through {:?} of head {head}, and nothing is on the way to it",
+                    d.cfg.device,
+                    d.client.as_ref().and_then(|c| c.watermark())
+                );
+                return self.violation(what);
+            }
+        }
         let mut what = format!("liveness: not converged by the deadline (server head {head}");
         for d in &self.devs {
             let c = d.client.as_ref();
