@@ -97,6 +97,8 @@ pub struct Conversation {
     state: State,
     /// Tunables set by Worker variables.
     overrides: Overrides,
+    /// Whether the test-only routes are on (`ACKLINE_TEST_ROUTES=1`).
+    test_routes: bool,
     store: Option<Store>,
     /// The core; `None` until first needed after a (re)start or a storage error.
     core: RefCell<Option<protocol::Conversation>>,
@@ -131,7 +133,7 @@ pub(crate) fn log_event(event: &str, fields: serde_json::Value) {
 
 impl DurableObject for Conversation {
     fn new(state: State, env: Env) -> Self {
-        let store = match Store::open(state.storage().sql(), now_millis()) {
+        let store = match Store::open(&state.storage(), now_millis()) {
             Ok(store) => Some(store),
             Err(e) => {
                 // Every request then answers 503 instead of panicking.
@@ -141,6 +143,7 @@ impl DurableObject for Conversation {
         };
         Self {
             state,
+            test_routes: crate::store_suite::enabled(&env),
             overrides: Overrides::from_env(&env),
             store,
             core: RefCell::new(None),
@@ -150,6 +153,9 @@ impl DurableObject for Conversation {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        if self.test_routes && req.path() == crate::store_suite::OBJECT_PATH {
+            return crate::store_suite::serve(&self.state, &req.url()?).await;
+        }
         let Some(store) = &self.store else {
             return error_response(503, "storage_unavailable", "conversation storage failed to open");
         };
@@ -363,21 +369,20 @@ impl Conversation {
         self.arm(next_deadline, now).await
     }
 
-    /// Carries out outputs until the core has nothing more to say; every batch of
-    /// writes is applied synchronously and then reported durable.
+    /// Carries out outputs until the core has nothing more to say; the writes
+    /// of each round are committed as one batch (all or nothing) and then
+    /// reported durable. Frames of the round may go out before the commit: the
+    /// core never sends one that depends on a write before it is durable, and
+    /// the output gate holds them until the commit is anyway.
     fn drain(&self, core: &mut protocol::Conversation, store: &Store, now: u64, is_timeout: bool) -> Result<()> {
         loop {
             let mut last_write = None;
+            let mut batch: Vec<ServerWrite> = Vec::new();
             while let Some(output) = core.poll_output() {
                 match output {
                     ServerOutput::Frame { conn, frame } => self.send(conn, &frame, is_timeout),
                     ServerOutput::Persist { write, op } => {
-                        match &op {
-                            ServerWrite::Append(message) => store.insert(message)?,
-                            ServerWrite::Cursor(cursor) => store.set_cursor(cursor)?,
-                            ServerWrite::Seen { user, device, at } => store.seen(user, device, *at)?,
-                            ServerWrite::Forget { user, device } => store.forget(user, device)?,
-                        }
+                        batch.push(op);
                         last_write = Some(write);
                     }
                     ServerOutput::Close { conn, code, reason } => {
@@ -389,6 +394,7 @@ impl Conversation {
                     ServerOutput::Remember { conn, memo } => self.remember(conn, memo),
                 }
             }
+            store.commit(&batch).map_err(|e| worker::Error::from(e.to_string()))?;
             match last_write {
                 Some(through) => core.handle(now, ServerInput::Durable { through }, store),
                 None => return Ok(()),

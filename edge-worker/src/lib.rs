@@ -11,6 +11,7 @@ mod history;
 mod http;
 mod names;
 mod store;
+mod store_suite;
 
 pub use conversation::Conversation;
 
@@ -52,6 +53,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
         }
         (["v1", "dev", "token"], Method::Post) if dev_tokens_enabled(&env) => {
             mint_dev_token(req, &env).await
+        }
+        // Test-only (ACKLINE_TEST_ROUTES=1): the server store suite on real SQLite.
+        (["v1", "test", "server-store-suite"], Method::Post) if store_suite::enabled(&env) => {
+            store_suite::run(req, &env).await
         }
         (["healthz"] | ["v1", "conversations", _, "connect" | "messages" | "stats"], _) => {
             error_response(405, "method_not_allowed", "this route only answers GET")

@@ -1,13 +1,34 @@
-//! The conversation's SQLite storage (Durable Object SQL API).
+//! The conversation's SQLite storage (Durable Object SQL API): the edge's
+//! [`DurableStore`], checked by the server store suite on workerd
+//! (`store_suite.rs`, the contract in protocol/src/store.rs).
 //!
-//! Every call is synchronous. Writes issued back to back with no `.await` between
-//! them commit together, and workerd's output gate holds every outgoing frame
-//! until they are durable: that is what lets the shell report writes as durable
-//! as soon as the calls return.
+//! Every call is synchronous. A batch of the core's writes runs inside one
+//! `transactionSync`, so a refused write rolls back the whole batch; and
+//! workerd's output gate holds every outgoing frame until the writes are
+//! durable: that is what lets the shell report a batch durable as soon as
+//! [`Store::commit`] returns.
 
-use protocol::{ChainHash, ConversationStore, Cursor, DeviceRecord, Seq, StoreError, StoredMessage};
+use protocol::store::{check_range, CommitError, DurableStore};
+use protocol::{ChainHash, ConversationStore, Cursor, DeviceRecord, Seq, ServerWrite, StoreError, StoredMessage, MAX_SEQ};
 use serde::Deserialize;
-use worker::{Result, SqlStorage, SqlStorageValue};
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{Result, SqlStorage, SqlStorageValue, Storage};
+
+#[wasm_bindgen]
+extern "C" {
+    /// The Durable Object's storage object, for the one method workers-rs
+    /// 0.8.7 does not bind.
+    type SyncTransactions;
+
+    /// `ctx.storage.transactionSync(body)`: runs `body`; if it throws, every
+    /// SQL write it made is rolled back and the exception is rethrown.
+    #[wasm_bindgen(method, catch, js_name = transactionSync)]
+    fn transaction_sync(
+        this: &SyncTransactions,
+        body: &mut dyn FnMut() -> std::result::Result<JsValue, JsValue>,
+    ) -> std::result::Result<JsValue, JsValue>;
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -47,9 +68,17 @@ const MIGRATE_FROM_1: [&str; 4] = [
     "DROP INDEX IF EXISTS messages_idempotency",
 ];
 
+/// Whether an `INSERT OR IGNORE` of a message stored it, and if not, why.
+enum Inserted {
+    Yes,
+    SeqTaken,
+    IdTaken,
+}
+
 /// Typed access to one conversation's tables.
 pub struct Store {
     sql: SqlStorage,
+    transactions: SyncTransactions,
 }
 
 #[derive(Deserialize)]
@@ -97,9 +126,12 @@ fn int(value: u64) -> Result<SqlStorageValue> {
 impl Store {
     /// Opens the tables, creating them on first use and migrating older
     /// storage.
-    pub fn open(sql: SqlStorage, now: u64) -> Result<Store> {
+    pub fn open(storage: &Storage, now: u64) -> Result<Store> {
+        let sql = storage.sql();
         sql.exec(SCHEMA, None)?;
-        let store = Store { sql };
+        let raw: &JsValue = storage.as_raw().as_ref();
+        let transactions = raw.clone().unchecked_into::<SyncTransactions>();
+        let store = Store { sql, transactions };
         if store.meta("schema")?.as_deref() != Some(SCHEMA_VERSION) {
             for statement in MIGRATE_FROM_1 {
                 let bindings = if statement.contains('?') { vec![int(now)?] } else { vec![] };
@@ -143,21 +175,93 @@ impl Store {
         Ok(self.messages(&query, vec![user.into(), device.into(), client_id.into()])?.pop())
     }
 
-    /// Appends a message (its seq must be head + 1).
-    pub fn insert(&self, m: &StoredMessage) -> Result<()> {
-        self.sql.exec(
-            "INSERT INTO messages (seq, user, device, client_id, body, at, chain) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            vec![
-                int(m.seq)?,
-                m.user.as_str().into(),
-                m.device.as_str().into(),
-                m.id.as_str().into(),
-                m.body.as_str().into(),
-                int(m.at)?,
-                m.chain.to_hex().into(),
-            ],
-        )?;
-        Ok(())
+    /// Stores a message unless its seq or its (user, device, client id) is
+    /// taken: then it says which, and writes nothing.
+    fn insert(&self, m: &StoredMessage) -> std::result::Result<(), CommitError> {
+        match self.try_insert(m).map_err(write_error)? {
+            Inserted::Yes => Ok(()),
+            Inserted::SeqTaken => Err(CommitError::SeqTaken { seq: m.seq }),
+            Inserted::IdTaken => Err(CommitError::DuplicateId {
+                user: m.user.clone(),
+                device: m.device.clone(),
+                id: m.id.clone(),
+            }),
+        }
+    }
+
+    fn try_insert(&self, m: &StoredMessage) -> Result<Inserted> {
+        #[derive(Deserialize)]
+        struct Row {
+            #[allow(dead_code)] // only whether a row came back matters
+            seq: Seq,
+        }
+        let inserted: Vec<Row> = self
+            .sql
+            .exec(
+                "INSERT OR IGNORE INTO messages (seq, user, device, client_id, body, at, chain)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                vec![
+                    int(m.seq)?,
+                    m.user.as_str().into(),
+                    m.device.as_str().into(),
+                    m.id.as_str().into(),
+                    m.body.as_str().into(),
+                    int(m.at)?,
+                    m.chain.to_hex().into(),
+                ],
+            )?
+            .to_array()?;
+        if !inserted.is_empty() {
+            return Ok(Inserted::Yes);
+        }
+        // Ignored: a conflict on the seq or on the dedup index. Only now is it
+        // worth reading which (the same order of checks as MemoryStore).
+        let query = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq = ?");
+        if self.messages(&query, vec![int(m.seq)?])?.is_empty() {
+            Ok(Inserted::IdTaken)
+        } else {
+            Ok(Inserted::SeqTaken)
+        }
+    }
+
+    /// Carries out one write (inside the batch's transaction).
+    fn write(&self, op: &ServerWrite) -> std::result::Result<(), CommitError> {
+        match op {
+            ServerWrite::Append(message) => self.insert(message),
+            ServerWrite::Cursor(cursor) => self.set_cursor(cursor).map_err(write_error),
+            ServerWrite::Seen { user, device, at } => self.seen(user, device, *at).map_err(write_error),
+            ServerWrite::Forget { user, device } => self.forget(user, device).map_err(write_error),
+        }
+    }
+
+    /// Applies the core's writes in order, all or nothing (one
+    /// `transactionSync`): a refused or failed write rolls back the batch.
+    pub fn commit(&self, batch: &[ServerWrite]) -> std::result::Result<(), CommitError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for op in batch {
+            check_range(op)?;
+        }
+        let mut refusal = None;
+        let outcome = {
+            let mut body = || {
+                for op in batch {
+                    if let Err(e) = self.write(op) {
+                        let thrown = JsValue::from_str(&e.to_string());
+                        refusal = Some(e);
+                        return Err(thrown);
+                    }
+                }
+                Ok(JsValue::UNDEFINED)
+            };
+            self.transactions.transaction_sync(&mut body)
+        };
+        match (outcome, refusal) {
+            (Ok(_), _) => Ok(()),
+            (Err(_), Some(refusal)) => Err(refusal),
+            (Err(thrown), None) => Err(write_error(worker::Error::from(thrown))),
+        }
     }
 
     /// Records the conversation id on first use (a Durable Object does not
@@ -196,21 +300,32 @@ impl Store {
             .ok_or_else(|| worker::Error::from("connection counter unreadable"))
     }
 
-    /// Up to `limit` messages with `after < seq < before`, ascending.
+    /// Up to `limit` messages with `after < seq < before`, ascending
+    /// (`before` absent: up to and including seq `MAX_SEQ`).
     pub fn range(&self, after: Seq, before: Option<Seq>, limit: u32) -> Result<Vec<StoredMessage>> {
+        if after >= MAX_SEQ {
+            return Ok(Vec::new());
+        }
+        // Inclusive upper bound: `before` may be MAX_SEQ + 1, which SQLite
+        // cannot get through a JavaScript number.
+        let through = before.map_or(MAX_SEQ, |b| b.saturating_sub(1).min(MAX_SEQ));
         let query = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND seq < ? ORDER BY seq ASC LIMIT ?"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq ASC LIMIT ?"
         );
-        let before = before.unwrap_or(protocol::MAX_SEQ);
-        self.messages(&query, vec![int(after)?, int(before)?, int(u64::from(limit))?])
+        self.messages(&query, vec![int(after)?, int(through)?, int(u64::from(limit))?])
     }
 
-    /// The `limit` messages just below `before`, ascending.
+    /// The `limit` messages just below `before`, ascending. The core asks
+    /// for `before = head + 1`, which is MAX_SEQ + 1 at the very end.
     pub fn before(&self, before: Seq, limit: u32) -> Result<Vec<StoredMessage>> {
+        if before <= 1 {
+            return Ok(Vec::new());
+        }
+        let through = (before - 1).min(MAX_SEQ);
         let query = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq <= ? ORDER BY seq DESC LIMIT ?"
         );
-        let mut page = self.messages(&query, vec![int(before)?, int(u64::from(limit))?])?;
+        let mut page = self.messages(&query, vec![int(through)?, int(u64::from(limit))?])?;
         page.reverse();
         Ok(page)
     }
@@ -235,7 +350,7 @@ impl Store {
     }
 
     /// Records a device's cursor (it only moves forward).
-    pub fn set_cursor(&self, cursor: &Cursor) -> Result<()> {
+    fn set_cursor(&self, cursor: &Cursor) -> Result<()> {
         self.sql.exec(
             "INSERT INTO devices (user, device, through, seen) VALUES (?, ?, ?, 0)
              ON CONFLICT (user, device) DO UPDATE SET through = MAX(through, excluded.through)",
@@ -249,7 +364,7 @@ impl Store {
     }
 
     /// Records that a device connected at `at` (creating its record).
-    pub fn seen(&self, user: &str, device: &str, at: u64) -> Result<()> {
+    fn seen(&self, user: &str, device: &str, at: u64) -> Result<()> {
         self.sql.exec(
             "INSERT INTO devices (user, device, through, seen) VALUES (?, ?, 0, ?)
              ON CONFLICT (user, device) DO UPDATE SET seen = MAX(seen, excluded.seen)",
@@ -259,7 +374,7 @@ impl Store {
     }
 
     /// Deletes a device's record.
-    pub fn forget(&self, user: &str, device: &str) -> Result<()> {
+    fn forget(&self, user: &str, device: &str) -> Result<()> {
         self.sql.exec(
             "DELETE FROM devices WHERE user = ? AND device = ?",
             vec![user.into(), device.into()],
@@ -270,6 +385,16 @@ impl Store {
 
 fn read_error(e: worker::Error) -> StoreError {
     StoreError::Failed(e.to_string())
+}
+
+fn write_error(e: worker::Error) -> CommitError {
+    CommitError::Storage(e.to_string())
+}
+
+impl DurableStore for Store {
+    fn commit(&mut self, batch: &[ServerWrite]) -> std::result::Result<(), CommitError> {
+        Store::commit(self, batch)
+    }
 }
 
 impl ConversationStore for Store {
