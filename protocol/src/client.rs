@@ -949,7 +949,7 @@ impl Client {
         }
         // A member this device has not heard of yet (its notice was lost)
         // has stored nothing as far as we know: wait for its cursor.
-        let users_known = best.len() + usize::from(self.cursors.keys().any(|(u, _)| *u == self.cfg.user));
+        let users_known = best.len() + 1; // the other users, and ours
         if users_known < self.members as usize {
             return;
         }

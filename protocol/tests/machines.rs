@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus};
+use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus, OutboxEntry};
 use protocol::server::{close, ConnId, ConnMemo, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite};
 use protocol::limits;
 use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
@@ -1399,4 +1399,202 @@ fn server_shares_its_answer_rate_among_catching_up_connections_in_turn() {
     assert!(got[0].abs_diff(got[1]) <= 20, "in turn, not one after the other: {got:?}");
     let allowed = cfg.answer_burst as usize + (elapsed as usize) * 10 + 2 * (cfg.page_bytes + 400);
     assert!(sent <= allowed, "{sent} bytes in {elapsed} ms (allowed {allowed})");
+}
+
+// ---- Truthful ticks and per-sender order ----
+
+fn send_after(id: &str, body: &str, after: &str) -> ClientFrame {
+    ClientFrame::Send { id: id.into(), body: body.into(), after: Some(after.into()) }
+}
+
+#[test]
+fn server_stores_a_send_only_after_the_message_it_comes_after() {
+    let mut s = Server::new(ServerConfig::new("c"));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(None));
+    s.take();
+    // m2 overtook m1 (or m1 was refused): m2 is refused until m1 is stored.
+    s.send(T0, 1, send_after("m2", "two", "m1"));
+    let f = s.take();
+    assert_eq!(error_codes(&f), vec![ErrorCode::OutOfOrder]);
+    assert!(matches!(&f[..], [(_, ServerFrame::Error { id: Some(id), .. })] if id == "m2"));
+    assert!(s.store.messages.is_empty());
+    s.send(T0, 1, send("m1", "one"));
+    // Accepted but not yet durable is enough: its seq is taken.
+    s.send(T0, 1, send_after("m2", "two", "m1"));
+    s.durable(T0);
+    assert_eq!(sent_seqs(&s.take()), vec![("m1".into(), 1), ("m2".into(), 2)]);
+    // Another device's message of the same id does not count.
+    s.connect(T0, 2, "bob", "a1");
+    s.send(T0, 2, hello(None));
+    s.send(T0, 2, send_after("x", "b", "m1"));
+    assert_eq!(error_codes(&frames_to(&s.take(), 2)), vec![ErrorCode::OutOfOrder]);
+}
+
+#[test]
+fn client_names_the_previous_unconfirmed_message_and_goes_back_on_a_refusal() {
+    let mut d = ready_device();
+    let a = d.c.send(T0, "a").unwrap();
+    let b = d.c.send(T0, "b").unwrap();
+    let c = d.c.send(T0, "c").unwrap();
+    d.drain();
+    d.durable(T0);
+    let sends: Vec<(String, Option<String>)> = d
+        .take_sent()
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Send { id, after, .. } => Some((id, after)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, vec![(a.clone(), None), (b.clone(), Some(a.clone())), (c.clone(), Some(b.clone()))]);
+    // a is refused (rate limited): b and c are resent no earlier than a.
+    d.frame(T0 + 1, ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow".into(), id: Some(a.clone()) });
+    d.frame(T0 + 1, ServerFrame::Error { code: ErrorCode::OutOfOrder, message: "a first".into(), id: Some(b.clone()) });
+    d.frame(T0 + 1, ServerFrame::Error { code: ErrorCode::OutOfOrder, message: "b first".into(), id: Some(c.clone()) });
+    let at = d.c.poll_timeout().unwrap();
+    d.input(at, ClientInput::Timeout);
+    let first: Vec<String> = d
+        .take_sent()
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Send { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first.first(), Some(&a), "the refused message goes first: {first:?}");
+    // Once a is confirmed, b goes with no `after`.
+    d.frame(at, ServerFrame::Sent { id: a.clone(), seq: 1, at: T0 });
+    let mut t = at;
+    let mut after_b = None;
+    for _ in 0..10 {
+        t = d.c.poll_timeout().unwrap_or(t + 1_000).max(t);
+        d.input(t, ClientInput::Timeout);
+        if let Some(after) = d.take_sent().into_iter().find_map(|f| match f {
+            ClientFrame::Send { id, after, .. } if id == b => Some(after),
+            _ => None,
+        }) {
+            after_b = Some(after);
+            break;
+        }
+    }
+    assert_eq!(after_b, Some(None));
+}
+
+#[test]
+fn client_restores_its_outbox_in_id_order_and_continues_after_it() {
+    let entry = |id: &str, created: u64| OutboxEntry { id: id.into(), body: id.into(), created, seq: None, at: None };
+    // The shell returned them by `created`, which a clock step made disagree with creation order.
+    let newer = "01HF7YB000000000000000000Z";
+    let older = "01HF7YA000000000000000000Z";
+    let snapshot = ClientSnapshot { outbox: vec![entry(newer, T0 + 10), entry(older, T0 + 20)], ..ClientSnapshot::default() };
+    let mut d = Dev::new(snapshot);
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
+    let ids: Vec<String> = d
+        .take_sent()
+        .into_iter()
+        .filter_map(|f| match f {
+            ClientFrame::Send { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![older.to_owned(), newer.to_owned()]);
+    // A clock far behind still makes later ids and times.
+    let id = d.c.send(1_000, "later").unwrap();
+    d.drain();
+    assert!(id.as_str() > newer, "{id}");
+    let created = d.writes.iter().rev().find_map(|(_, w)| match w {
+        ClientWrite::PutOutbox(e) if e.id == id => Some(e.created),
+        _ => None,
+    });
+    assert_eq!(created, Some(T0 + 20));
+}
+
+#[test]
+fn server_starts_a_new_member_at_the_head_and_a_second_device_at_its_users_cursor() {
+    let mut s = Server::with_store(ServerConfig::new("c"), history(100, 10));
+    s.connect(T0, 1, "ann", "a1");
+    s.send(T0, 1, hello(Some(100)));
+    // bob joins when 100 messages exist: they count as delivered to bob.
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 2, hello(None));
+    s.durable(T0);
+    let f = s.take();
+    let latest: Vec<u64> = batches(&f, 2).into_iter().flat_map(|(seqs, _, _)| seqs).collect();
+    assert_eq!(latest, (51..=100).collect::<Vec<_>>(), "the latest page");
+    s.send(T0, 2, ClientFrame::Ack { seq: 100, ranges: vec![] });
+    s.durable(T0);
+    s.input(T0, ServerInput::Disconnected { conn: ConnId(2) });
+    // 80 more while bob is away.
+    for i in 0..80 {
+        s.send(T0, 1, send(&format!("n{i}"), "y"));
+        s.durable(T0);
+    }
+    s.take();
+    // bob's new tablet starts where bob's devices stopped (100), not at the
+    // latest page (131..=180), so its acks vouch only for what it stores.
+    s.connect(T0, 3, "bob", "b2");
+    s.send(T0, 3, hello(None));
+    let first = batches(&s.take(), 3);
+    assert_eq!(first.len(), 1, "one page, not streamed");
+    assert_eq!(first[0].0, (101..=180).collect::<Vec<_>>());
+    assert!(!first[0].1);
+    // Had bob stored through 150, the latest page would reach down to it.
+    s.send(T0, 3, ClientFrame::Ack { seq: 150, ranges: vec![] });
+    s.durable(T0);
+    s.connect(T0, 4, "bob", "b3");
+    s.send(T0, 4, hello(None));
+    let first = batches(&s.take(), 4);
+    assert_eq!(first[0].0, (131..=180).collect::<Vec<_>>());
+}
+
+#[test]
+fn client_counts_delivered_only_once_it_knows_every_member() {
+    let mut d = ready_device();
+    let id = d.c.send(T0, "hi").unwrap();
+    d.drain();
+    d.durable(T0);
+    d.frame(T0, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    // Three members, but the notice naming cat was lost: bob alone is not enough.
+    d.frame(T0, ServerFrame::Delivered {
+        cursors: vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }],
+        members: 3,
+    });
+    assert!(!d.statuses.iter().any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })));
+    d.frame(T0, ServerFrame::Delivered {
+        cursors: vec![Cursor { user: "cat".into(), device: "c1".into(), through: 1 }],
+        members: 3,
+    });
+    assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 1 })));
+}
+
+#[test]
+fn client_paces_its_acks_to_a_share_of_the_budget() {
+    let mut cfg = ClientConfig::new("ann", "a1");
+    cfg.ack_delay = 0;
+    cfg.ack_every = 1;
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.c = Client::new(cfg, 42, ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    let mut w = welcome(0, ChainHash::GENESIS, vec![]);
+    if let ServerFrame::Welcome { rate, .. } = &mut w {
+        *rate = Some(RateLimit { per_sec: 20, burst: 20 });
+    }
+    d.frame(T0, w);
+    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.durable(T0);
+    d.take_sent();
+    // 15% of 20: 3 acks at once, then one per 333 ms; none is lost, the last covers all.
+    let mut acks = 0;
+    for m in chain_of(20) {
+        d.frame(T0, ServerFrame::Push { messages: vec![m] });
+        d.durable(T0);
+        acks += d.acks().len();
+    }
+    assert_eq!(acks, 3);
+    let t = d.c.poll_timeout().unwrap();
+    assert!(t > T0, "the next ack waits for a token");
+    d.input(t, ClientInput::Timeout);
+    assert_eq!(d.acks(), vec![(20, vec![])]);
 }
