@@ -1,0 +1,3 @@
+//! Shared helpers of the protocol integration tests.
+
+pub mod pair;
