@@ -79,13 +79,15 @@ async function start() {
   // counts every message not yet delivered, sent ones included.)
   const unsent = new Set();
   // What the `message` event stream looked like: each seq once, ascending.
-  const stats = { messageEvents: 0, lastEventSeq: 0, outOfOrder: [], conflicts: [], historyPages: 0 };
+  // `resets` counts inbox resets after a divergence (the stream starts over then).
+  const stats = { messageEvents: 0, lastEventSeq: 0, outOfOrder: [], conflicts: [], historyPages: 0, resets: 0 };
   let stick = true; // keep the view at the bottom while the user is there
   let conn = { state: 'connecting', outbox: 0, lastError: null };
   let error = null; // { code, message } shown until dismissed
   let fatal = false; // the client could not start: nothing to dismiss or retry
   let heldOffline = false;
   let loadingOlder = null;
+  let divergence = null; // { seq, serverHead } from the `diverged` event, until reset
 
   // -- rows --
 
@@ -295,7 +297,12 @@ async function start() {
     const queued = n ? ` ${n} message${n === 1 ? '' : 's'} will be sent when it is back.` : '';
     let kind = '';
     let text = '';
-    if (error) {
+    if (divergence) {
+      kind = 'diverged';
+      text = `This device's copy of the conversation differs from the server's from #${divergence.seq} on `
+        + `(the server is at #${divergence.serverHead}). New messages are held back until you reset it; `
+        + 'unsent messages are kept.';
+    } else if (error) {
       kind = 'error';
       text = `Error ${error.code}: ${error.message}`;
     } else if (heldOffline) {
@@ -312,7 +319,39 @@ async function start() {
     bannerEl.dataset.kind = kind;
     bannerEl.querySelector('.text').textContent = text;
     bannerEl.querySelector('.dismiss').hidden = kind !== 'error' || fatal;
+    bannerEl.querySelector('.reset').hidden = kind !== 'diverged';
   }
+
+  /** Forgets every stored row (the outgoing ones stay): the view of a reset inbox. */
+  function clearStored() {
+    for (const li of list.children) {
+      if (rowsById.get(li.dataset.id) === li) rowsById.delete(li.dataset.id);
+    }
+    list.replaceChildren();
+    rowsBySeq.clear();
+    stats.lastEventSeq = 0;
+    updateOlder();
+  }
+
+  /** Repairs a diverged conversation: the stored copy is dropped and rebuilt from the server. */
+  async function resetInbox() {
+    const button = bannerEl.querySelector('.reset');
+    button.disabled = true;
+    // Cleared before the call: every `message` event after it belongs to the new copy.
+    clearStored();
+    divergence = null;
+    stats.resets += 1;
+    renderBanner();
+    try {
+      await room.resetInbox();
+    } catch (e) {
+      showError(e);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  bannerEl.querySelector('.reset').addEventListener('click', () => resetInbox());
 
   function showError(e) {
     error = { code: e.code || 'error', message: e.message || String(e) };
@@ -351,6 +390,7 @@ async function start() {
     });
     client.on('error', (e) => {
       if (e.conversation && e.conversation !== conversation) return;
+      if (e.code === 'diverged') return; // the `diverged` banner offers the repair
       showError(e);
     });
     room = await client.conversation(conversation);
@@ -374,6 +414,10 @@ async function start() {
       const li = rowsById.get(u.id);
       if (li) setState(li, u.status);
       if (u.status === 'failed' && li) li.title = `refused: ${u.code}`;
+    });
+    room.on('diverged', (d) => {
+      divergence = d;
+      renderBanner();
     });
     for (const p of room.pending()) showPending(p);
     renderStatus();
@@ -407,7 +451,7 @@ async function start() {
   window.ackline = {
     client,
     room,
-    app: { user, device, conversation, dbName, stats, loadOlder, loadAll, historyDone },
+    app: { user, device, conversation, dbName, stats, loadOlder, loadAll, historyDone, resetInbox },
   };
   appEl.dataset.ready = room ? '1' : '0';
 }

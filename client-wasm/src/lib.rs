@@ -99,10 +99,23 @@ export interface ConnectionStatus {
   lastError: { code: AcklineErrorCode; message: string } | null;
 }
 
+/** The server's history differs from what this device stored (it lost or
+ *  rewrote messages, e.g. after a restore from a backup): the conversation's
+ *  inbox is frozen (no new `message` events; sending still works) until the
+ *  app calls `resetInbox()`. */
+export interface Divergence {
+  conversation: string;
+  /** Where the two histories differ. */
+  seq: number;
+  /** The server's head seq at the time. */
+  serverHead: number;
+}
+
 export interface ConversationEvents {
   message: Message;
   pending: PendingMessage;
   update: MessageUpdate;
+  diverged: Divergence;
 }
 
 export interface ClientEvents {
@@ -340,8 +353,9 @@ impl Conversation {
     }
 
     /// Listens to `message` (each stored message once, in seq order, own ones
-    /// included), `pending` (an own message is durably in the outbox) and `update`
-    /// (an own message became sent, delivered or failed).
+    /// included), `pending` (an own message is durably in the outbox), `update`
+    /// (an own message became sent, delivered or failed) and `diverged` (the
+    /// server's history differs from the stored one; see `resetInbox`).
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: String, listener: Function) {
         self.session.listeners.add(&event, listener);
@@ -369,6 +383,25 @@ impl Conversation {
     #[wasm_bindgen(unchecked_return_type = "PendingMessage[]")]
     pub fn pending(&self) -> JsValue {
         self.session.pending_messages()
+    }
+
+    /// Repairs a diverged conversation (see the `diverged` event): drops the
+    /// stored inbox of this conversation (its messages and watermark) and starts
+    /// over as a fresh device. The outbox is kept and sent as usual. Afterwards
+    /// `message` events bring the server's latest page and `history()` the older
+    /// ones; clear what you show before calling it, since seqs of the old copy
+    /// may now belong to other messages. Resolves once the old inbox is gone from
+    /// IndexedDB; rejects with code `closed` after `close()`.
+    #[wasm_bindgen(js_name = resetInbox, unchecked_return_type = "Promise<void>")]
+    pub fn reset_inbox(&self) -> Promise {
+        self.session.reset_inbox()
+    }
+
+    /// The divergence reported by the last `diverged` event, until
+    /// `resetInbox()`; `null` otherwise.
+    #[wasm_bindgen(getter, unchecked_return_type = "Divergence | null")]
+    pub fn diverged(&self) -> JsValue {
+        self.session.divergence()
     }
 
     /// Own messages of this conversation still in the outbox: not yet stored

@@ -19,7 +19,7 @@ use std::rc::{Rc, Weak};
 use gloo_timers::callback::Timeout;
 use js_sys::Function;
 use protocol::{
-    Client, ClientConfig, ClientFrame, ClientInput, ClientOutput, ClientWrite,
+    Client, ClientConfig, ClientError, ClientFrame, ClientInput, ClientOutput, ClientWrite,
     MessageStatus, Millis, StoredMessage, WriteId,
 };
 use serde::Serialize;
@@ -112,6 +112,24 @@ struct UpdateEvent<'a> {
     at: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<ErrorCode>,
+}
+
+/// A divergence the core reported, kept until `resetInbox()`.
+#[derive(Clone, Copy)]
+struct Divergence {
+    /// Where the server's history and this device's differ.
+    seq: u64,
+    /// The server's head at the time.
+    server_head: u64,
+}
+
+/// The `diverged` event, and the `diverged` getter while it lasts.
+#[derive(Serialize)]
+struct DivergedEvent<'a> {
+    conversation: &'a str,
+    seq: u64,
+    #[serde(rename = "serverHead")]
+    server_head: u64,
 }
 
 #[derive(Serialize)]
@@ -238,6 +256,10 @@ struct Inner {
     sends: HashMap<String, (Function, Function)>,
     /// `history()` promises waiting for the next page from the server.
     history_waiters: Vec<(Function, Function)>,
+    /// `resetInbox()` promises, each waiting for its `ClearInbox` write to be durable.
+    reset_waiters: Vec<(WriteId, Function, Function)>,
+    /// Set by the core's `Diverged` (the inbox is frozen), cleared by `resetInbox()`.
+    divergence: Option<Divergence>,
     last_error: Option<ErrorInfo>,
     events: Vec<AppEvent>,
     /// The core dropped the connection; `pump` schedules a reconnect.
@@ -298,6 +320,8 @@ impl Session {
                 writer_running: false,
                 sends: HashMap::new(),
                 history_waiters: Vec::new(),
+                reset_waiters: Vec::new(),
+                divergence: None,
                 last_error: None,
                 events: Vec::new(),
                 reconnect_wanted: false,
@@ -397,6 +421,44 @@ impl Session {
         Ok(list.into())
     }
 
+    /// Drops the stored inbox (messages and watermark; the outbox stays) and
+    /// starts over as a fresh device: the repair after `diverged`. Resolves once
+    /// the stored inbox is gone from IndexedDB.
+    pub fn reset_inbox(&self) -> js_sys::Promise {
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed {
+                let _ = reject.call1(&JsValue::NULL, &AcklineError::Closed.into());
+                return;
+            }
+            inner.core.reset_inbox(now());
+            inner.divergence = None;
+            inner.drain_outputs();
+            // The core asked for exactly one ClearInbox just now: the promise
+            // follows that write.
+            let clear = inner.writes.iter().rev().find(|(_, op)| matches!(op, ClientWrite::ClearInbox)).map(|(w, _)| *w);
+            match clear {
+                Some(write) => inner.reset_waiters.push((write, resolve, reject)),
+                None => {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+            }
+        });
+        self.pump();
+        promise
+    }
+
+    /// The divergence the core reported, until `reset_inbox`.
+    pub fn divergence(&self) -> JsValue {
+        let inner = self.inner.borrow();
+        match inner.divergence {
+            Some(Divergence { seq, server_head }) => {
+                to_js(&DivergedEvent { conversation: &inner.cfg.conversation, seq, server_head })
+            }
+            None => JsValue::NULL,
+        }
+    }
+
     /// Cuts (false) or restores (true) this session's connection on purpose.
     pub fn set_online(&self, online: bool) {
         {
@@ -435,7 +497,8 @@ impl Session {
         let err: JsValue = AcklineError::Closed.into();
         inner.not_yet_durable.clear();
         let sends: Vec<_> = inner.sends.drain().map(|(_, (_, reject))| reject).collect();
-        let waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
+        let mut waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
+        waiters.extend(inner.reset_waiters.drain(..).map(|(_, _, reject)| reject));
         drop(inner);
         for reject in sends.into_iter().chain(waiters) {
             let _ = reject.call1(&JsValue::NULL, &err);
@@ -705,6 +768,15 @@ impl Inner {
         self.state = state;
     }
 
+    /// Settles the `resetInbox()` promises whose write is durable now.
+    fn resolve_resets(&mut self, through: WriteId) {
+        let (done, waiting): (Vec<_>, Vec<_>) = self.reset_waiters.drain(..).partition(|(w, _, _)| *w <= through);
+        self.reset_waiters = waiting;
+        for (_, resolve, _) in done {
+            self.events.push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
+        }
+    }
+
     /// Keeps `error` as the last error and queues its `error` event.
     fn record_error(&mut self, error: &AcklineError) {
         let info = ErrorInfo::from(error);
@@ -749,6 +821,12 @@ impl Inner {
                     self.on_status(&id, status);
                 }
                 ClientOutput::Error(e) => {
+                    if let ClientError::Diverged { seq, server_head } = e {
+                        let divergence = Divergence { seq, server_head };
+                        self.divergence = Some(divergence);
+                        let event = to_js(&DivergedEvent { conversation: &self.cfg.conversation, seq, server_head });
+                        self.events.push(AppEvent::Conversation("diverged", event));
+                    }
                     self.record_error(&AcklineError::Core(e));
                     status_changed = true;
                 }
@@ -891,7 +969,9 @@ async fn run_writer(weak: WeakSession) {
         match result {
             Ok(()) => {
                 if let Some((through, _)) = batch.last() {
-                    session.inner.borrow_mut().core.handle(now(), ClientInput::Durable { through: *through });
+                    let mut inner = session.inner.borrow_mut();
+                    inner.core.handle(now(), ClientInput::Durable { through: *through });
+                    inner.resolve_resets(*through);
                 }
                 session.pump();
             }

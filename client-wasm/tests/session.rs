@@ -234,3 +234,67 @@ async fn offline_client_catches_up_on_2000_messages_once_in_order() {
     delete_db(&db_a).await;
     delete_db(&db_b).await;
 }
+
+/// The seqs of `conv`'s stored messages in IndexedDB `db`, and the outbox
+/// record ids with whether each has a seq (read through a connection of its own).
+async fn stored_seqs(db: &str, conv: &str) -> (Vec<u64>, Vec<(String, bool)>) {
+    let database = idb::Factory::new().unwrap().open(db, None).unwrap().await.expect("open db");
+    let tx = database.transaction(&["messages", "outbox"], idb::TransactionMode::ReadOnly).unwrap();
+    let range = idb::KeyRange::bound(
+        &js_sys::Array::of2(&conv.into(), &JsValue::from(0)).into(),
+        &js_sys::Array::of2(&conv.into(), &JsValue::from(f64::INFINITY)).into(),
+        None,
+        None,
+    )
+    .unwrap();
+    let messages = tx.object_store("messages").unwrap().get_all(Some(range.into()), None).unwrap().await.unwrap();
+    let outbox = tx.object_store("outbox").unwrap().get_all(None, None).unwrap().await.unwrap();
+    database.close();
+    let outbox = outbox
+        .iter()
+        .map(|e| (field(e, "id").as_string().unwrap(), field(e, "seq").as_f64().is_some()))
+        .collect();
+    (messages.iter().map(seq_of).collect(), outbox)
+}
+
+#[wasm_bindgen_test]
+async fn reset_inbox_rebuilds_from_the_server_and_keeps_the_outbox() {
+    let conv_id = unique("reset");
+    let db = unique("db-a");
+    let a = open("ann", "ann-web", &conv_id, &db).await;
+    let ca = a.conversation(conv_id.clone()).await.unwrap();
+    assert!(ca.diverged().is_null(), "no divergence to begin with");
+    let got = collect(&ca, "message");
+    for i in 0..5 {
+        JsFuture::from(ca.send(format!("before {i}"))).await.expect("stored");
+    }
+    wait_until("5 messages shown", 10_000.0, || got.borrow().len() == 5).await;
+    // Offline, two more wait in the outbox while the inbox is reset.
+    a.set_online(false);
+    let updates = collect(&ca, "update");
+    let queued: Vec<_> = (0..2).map(|i| JsFuture::from(ca.send(format!("queued {i}")))).collect();
+    wait_until("2 outbox writes durable", 10_000.0, || updates.borrow().len() == 2).await;
+    let (_, outbox_before) = stored_seqs(&db, &conv_id).await;
+    assert_eq!(outbox_before.iter().filter(|(_, sent)| !sent).count(), 2);
+    got.borrow_mut().clear();
+    JsFuture::from(ca.reset_inbox()).await.expect("reset resolves");
+    let (seqs, outbox) = stored_seqs(&db, &conv_id).await;
+    assert_eq!(seqs, Vec::<u64>::new(), "the stored inbox is gone");
+    assert_eq!(outbox, outbox_before, "the outbox is kept");
+    assert!(ca.diverged().is_null());
+    a.set_online(true);
+    for q in queued {
+        JsFuture::from(q).await.expect("queued messages are sent after the reset");
+    }
+    wait_until("7 messages shown again", 20_000.0, || got.borrow().len() == 7).await;
+    sleep(300).await;
+    assert_in_order_once(&got.borrow(), 7);
+    let bodies: Vec<String> = got.borrow().iter().map(|m| field(m, "body").as_string().unwrap()).collect();
+    assert_eq!(&bodies[5..], ["queued 0", "queued 1"]);
+    let (seqs, _) = stored_seqs(&db, &conv_id).await;
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "IndexedDB holds the server's history again");
+    a.close();
+    let err = JsFuture::from(ca.reset_inbox()).await.expect_err("no reset after close");
+    assert_eq!(field(&err, "code").as_string().as_deref(), Some("closed"));
+    delete_db(&db).await;
+}

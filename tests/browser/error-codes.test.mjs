@@ -44,20 +44,26 @@ test('the AcklineErrorCode union of ackline.d.ts equals the Rust enum', async ()
   assert.match(dts, /export interface AcklineError extends Error \{ code: AcklineErrorCode; \}/);
 });
 
-test('TypeScript checks code fields against the union', () => {
+test('TypeScript checks code fields against the union (and types resetInbox/diverged)', () => {
   requirePackage();
   const scratch = join(repoRoot, 'target', 'error-codes-check');
   rmSync(scratch, { recursive: true, force: true });
   mkdirSync(join(scratch, 'node_modules'), { recursive: true });
   cpSync(pkgDir, join(scratch, 'node_modules', 'ackline'), { recursive: true });
   writeFileSync(join(scratch, 'check.ts'), `
-import { Ackline, errorCodes, type AcklineError, type AcklineErrorCode } from 'ackline';
+import { Ackline, Conversation, errorCodes, type AcklineError, type AcklineErrorCode, type Divergence } from 'ackline';
 
 export function onError(e: AcklineError): AcklineErrorCode { return e.code; }
 export const all: AcklineErrorCode[] = errorCodes();
 export const known: AcklineErrorCode = 'diverged';
 // @ts-expect-error: not a code
 export const unknown: AcklineErrorCode = 'no_such_code';
+export async function repair(room: Conversation): Promise<number | undefined> {
+  room.on('diverged', (d: Divergence) => console.log(d.seq, d.serverHead));
+  const done: Promise<void> = room.resetInbox();
+  await done;
+  return room.diverged?.serverHead;
+}
 export function listen(client: Ackline): void {
   client.on('error', (e) => { const c: AcklineErrorCode = e.code; console.log(c); });
   client.on('status', (s) => { const c: AcklineErrorCode | undefined = s.lastError?.code; console.log(c); });
