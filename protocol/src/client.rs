@@ -429,7 +429,9 @@ pub struct Client {
     last_id: Option<(u64, u128)>,
     /// `created` of the newest outbox entry: never decreases, whatever the clock does.
     last_created: Millis,
-    /// Member users the server last reported (the most ever seen).
+    /// Where the page answering our fresh `hello` starts (its `welcome` says).
+    fresh_start: Option<Seq>,
+    /// Member users the last `welcome` reported (or a later notice, if more).
     members: u32,
     /// Stored-through cursors by (user, device).
     cursors: BTreeMap<(String, String), Seq>,
@@ -476,6 +478,7 @@ impl Client {
             last_id: None,
             last_created: 0,
             members: 0,
+            fresh_start: None,
             cursors: BTreeMap::new(),
             read_ticket: None,
             head_auth: 0,
@@ -532,6 +535,18 @@ impl Client {
                 }
                 c.last_created = c.last_created.max(entry.created);
                 c.outbox.insert(entry, true);
+            }
+            // Continue a random distance after the newest restored id, not
+            // right after it: ids a crashed session made after it (and lost
+            // before they were durable) may be on the server already, and
+            // counting up from the same point would make them again.
+            if let Some((ms, rand)) = c.last_id {
+                let jump = u128::from(c.rng.next_u64()) + 1;
+                let mask80: u128 = (1 << 80) - 1;
+                c.last_id = Some(match rand.checked_add(jump).filter(|r| *r < mask80) {
+                    Some(r) => (ms, r),
+                    None => (ms + 1, u128::from(c.rng.next_u64())),
+                });
             }
         }
         c
@@ -602,6 +617,16 @@ impl Client {
     /// after [`ClientError::Diverged`]). The outbox is kept.
     pub fn reset_inbox(&mut self, now: Millis) {
         self.inbox = None;
+        // Writes of the old inbox still on their way to the disk must not,
+        // once durable, surface or acknowledge anything of the new one.
+        for (_, effect) in &mut self.writes {
+            if matches!(effect, Effect::Inbox { .. }) {
+                *effect = Effect::None;
+            }
+        }
+        // The old history's head is no target for the new one.
+        self.head_auth = 0;
+        self.hello_from = None;
         self.diverged = false;
         self.strikes = 0;
         self.gap_since = None;
@@ -776,12 +801,28 @@ impl Client {
             ServerFrame::Welcome {
                 head,
                 chain,
+                after_chain,
+                start,
                 cursors,
                 members,
                 rate,
                 ..
             } => {
-                self.members = self.members.max(members);
+                // Before anything is counted as delivered: does the server
+                // still have the history this device stored?
+                if let (Some((w, mine)), Some(theirs)) = (self.hello_from, after_chain) {
+                    if theirs.seq == w && theirs.chain != mine && !matches!(self.link, Link::Offline) {
+                        self.diverge(w, head);
+                    }
+                }
+                // A welcome carries the whole picture: it replaces what an
+                // earlier server (maybe one restored from an older backup,
+                // whose cursors are lower) said.
+                self.members = members;
+                self.cursors.clear();
+                if self.inbox.is_none() {
+                    self.fresh_start = start;
+                }
                 self.on_welcome(now, head, chain, cursors, rate)
             }
             ServerFrame::Sent { id, seq, at } => self.on_sent(now, &id, seq, at),
@@ -824,6 +865,16 @@ impl Client {
             self.pacer = rate.map(|r| Pacer::new(now, r));
             self.ack_pacer = rate.map(|r| Pacer::for_acks(now, r));
         }
+        // Held messages above the head are of a history this server does not
+        // have (it went back to an older backup) or, if this welcome is stale,
+        // will be fetched again: either way, stop holding or acking them.
+        if let Some(inbox) = self.inbox.as_mut() {
+            let above = head.saturating_add(1);
+            if inbox.buffer.range(above..).next().is_some() {
+                inbox.buffer.split_off(&above);
+                inbox.stored_above.remove_from(above);
+            }
+        }
         // Only ever raise the catch-up target: this welcome may be older than
         // frames of its own connection, or than an evicted message we must
         // still fetch. (A server that went back is caught just below.)
@@ -861,6 +912,12 @@ impl Client {
         if !self.diverged {
             self.diverged = true;
             self.out.push_back(ClientOutput::Error(ClientError::Diverged { seq, server_head }));
+            // A server that lost or rewrote history may have lost our own
+            // messages too, even confirmed ones: send every undelivered one
+            // again (one the server still has is answered with its seq).
+            for entry in self.outbox.unconfirm_all() {
+                self.persist(ClientWrite::PutOutbox(entry), Effect::None);
+            }
         }
     }
 
@@ -936,6 +993,21 @@ impl Client {
         self.check_delivered();
     }
 
+    /// An own message the server confirmed at a seq that, verified in our
+    /// chain, holds another message was lost by the server (restored from an
+    /// older backup): send it again.
+    fn check_own(&mut self, verified: &[(Seq, String, bool)]) {
+        for (seq, id, ours) in verified {
+            let lost = match self.outbox.confirmed_at(*seq) {
+                Some((order, confirmed_id)) if !*ours || confirmed_id != id => Some(order),
+                _ => None,
+            };
+            if let Some(entry) = lost.and_then(|order| self.outbox.unconfirm(order)) {
+                self.persist(ClientWrite::PutOutbox(entry), Effect::None);
+            }
+        }
+    }
+
     /// Delivered = every other user that appears in the cursors has a device
     /// stored through the seq, and there is at least one other user.
     fn check_delivered(&mut self) {
@@ -956,6 +1028,10 @@ impl Client {
         let Some(&floor) = best.values().min() else {
             return;
         };
+        // And only once this device holds it too (verified in its own chain
+        // at that seq): a server restored from an older backup may have
+        // given the seq to another message since.
+        let floor = floor.min(self.inbox.as_ref().map_or(0, |i| i.durable));
         for o in self.outbox.take_delivered(floor) {
             let seq = o.entry.seq.unwrap_or_default();
             self.out.push_back(ClientOutput::Status {
@@ -975,6 +1051,12 @@ impl Client {
         self.sync_back = None;
         self.head_auth = self.head_auth.max(head);
         if self.inbox.is_none() {
+            // Only the page the fresh `hello` was promised, not a late page
+            // of an earlier request (after a reset, say).
+            let first = messages.first().map_or(head.saturating_add(1), |m| m.seq);
+            if self.fresh_start.is_some_and(|s| s != first) {
+                return;
+            }
             self.sync_fresh = None;
             self.adopt_first_page(messages, head);
             if self.inbox.is_some() {
@@ -1132,6 +1214,8 @@ impl Client {
         let mut fresh: Vec<StoredMessage> = Vec::new();
         let mut advanced = false;
         let mut mismatch = None;
+        // (seq, id, ours) of each message verified into the inbox.
+        let mut verified: Vec<(Seq, String, bool)> = Vec::new();
         while let Some(entry) = inbox.buffer.first_entry() {
             let seq = *entry.key();
             if seq != inbox.written + 1 {
@@ -1147,6 +1231,7 @@ impl Client {
             inbox.written = seq;
             inbox.chain = expect;
             advanced = true;
+            verified.push((seq, held.msg.id.clone(), held.msg.user == self.cfg.user && held.msg.device == self.cfg.device));
             inbox.unsurfaced.insert(seq, held.msg.clone());
             if !held.written {
                 fresh.push(held.msg);
@@ -1201,6 +1286,7 @@ impl Client {
                 },
             );
         }
+        self.check_own(&verified);
         if let Some(seq) = mismatch {
             self.strikes += 1;
             if self.strikes >= 3 {
@@ -1450,7 +1536,9 @@ impl Client {
         let Some(inbox) = &self.inbox else {
             return;
         };
-        if !inbox.recorded {
+        if !inbox.recorded || self.diverged {
+            // (A diverged inbox describes a history the server no longer has:
+            // acking it would claim messages beyond the server's head.)
             self.ack.due = None;
             return;
         }

@@ -46,6 +46,15 @@ pub struct StoredMessage {
     pub chain: ChainHash,
 }
 
+/// The chain value at one seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainAt {
+    /// The seq.
+    pub seq: Seq,
+    /// The chain value after the message at `seq`.
+    pub chain: ChainHash,
+}
+
 /// How far one device has stored a conversation (its cumulative ack).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
@@ -159,6 +168,19 @@ pub enum ServerFrame {
         head: Seq,
         /// Chain value at `head`.
         chain: ChainHash,
+        /// The server's chain value at the `hello`'s `after`, when it has that
+        /// seq: a client whose chain there differs holds a history the server
+        /// no longer has (a server restored from an older backup) and knows it
+        /// at once, before it counts anything as delivered. (It names the seq:
+        /// a late welcome may answer an earlier `hello`.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_chain: Option<ChainAt>,
+        /// For a fresh device (`hello {after: null}`): the first seq of the
+        /// page it gets to start from (head + 1 when there is nothing yet). A
+        /// fresh client takes only the batch that starts there, not a late
+        /// page of an earlier request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<Seq>,
         /// Stored-through cursors: per member user the furthest of that
         /// user's devices, plus the receiving device's own (at most
         /// [`limits::MAX_CURSORS`], however many devices ever joined).

@@ -62,7 +62,7 @@ pub use client::{
     InboxState, MessageStatus, OutboxEntry,
 };
 pub use frame::{
-    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
+    ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
     StoredMessage, Ticket, MAX_SEQ, PROTOCOL_VERSION,
 };
 pub use ranges::RangeSet;

@@ -176,6 +176,44 @@ impl Outbox {
         }
     }
 
+    /// Forgets every confirmation (after the server's history diverged: the
+    /// seqs it gave may be gone). The entries are sent again; a server that
+    /// still has one answers with its seq. Returns the entries changed.
+    pub fn unconfirm_all(&mut self) -> Vec<OutboxEntry> {
+        let orders: Vec<u64> = std::mem::take(&mut self.by_seq).into_values().collect();
+        let mut changed = Vec::with_capacity(orders.len());
+        for order in orders {
+            if let Some(o) = self.entries.get_mut(&order) {
+                o.entry.seq = None;
+                o.entry.at = None;
+                o.transmits = 0;
+                o.retry_at = None;
+                self.ready.insert(order);
+                changed.push(o.entry.clone());
+            }
+        }
+        changed
+    }
+
+    /// The entry the server confirmed at `seq`, if any: its order and id.
+    pub fn confirmed_at(&self, seq: Seq) -> Option<(u64, &str)> {
+        let order = *self.by_seq.get(&seq)?;
+        self.entries.get(&order).map(|o| (order, o.entry.id.as_str()))
+    }
+
+    /// Forgets one confirmation (the server's history holds another message
+    /// at that seq): the entry is sent again. Returns it when it changed.
+    pub fn unconfirm(&mut self, order: u64) -> Option<OutboxEntry> {
+        let o = self.entries.get_mut(&order)?;
+        let seq = o.entry.seq.take()?;
+        o.entry.at = None;
+        o.transmits = 0;
+        o.retry_at = None;
+        self.by_seq.remove(&seq);
+        self.ready.insert(order);
+        Some(o.entry.clone())
+    }
+
     /// The nearest entry before `order` that the server has not confirmed.
     fn unconfirmed_before(&self, order: u64) -> Option<&str> {
         let in_flight = self.in_flight.range(..order).next_back();

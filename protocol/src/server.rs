@@ -61,7 +61,7 @@ use crate::bucket::TokenBucket;
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
 use crate::frame::{
-    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, Ticket, MAX_SEQ,
+    ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, Ticket, MAX_SEQ,
     REPLACEMENT_CHAR,
 };
 use crate::limits;
@@ -390,11 +390,6 @@ enum Request {
     After { from: Seq, upper: Seq, limit: u32, pages_left: usize },
     /// One page just below `before`.
     Before { before: Seq, limit: u32 },
-    /// A fresh device's start: the latest page if it reaches down to `floor`
-    /// (what its user's devices stored through), else forward pages from
-    /// `floor`, so that its acks never vouch for messages no device of its
-    /// user stored.
-    Fresh { floor: Seq, head: Seq },
 }
 
 /// An answer sent and not yet confirmed by its ticket.
@@ -1037,28 +1032,31 @@ impl Conversation {
                 let page = self.page_before(before, limit, store);
                 self.answer_page(now, conn, page, false);
             }
-            Request::Fresh { floor, head } => {
-                let page = self.page_before(head + 1, self.cfg.fresh_page, store);
-                let chains = match &page {
-                    Ok(p) => p.messages.first().is_none_or(|m| m.seq <= floor + 1),
-                    Err(_) => true, // answered as an `internal` error
-                };
-                if chains {
-                    self.answer_page(now, conn, page, false);
-                } else if let Some(c) = self.conns.get_mut(&conn) {
-                    // One page: the device adopts the first batch it gets as
-                    // its start, so nothing may stream behind it (a later
-                    // page overtaking it would become the start). The device
-                    // gap-fills the rest as usual.
-                    c.request.get_or_insert(Request::After {
-                        from: floor,
-                        upper: head + 1,
-                        limit: limits::MAX_PAGE,
-                        pages_left: 1,
-                    });
-                    self.answer_once(now, conn, store);
-                }
+        }
+    }
+
+    /// Where a fresh device of `user` starts, and the request that sends it
+    /// that page: the latest page if it reaches down to what the user's
+    /// devices stored through (`floor`), else one ascending page from
+    /// `floor` (not streamed: the device takes its first page as its start;
+    /// it gap-fills the rest). So its acks never vouch for messages no device
+    /// of its user stored.
+    fn fresh_start(&self, user: &str, head: Seq, store: &dyn ConversationStore) -> (Option<Seq>, Option<Request>) {
+        let floor = self.user_floor(user);
+        let latest = match self.page_before(head + 1, self.cfg.fresh_page, store) {
+            Ok(page) => page.messages.first().map(|m| m.seq),
+            // Storage failed: no page now; the device says hello again.
+            Err(_) => return (None, None),
+        };
+        match latest {
+            None => (Some(head + 1), Some(Request::Before { before: head + 1, limit: self.cfg.fresh_page })),
+            Some(first) if first <= floor + 1 => {
+                (Some(first), Some(Request::Before { before: head + 1, limit: self.cfg.fresh_page }))
             }
+            Some(_) => (
+                Some(floor + 1),
+                Some(Request::After { from: floor, upper: head + 1, limit: limits::MAX_PAGE, pages_left: 1 }),
+            ),
         }
     }
 
@@ -1113,6 +1111,13 @@ impl Conversation {
 
     fn on_hello(&mut self, now: Millis, conn: ConnId, after: Option<Seq>, store: &dyn ConversationStore) {
         let head = self.durable_head;
+        let after_chain = match after {
+            Some(0) => Some(ChainHash::GENESIS),
+            Some(w) if w <= head => self.load(w, w, store).first().map(|m| m.chain),
+            _ => None,
+        }
+        .zip(after)
+        .map(|(chain, seq)| ChainAt { seq, chain });
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -1123,7 +1128,7 @@ impl Conversation {
                 .iter()
                 .map(|c| c.user.len() + c.device.len() + 48)
                 .sum::<usize>();
-        let floor = self.user_floor(&key.0);
+        let (start, fresh) = if after.is_none() { self.fresh_start(&key.0, head, store) } else { (None, None) };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1141,7 +1146,7 @@ impl Conversation {
                 pages_left: limits::STREAM_PAGES,
             }),
             Some(_) => None,
-            None => Some(Request::Fresh { floor, head }),
+            None => fresh,
         };
         self.touched.insert(conn);
         let (user, device) = key;
@@ -1154,6 +1159,8 @@ impl Conversation {
                 device,
                 head,
                 chain: self.durable_chain,
+                after_chain,
+                start,
                 cursors,
                 members: u32::try_from(self.member_count()).unwrap_or(u32::MAX),
                 now,

@@ -528,6 +528,30 @@ fn chain_of(n: u64) -> Vec<StoredMessage> {
         .collect()
 }
 
+/// Messages 1..=n by bob, except `own_seq`, which is ann's (device a1)
+/// message `id` with `body`: a history holding one of our own messages.
+fn chain_with_own(n: u64, own_seq: u64, id: &str, body: &str) -> Vec<StoredMessage> {
+    let mut prev = ChainHash::GENESIS;
+    (1..=n)
+        .map(|seq| {
+            let (user, device, id, body) = if seq == own_seq {
+                ("ann", "a1", id.to_owned(), body.to_owned())
+            } else {
+                ("bob", "b1", format!("m{seq}"), format!("body {seq}"))
+            };
+            let chain = prev.next(seq, user, device, &id, &body);
+            prev = chain;
+            StoredMessage { seq, user: user.into(), device: device.into(), id, body, at: T0 + seq, chain }
+        })
+        .collect()
+}
+
+/// The device stores `messages` (pushed) durably.
+fn hold(d: &mut Dev, now: u64, messages: Vec<StoredMessage>) {
+    d.frame(now, ServerFrame::Push { messages });
+    d.durable(now);
+}
+
 fn welcome(head: u64, chain: ChainHash, cursors: Vec<Cursor>) -> ServerFrame {
     ServerFrame::Welcome {
         conversation: "c".into(),
@@ -535,6 +559,8 @@ fn welcome(head: u64, chain: ChainHash, cursors: Vec<Cursor>) -> ServerFrame {
         device: "a1".into(),
         head,
         chain,
+        after_chain: None,
+        start: None,
         cursors,
         members: 0,
         now: T0,
@@ -613,6 +639,8 @@ fn client_outbox_is_durable_before_the_first_transmit_and_resends_with_backoff()
     assert!(r2 - r1 > r1 - (T0 + 1), "the backoff grows");
     d.frame(r2, ServerFrame::Sent { id: id.clone(), seq: 7, at: T0 + 5 });
     assert_eq!(d.statuses.last(), Some(&(id.clone(), MessageStatus::Sent { seq: 7, at: T0 + 5 })));
+    // (Delivered also needs the device to hold its own message at 7.)
+    hold(&mut d, r2, chain_with_own(7, 7, &id, "hello"));
     // Delivered when every other member user has a device through 7.
     d.frame(r2, ServerFrame::Delivered { cursors: vec![
         Cursor { user: "bob".into(), device: "b1".into(), through: 7 },
@@ -859,13 +887,25 @@ fn regression_lost_delivered_notice_is_repaired_by_a_refreshing_hello() {
     d.drain();
     d.durable(T0);
     d.frame(T0 + 10, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    let own = chain_with_own(1, 1, &id, "tick me");
+    let own_chain = own[0].chain;
+    hold(&mut d, T0 + 10, own);
     d.take_sent();
     // bob stores seq 1, but the notice is lost. Later the client says hello again.
-    let t = d.c.poll_timeout().unwrap();
+    // (The unconfirmed ack of the held message repeats meanwhile.)
+    let mut t = T0 + 10;
+    let mut hello = None;
+    for _ in 0..20 {
+        t = d.c.poll_timeout().unwrap();
+        d.input(t, ClientInput::Timeout);
+        hello = d.take_sent().into_iter().find(|f| matches!(f, ClientFrame::Hello { .. }));
+        if hello.is_some() {
+            break;
+        }
+    }
     assert!(t <= T0 + 10 + ClientConfig::new("a", "b").status_refresh);
-    d.input(t, ClientInput::Timeout);
-    assert!(matches!(d.take_sent().as_slice(), [ClientFrame::Hello { after: Some(0), .. }]));
-    d.frame(t + 5, welcome(1, chain_of(1)[0].chain, vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }]));
+    assert!(matches!(hello, Some(ClientFrame::Hello { after: Some(1), .. })));
+    d.frame(t + 5, welcome(1, own_chain, vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }]));
     assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 1 })));
 }
 
@@ -1556,6 +1596,7 @@ fn client_counts_delivered_only_once_it_knows_every_member() {
     d.drain();
     d.durable(T0);
     d.frame(T0, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    hold(&mut d, T0, chain_with_own(1, 1, &id, "hi"));
     // Three members, but the notice naming cat was lost: bob alone is not enough.
     d.frame(T0, ServerFrame::Delivered {
         cursors: vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }],

@@ -19,7 +19,7 @@
 //! the seq. A run that does not converge names a connected device the server
 //! stopped pushing to, when there is one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use protocol::client::MessageStatus;
 use protocol::{Seq, StoredMessage};
@@ -41,9 +41,22 @@ pub struct AppView {
     pub send_order: Vec<String>,
 }
 
+/// What the server durably stored: its storage now, plus what rollbacks
+/// took away again (a message durable at the time was legitimately shown).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTruth<'a> {
+    /// The server's durable storage now.
+    pub durable: &'a ServerData,
+    /// Messages that were durable until a rollback, by seq.
+    pub lost: &'a BTreeMap<Seq, Vec<StoredMessage>>,
+}
+
 /// Compares a surfaced message with the server's durable copy.
-pub fn same_as_server(server: &ServerData, m: &StoredMessage) -> Result<(), String> {
-    match server.messages.get(&m.seq) {
+pub fn same_as_server(server: ServerTruth<'_>, m: &StoredMessage) -> Result<(), String> {
+    if server.lost.get(&m.seq).is_some_and(|lost| lost.contains(m)) {
+        return Ok(());
+    }
+    match server.durable.messages.get(&m.seq) {
         None => Err(format!(
             "seq {} ({}) surfaced/sent but not durable on the server",
             m.seq, m.id
@@ -58,7 +71,7 @@ pub fn same_as_server(server: &ServerData, m: &StoredMessage) -> Result<(), Stri
 
 impl AppView {
     /// A live message reached the app.
-    pub fn surface(&mut self, server: &ServerData, m: &StoredMessage) -> Result<(), String> {
+    pub fn surface(&mut self, server: ServerTruth<'_>, m: &StoredMessage) -> Result<(), String> {
         if self.seen.contains(&m.seq) {
             return Err(format!("seq {} surfaced twice", m.seq));
         }
@@ -74,7 +87,7 @@ impl AppView {
     }
 
     /// An older page reached the app.
-    pub fn history(&mut self, server: &ServerData, page: &[StoredMessage]) -> Result<(), String> {
+    pub fn history(&mut self, server: ServerTruth<'_>, page: &[StoredMessage]) -> Result<(), String> {
         let low = self.seen.iter().next().copied();
         for w in page.windows(2) {
             if w[1].seq != w[0].seq + 1 {
@@ -99,7 +112,7 @@ impl AppView {
     }
 
     /// The device restarted: its app shows what its storage holds.
-    pub fn reload(&mut self, server: &ServerData, disk: &ClientData) -> Result<(), String> {
+    pub fn reload(&mut self, server: ServerTruth<'_>, disk: &ClientData) -> Result<(), String> {
         let Some(st) = &disk.state else {
             if self.last_live.is_some() {
                 return Err("the inbox record vanished from durable storage".into());

@@ -10,7 +10,7 @@ use protocol::rng::Rng;
 use protocol::server::{ConnId, Conversation, ServerConfig, ServerInput, ServerOutput};
 use protocol::{limits, ClientFrame, Millis, ServerFrame, WriteId};
 
-use super::check::{self, AppView};
+use super::check::{self, AppView, ServerTruth};
 use super::disk::{ClientDisk, ServerDisk};
 use super::{FaultCounts, FaultMix, Options, Report, Violation};
 
@@ -45,6 +45,11 @@ enum Ev {
     ClientRestart { dev: usize, inc: u32 },
     Offline { dev: usize, len: Millis },
     Online { dev: usize },
+    ServerSnapshot,
+    ServerRollback { down: Millis },
+    ServerWriteFailure,
+    StorageOutage { dev: usize, len: Millis },
+    ClockJump { dev: usize, by: i64 },
     Liveness,
 }
 
@@ -91,6 +96,10 @@ struct DeviceNode {
     reconnect_at: Option<Millis>,
     view: AppView,
     sent: u32,
+    /// This device's wall clock minus the world's (clock jumps).
+    clock_offset: i64,
+    /// Its storage refuses writes until then (a quota error).
+    storage_down_until: Millis,
 }
 
 struct Conn {
@@ -131,6 +140,13 @@ pub(super) struct World {
     announced: BTreeMap<(String, String), u64>,
     /// Seqs whose push was altered once already.
     tampered_seqs: std::collections::BTreeSet<u64>,
+    /// An older copy of the server's storage, for a rollback.
+    snapshot: Option<super::disk::ServerData>,
+    /// Messages a rollback lost after their senders saw them delivered:
+    /// gone for good (the sender's outbox let go of them), so excused.
+    lost_delivered: std::collections::BTreeSet<(String, String)>,
+    /// Messages that were durable until a rollback took them away.
+    lost: BTreeMap<u64, Vec<protocol::StoredMessage>>,
 }
 
 impl World {
@@ -179,6 +195,8 @@ impl World {
                     reconnect_at: Some(EPOCH),
                     view: AppView::default(),
                     sent: 0,
+                    clock_offset: 0,
+                    storage_down_until: 0,
                 }
             })
             .collect();
@@ -210,6 +228,9 @@ impl World {
             member_since: BTreeMap::new(),
             announced: BTreeMap::new(),
             tampered_seqs: Default::default(),
+            snapshot: None,
+            lost_delivered: Default::default(),
+            lost: BTreeMap::new(),
         };
         w.start_server();
         for dev in 0..w.devs.len() {
@@ -285,6 +306,27 @@ impl World {
             let t = self.rng.below(span);
             self.at(t, Ev::ServerEvict);
         }
+        for _ in 0..self.mix.rollbacks {
+            let t1 = self.rng.below(span / 2);
+            let t2 = self.rng.range(t1 + 1, span);
+            let down = self.rng.range(10, 5_000);
+            self.at(t1, Ev::ServerSnapshot);
+            self.at(t2, Ev::ServerRollback { down });
+        }
+        for _ in 0..self.mix.server_write_failures {
+            let t = self.rng.below(span);
+            self.at(t, Ev::ServerWriteFailure);
+        }
+        for _ in 0..self.mix.storage_outages {
+            let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
+            let len = self.rng.range(200, 30_000);
+            self.at(t, Ev::StorageOutage { dev, len });
+        }
+        for _ in 0..self.mix.clock_jumps {
+            let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
+            let by = self.rng.range(1_000, 120_000) as i64 * if self.rng.below(2) == 0 { -1 } else { 1 };
+            self.at(t, Ev::ClockJump { dev, by });
+        }
         for _ in 0..self.mix.client_crashes {
             let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
             let down = self.rng.range(0, 10_000);
@@ -310,7 +352,8 @@ impl World {
         let seed = self.rng.next_u64();
         let d = &mut self.devs[dev];
         let snapshot = d.disk.durable.snapshot();
-        if let Err(e) = d.view.reload(&self.server.disk.durable, &d.disk.durable) {
+        let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
+        if let Err(e) = d.view.reload(truth, &d.disk.durable) {
             let who = d.cfg.device.clone();
             self.fail(format!("{who}: {e}"));
         }
@@ -374,7 +417,8 @@ impl World {
         min(self.server.conv.as_ref().and_then(|c| c.poll_timeout()));
         for d in &self.devs {
             if let Some(c) = &d.client {
-                min(c.poll_timeout());
+                // A deadline on the device's clock, in world time.
+                min(c.poll_timeout().map(|t| t.saturating_add_signed(-d.clock_offset).max(self.now)));
                 if d.conn.is_none() && d.online {
                     min(d.reconnect_at);
                 }
@@ -414,7 +458,7 @@ impl World {
         for dev in 0..self.devs.len() {
             let d = &self.devs[dev];
             let Some(c) = &d.client else { continue };
-            if c.poll_timeout().is_some_and(|t| t <= now) {
+            if c.poll_timeout().is_some_and(|t| t <= now.saturating_add_signed(d.clock_offset)) {
                 self.client_input(dev, ClientInput::Timeout);
                 return;
             }
@@ -479,6 +523,14 @@ impl World {
                     return;
                 }
                 self.devs[dev].flush_scheduled = false;
+                if self.now < self.devs[dev].storage_down_until {
+                    // The transaction fails; the shell keeps the writes in
+                    // order and tries again later.
+                    self.counts.refused_flushes += 1;
+                    self.devs[dev].flush_scheduled = true;
+                    self.at(500, Ev::ClientFlush { dev, inc });
+                    return;
+                }
                 let n = self.rng.range(1, self.devs[dev].disk.pending.len().max(1) as u64) as usize;
                 if let Some(through) = self.devs[dev].disk.flush(n) {
                     let d = self.rng.range(0, 2);
@@ -493,8 +545,9 @@ impl World {
             }
             Ev::AppSend { dev } => self.app_send(dev),
             Ev::AppOlder { dev } => {
+                let now = self.dev_now(dev);
                 if let Some(c) = &mut self.devs[dev].client {
-                    c.load_older(self.now);
+                    c.load_older(now);
                     self.drain_client(dev);
                 }
             }
@@ -556,6 +609,39 @@ impl World {
                 self.devs[dev].online = true;
                 self.devs[dev].reconnect_at = Some(self.now);
             }
+            Ev::ServerSnapshot => {
+                let head = self.server.disk.durable.head();
+                self.log(|| format!("server storage snapshot at head {head}"));
+                self.snapshot = Some(self.server.disk.durable.clone());
+            }
+            Ev::ServerRollback { down } => {
+                if self.phase == Phase::Safety && self.server.conv.is_some() {
+                    self.rollback(down);
+                }
+            }
+            Ev::ServerWriteFailure => {
+                if self.phase == Phase::Safety && self.server.conv.is_some() {
+                    // As the edge does: the core and every socket go, the
+                    // core is rebuilt from what storage holds.
+                    self.counts.server_write_failures += 1;
+                    self.log(|| "FAULT server storage write failed".into());
+                    let down = self.rng.range(0, 50);
+                    self.server_crash(down);
+                }
+            }
+            Ev::StorageOutage { dev, len } => {
+                if self.phase == Phase::Safety {
+                    self.log(|| format!("FAULT dev{dev} storage refuses writes for {len}ms"));
+                    self.devs[dev].storage_down_until = self.now + len;
+                }
+            }
+            Ev::ClockJump { dev, by } => {
+                if self.phase == Phase::Safety {
+                    self.counts.clock_jumps += 1;
+                    self.log(|| format!("FAULT dev{dev} clock steps by {by}ms"));
+                    self.devs[dev].clock_offset += by;
+                }
+            }
             Ev::Liveness => self.start_liveness(),
         }
     }
@@ -589,9 +675,10 @@ impl World {
     /// The app pages back through history (a device that joined late).
     fn app_tick(&mut self) {
         for dev in 0..self.devs.len() {
+            let now = self.dev_now(dev);
             if let Some(c) = &mut self.devs[dev].client {
                 if c.is_ready() && !c.history_complete() {
-                    c.load_older(self.now);
+                    c.load_older(now);
                     self.drain_client(dev);
                 }
             }
@@ -600,6 +687,7 @@ impl World {
 
     fn app_send(&mut self, dev: usize) {
         let big = self.rng.below(100) < u64::from(self.mix.big_bodies_pct);
+        let now = self.dev_now(dev);
         let slack = self.rng.below(64) as usize;
         let d = &mut self.devs[dev];
         let Some(c) = &mut d.client else { return };
@@ -616,7 +704,7 @@ impl World {
             let pad = limits::MAX_BODY_BYTES.saturating_sub(body.len() + slack);
             body.push_str(&"x".repeat(pad));
         }
-        match c.send(self.now, body) {
+        match c.send(now, body) {
             Ok(id) => {
                 self.log(|| format!("dev{dev} send() -> {id}"));
                 self.devs[dev].view.send_order.push(id);
@@ -728,6 +816,33 @@ impl World {
         self.at(down, Ev::ClientRestart { dev, inc });
     }
 
+    /// Restores the older storage snapshot (an operator restoring a backup):
+    /// the server goes down and comes back with less history.
+    fn rollback(&mut self, down: Millis) {
+        let Some(snapshot) = self.snapshot.take() else { return };
+        let keep = snapshot.head();
+        if keep >= self.server.disk.durable.head() {
+            return; // nothing would be lost
+        }
+        self.counts.rollbacks += 1;
+        self.log(|| format!("FAULT server storage rolled back to head {keep}"));
+        for m in self.server.disk.durable.messages.values().filter(|m| m.seq > keep) {
+            self.lost.entry(m.seq).or_default().push(m.clone());
+            let delivered = self.devs.iter().any(|d| {
+                d.cfg.device == m.device && matches!(d.view.status.get(&m.id), Some(MessageStatus::Delivered { .. }))
+            });
+            if delivered {
+                self.lost_delivered.insert((m.device.clone(), m.id.clone()));
+            }
+        }
+        self.server.disk.durable = snapshot;
+        self.server_crash(down);
+        // Cursors and memberships legitimately went back with the history.
+        self.announced.clear();
+        self.member_since.clear();
+        self.note_members();
+    }
+
     /// Users whose first device record just became durable are members from now on.
     fn note_members(&mut self) {
         let durable = &self.server.disk.durable;
@@ -768,8 +883,20 @@ impl World {
                 return Err(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
             }
         }
+        // A message a rollback took from the server is stored again later,
+        // after messages sent after it: that reorder is the rollback's.
+        let lost_here: std::collections::BTreeSet<&str> = self
+            .lost
+            .values()
+            .flatten()
+            .filter(|m| m.device == d.cfg.device && m.user == d.cfg.user)
+            .map(|m| m.id.as_str())
+            .collect();
         let mut last: Option<(&str, u64)> = None;
         for id in &d.view.send_order {
+            if lost_here.contains(id.as_str()) {
+                continue;
+            }
             let Some(&seq) = seqs.get(id.as_str()) else { continue };
             if let Some((prev, prev_seq)) = last {
                 if seq < prev_seq {
@@ -961,7 +1088,8 @@ impl World {
                 }
             }
             ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } => {
-                messages.iter().try_for_each(|m| check::same_as_server(durable, m))
+                let truth = ServerTruth { durable, lost: &self.lost };
+                messages.iter().try_for_each(|m| check::same_as_server(truth, m))
             }
             ServerFrame::Welcome { head, .. } if *head > durable.head() => {
                 Err(format!("welcome announces head {head} beyond the durable head {}", durable.head()))
@@ -991,15 +1119,20 @@ impl World {
         }
     }
 
+    /// The device's wall clock.
+    fn dev_now(&self, dev: usize) -> Millis {
+        self.now.saturating_add_signed(self.devs[dev].clock_offset)
+    }
+
     fn client_input(&mut self, dev: usize, input: ClientInput) {
-        let now = self.now;
+        let now = self.dev_now(dev);
         if self.trace.is_some() {
             let line = match &input {
                 ClientInput::Frame(bytes) => format!("dev{dev} <- {}", String::from_utf8_lossy(bytes)),
                 other => format!("dev{dev} <- {other:?}"),
             };
             if let Some(t) = &mut self.trace {
-                t.push(format!("{:>8} {line}", now - EPOCH));
+                t.push(format!("{:>8} {line}", self.now - EPOCH));
             }
         }
         let Some(c) = &mut self.devs[dev].client else { return };
@@ -1043,7 +1176,8 @@ impl World {
                         let who = self.devs[dev].cfg.device.clone();
                         self.fail(format!("{who}: seq {} surfaced before durable on the device", m.seq));
                     }
-                    let r = self.devs[dev].view.surface(&self.server.disk.durable, &m);
+                    let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
+                    let r = self.devs[dev].view.surface(truth, &m);
                     if let Err(e) = r {
                         let who = self.devs[dev].cfg.device.clone();
                         self.fail(format!("{who}: {e}"));
@@ -1051,7 +1185,8 @@ impl World {
                 }
                 ClientOutput::History(page) => {
                     self.log(|| format!("dev{dev} HISTORY {:?}", page.iter().map(|m| m.seq).collect::<Vec<_>>()));
-                    let r = self.devs[dev].view.history(&self.server.disk.durable, &page);
+                    let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
+                    let r = self.devs[dev].view.history(truth, &page);
                     if let Err(e) = r {
                         let who = self.devs[dev].cfg.device.clone();
                         self.fail(format!("{who}: {e}"));
@@ -1074,7 +1209,8 @@ impl World {
                             .durable
                             .messages
                             .get(&seq)
-                            .is_some_and(|m| m.id == id && &m.device == device);
+                            .is_some_and(|m| m.id == id && &m.device == device)
+                            || self.lost.get(&seq).is_some_and(|l| l.iter().any(|m| m.id == id && &m.device == device));
                         if !ok {
                             self.fail(format!("{device}: status of {id} names seq {seq}, which the server did not durably store for it"));
                         }
@@ -1097,8 +1233,21 @@ impl World {
                     self.log(|| format!("dev{dev} ERROR {e}"));
                     match e {
                         ClientError::Server { .. } => {}
-                        ClientError::ChainMismatch { .. } if self.counts.tampered > 0 => {
+                        ClientError::ChainMismatch { .. } if self.counts.tampered > 0 || self.counts.rollbacks > 0 => {
                             self.counts.chain_mismatches += 1;
+                        }
+                        ClientError::HistoryMismatch { .. } if self.counts.rollbacks > 0 => {}
+                        ClientError::Diverged { .. } if self.counts.rollbacks > 0 => {
+                            // The app's repair: drop the inbox (and what it
+                            // shows) and start again from the server's history.
+                            self.counts.resets += 1;
+                            let now = self.dev_now(dev);
+                            let d = &mut self.devs[dev];
+                            d.view.seen.clear();
+                            d.view.last_live = None;
+                            if let Some(c) = &mut d.client {
+                                c.reset_inbox(now);
+                            }
                         }
                         other => {
                             let who = self.devs[dev].cfg.device.clone();
@@ -1149,7 +1298,8 @@ impl World {
         }
         for d in &self.devs {
             for id in &d.view.queued {
-                if !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
+                let excused = self.lost_delivered.contains(&(d.cfg.device.clone(), id.clone()));
+                if !excused && !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
                     problems.push(format!("{} queued {id} but it was never stored", d.cfg.device));
                 }
             }
