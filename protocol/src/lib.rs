@@ -42,6 +42,7 @@
 //! protocol and of both state machines.
 #![deny(missing_docs)]
 
+mod backoff;
 mod bucket;
 mod bugs;
 pub mod chain;
@@ -59,7 +60,7 @@ pub use bugs::Bugs;
 pub use chain::ChainHash;
 pub use client::{
     Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite,
-    InboxState, MessageStatus, OutboxEntry,
+    InboxState, LinkStatus, MessageStatus, OutboxEntry,
 };
 pub use frame::{
     ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,

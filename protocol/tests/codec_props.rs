@@ -299,7 +299,7 @@ mod machines_never_panic {
                 now += 1;
                 match i {
                     CIn::Connected => c.handle(now, ClientInput::Connected),
-                    CIn::Disconnected => c.handle(now, ClientInput::Disconnected),
+                    CIn::Disconnected => c.handle(now, ClientInput::Disconnected { code: 1006, reason: String::new() }),
                     CIn::Frame(f) => c.handle(now, ClientInput::Frame(f.encode().into_bytes())),
                     CIn::Garbage(b) => c.handle(now, ClientInput::Frame(b)),
                     CIn::Durable(w) => c.handle(now, ClientInput::Durable { through: WriteId(w) }),

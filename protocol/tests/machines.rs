@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, MessageStatus, OutboxEntry};
+use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, LinkStatus, MessageStatus, OutboxEntry};
 use protocol::server::{close, ConnId, ConnMemo, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite};
 use protocol::limits;
 use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
@@ -214,7 +214,7 @@ fn server_replaces_a_device_connection_and_enforces_member_limits() {
     s.connect(T0, 3, "bob", "b1");
     s.connect(T0, 4, "ann", "a2"); // a second device of a member is fine
     s.connect(T0, 5, "cat", "c1"); // a third user is not
-    assert_eq!(s.closes.last(), Some(&(ConnId(5), close::POLICY)));
+    assert_eq!(s.closes.last(), Some(&(ConnId(5), close::CONVERSATION_FULL)));
     assert_eq!(error_codes(&s.take()), vec![ErrorCode::TooManyMembers]);
 }
 
@@ -356,7 +356,7 @@ fn client_keeps_its_gap_fill_open_while_pages_follow() {
 #[test]
 fn client_waits_for_the_pages_its_hello_asked_for() {
     let mut d = ready_device();
-    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
     assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS) }]);
     d.frame(T0 + 3, welcome(6, chain_of(6)[5].chain, vec![]));
@@ -461,6 +461,9 @@ struct Dev {
     errors: Vec<ClientError>,
     writes: Vec<(WriteId, ClientWrite)>,
     disconnects: usize,
+    connects: usize,
+    links: Vec<LinkStatus>,
+    history_failed: Vec<ClientError>,
 }
 
 impl Dev {
@@ -474,6 +477,9 @@ impl Dev {
             errors: vec![],
             writes: vec![],
             disconnects: 0,
+            connects: 0,
+            links: vec![],
+            history_failed: vec![],
         }
     }
     fn drain(&mut self) {
@@ -482,7 +488,10 @@ impl Dev {
                 ClientOutput::Transmit(f) => self.sent.push(f),
                 ClientOutput::Persist { write, op } => self.writes.push((write, op)),
                 ClientOutput::Message(m) => self.shown.push(m.seq),
-                ClientOutput::History(p) => self.history.push(p.iter().map(|m| m.seq).collect()),
+                ClientOutput::History { page, .. } => self.history.push(page.iter().map(|m| m.seq).collect()),
+                ClientOutput::HistoryFailed(e) => self.history_failed.push(e),
+                ClientOutput::Connect { .. } => self.connects += 1,
+                ClientOutput::Link(l) => self.links.push(l),
                 ClientOutput::Status { id, status } => self.statuses.push((id, status)),
                 ClientOutput::Error(e) => self.errors.push(e),
                 ClientOutput::Disconnect => self.disconnects += 1,
@@ -683,7 +692,7 @@ fn client_paces_sends_to_the_budget_its_welcome_announced() {
     d.input(next + 1_000, ClientInput::Timeout);
     assert_eq!(sends(&mut d), 4, "a full bucket again, never more");
     // A new connection starts a new budget; without a rate, nothing is paced.
-    d.input(next + 1_000, ClientInput::Disconnected);
+    d.input(next + 1_000, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(next + 1_000, ClientInput::Connected);
     d.take_sent();
     d.frame(next + 1_000, welcome(0, ChainHash::GENESIS, vec![]));
@@ -744,7 +753,7 @@ fn client_detects_a_server_rolled_back_below_its_watermark() {
     let mut d = ready_device();
     d.frame(T0, ServerFrame::Push { messages: chain_of(3) });
     d.durable(T0);
-    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
     let c3 = chain_of(3)[2].chain;
     assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3) }]);
@@ -763,7 +772,7 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     d.durable(T0);
     assert_eq!(d.shown, vec![8, 9, 10]);
     assert!(!d.c.history_complete());
-    assert!(d.c.load_older(T0));
+    assert_eq!(d.c.load_older(T0), Ok(true));
     d.drain();
     assert!(d.take_sent().contains(&ClientFrame::Sync { after: None, before: Some(8), limit: 500 }));
     // A page that does not chain into seq 8 is refused.
@@ -774,13 +783,13 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false, ticket: None });
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7]]);
-    assert!(d.c.load_older(T0));
+    assert_eq!(d.c.load_older(T0), Ok(true));
     d.drain();
     d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false, follows: false, ticket: None });
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7], vec![1, 2, 3, 4]]);
     assert!(d.c.history_complete());
-    assert!(!d.c.load_older(T0));
+    assert_eq!(d.c.load_older(T0), Ok(false));
 }
 
 #[test]
@@ -790,7 +799,187 @@ fn client_gives_up_on_a_silent_connection() {
     let t = d.c.poll_timeout().unwrap();
     d.input(t, ClientInput::Timeout);
     assert_eq!(d.disconnects, 1);
+    assert_eq!(d.errors, vec![], "a hello timeout is no error for the app");
+    // ... and asks for the next connection after the backoff.
+    let next = d.c.poll_timeout().expect("a reconnect is planned");
+    assert!(next > t && next <= t + 250, "{}", next - t);
+    d.input(next, ClientInput::Timeout);
+    assert_eq!(d.connects, 1);
+    assert_eq!(d.c.link_status(), LinkStatus::Connecting);
+}
+
+// ------------------------------------------------ connection policy (the core decides)
+
+fn closed(code: u16, reason: &str) -> ClientInput {
+    ClientInput::Disconnected { code, reason: reason.into() }
+}
+
+fn dev_with(config: ClientConfig) -> Dev {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.c = Client::new(config, 42, ClientSnapshot::default());
+    d
+}
+
+#[test]
+fn a_new_client_asks_for_a_connection_at_once() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    assert_eq!(d.c.poll_timeout(), Some(0));
+    d.input(T0, ClientInput::Timeout);
+    assert_eq!(d.connects, 1);
+    assert_eq!(d.links, vec![LinkStatus::Connecting]);
+    d.input(T0 + 5, ClientInput::Connected);
+    d.frame(T0 + 9, welcome(0, ChainHash::GENESIS, vec![]));
+    assert_eq!(d.links, vec![LinkStatus::Connecting, LinkStatus::Open]);
+    assert!(matches!(d.sent[0], ClientFrame::Hello { after: None, .. }));
+}
+
+#[test]
+fn reconnects_back_off_with_full_jitter_and_a_welcome_resets_them() {
+    let cfg = ClientConfig::new("ann", "a1");
+    let mut worst = vec![0u64; 10];
+    for seed in 0..50 {
+        let mut c = Client::new(cfg.clone(), seed, ClientSnapshot::default());
+        let mut now = T0;
+        c.handle(now, ClientInput::Timeout);
+        for (attempt, worst) in worst.iter_mut().enumerate() {
+            c.handle(now, closed(1006, ""));
+            let next = c.poll_timeout().expect("a retry is planned");
+            let ceiling = (cfg.reconnect_initial << attempt).min(cfg.reconnect_max);
+            assert!(next - now >= 50 && next - now <= ceiling, "attempt {attempt}: {}", next - now);
+            *worst = (*worst).max(next - now);
+            now = next;
+            c.handle(now, ClientInput::Timeout);
+            while c.poll_output().is_some() {}
+        }
+    }
+    // The ceilings really grow (spread, not lockstep), up to the cap.
+    assert!(worst[0] <= 250 && worst[3] > 1_000 && worst[9] > 7_500, "{worst:?}");
+}
+
+#[test]
+fn going_online_reconnects_at_once_and_offline_waits_for_it() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Timeout);
+    for _ in 0..6 {
+        d.input(T0 + 1, closed(1006, ""));
+        let t = d.c.poll_timeout().unwrap();
+        d.input(t, ClientInput::Timeout);
+    }
+    d.input(T0 + 2, closed(1006, ""));
+    assert!(d.c.poll_timeout().unwrap() > T0 + 2, "backing off");
+    d.input(T0 + 3, ClientInput::Network { online: false });
+    assert_eq!(d.c.poll_timeout(), None, "no attempts while the platform is offline");
+    let before = d.connects;
+    d.input(T0 + 4, ClientInput::Network { online: true });
+    assert_eq!(d.connects, before + 1, "online: the next attempt goes at once");
+    // And the backoff starts over.
+    d.input(T0 + 5, closed(1006, ""));
+    assert!(d.c.poll_timeout().unwrap() <= T0 + 5 + 250);
+}
+
+#[test]
+fn heartbeat_pings_a_quiet_connection_and_closes_a_dead_one() {
+    let mut d = ready_device();
+    let cfg = ClientConfig::new("ann", "a1");
+    let sent = d.sent.len();
+    let quiet_from = T0; // the welcome in ready_device
+    let t = d.c.poll_timeout().unwrap();
+    assert!(t <= quiet_from + cfg.ping_after, "{}", t - quiet_from);
+    d.input(quiet_from + cfg.ping_after, ClientInput::Timeout);
+    assert!(matches!(d.sent[sent..], [ClientFrame::Ping { .. }]), "{:?}", &d.sent[sent..]);
+    // A pong (any frame) keeps it alive.
+    let pong_at = quiet_from + cfg.ping_after + 20;
+    d.frame(pong_at, ServerFrame::Pong { nonce: 1 });
+    d.input(quiet_from + cfg.dead_after + 10, ClientInput::Timeout);
+    assert_eq!(d.disconnects, 0);
+    // Silence after that: pinged again, then given up at dead_after.
+    d.input(pong_at + cfg.ping_after, ClientInput::Timeout);
+    d.input(pong_at + cfg.ping_after + cfg.ping_after / 3, ClientInput::Timeout);
+    let pings = d.sent.iter().filter(|f| matches!(f, ClientFrame::Ping { .. })).count();
+    assert_eq!(pings, 3);
+    d.input(pong_at + cfg.dead_after, ClientInput::Timeout);
+    assert_eq!(d.disconnects, 1);
+    assert!(matches!(d.errors.last(), Some(ClientError::ConnectionDead { .. })), "{:?}", d.errors);
+    assert_eq!(d.c.link_status(), LinkStatus::Offline);
+    assert!(d.c.poll_timeout().is_some(), "a reconnect is planned");
+}
+
+#[test]
+fn a_refused_token_is_retried_once_with_a_fresh_one_then_the_client_waits() {
+    let mut cfg = ClientConfig::new("ann", "a1");
+    cfg.refresh_token = true;
+    let mut d = dev_with(cfg);
+    d.input(T0, ClientInput::Timeout);
+    d.input(T0 + 1, closed(close::UNAUTHORIZED, "token_expired"));
+    assert_eq!(d.connects, 2, "one retry, at once");
+    assert_eq!(d.errors, vec![]);
+    d.input(T0 + 2, closed(close::UNAUTHORIZED, "token_expired"));
+    assert_eq!(d.connects, 2, "no second retry");
+    assert_eq!(d.c.link_status(), LinkStatus::Auth);
+    assert_eq!(d.errors, vec![ClientError::Unauthorized { reason: "token_expired".into() }]);
+    assert_eq!(d.errors[0].code(), "unauthorized");
+    assert_eq!(d.c.poll_timeout(), None, "no retry storm");
+    // The page coming back (online, visible) tries once more.
+    d.input(T0 + 60_000, ClientInput::Network { online: true });
+    assert_eq!(d.connects, 3);
+    // A token that expires on a live connection (4003) is renewed at once.
+    d.input(T0 + 60_001, ClientInput::Connected);
+    d.frame(T0 + 60_002, welcome(0, ChainHash::GENESIS, vec![]));
+    d.input(T0 + 90_000, closed(close::TOKEN_EXPIRED, "token expired"));
+    assert_eq!(d.connects, 4);
+}
+
+#[test]
+fn a_fixed_token_that_is_refused_stops_at_once() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Timeout);
+    d.input(T0 + 1, closed(close::UNAUTHORIZED, "token_signature"));
+    assert_eq!((d.connects, d.c.link_status()), (1, LinkStatus::Auth));
     assert_eq!(d.c.poll_timeout(), None);
+}
+
+#[test]
+fn forbidden_and_full_conversations_stop_for_good() {
+    for (code, error) in [
+        (close::FORBIDDEN, ClientError::Forbidden { reason: "forbidden_conversation".into() }),
+        (close::CONVERSATION_FULL, ClientError::ConversationFull),
+    ] {
+        let mut d = Dev::new(ClientSnapshot::default());
+        d.input(T0, ClientInput::Timeout);
+        d.input(T0 + 1, closed(code, "forbidden_conversation"));
+        assert_eq!(d.c.link_status(), LinkStatus::Stopped);
+        assert_eq!(d.errors, vec![error]);
+        assert_eq!(d.c.poll_timeout(), None);
+        d.input(T0 + 2, ClientInput::Network { online: true });
+        assert_eq!(d.connects, 1, "stopped means stopped");
+        assert_eq!(d.links.last(), Some(&LinkStatus::Stopped));
+    }
+}
+
+#[test]
+fn replaced_by_a_newer_connection_of_the_same_device_waits_long() {
+    let mut d = ready_device();
+    d.input(T0 + 10, closed(close::REPLACED, "replaced by a newer connection"));
+    let cfg = ClientConfig::new("ann", "a1");
+    let next = d.c.poll_timeout().unwrap();
+    assert!(next - (T0 + 10) >= cfg.replaced_wait * 4 / 5, "{}", next - T0);
+    assert!(matches!(d.errors.last(), Some(ClientError::ConnectionClosed { code: 4001, .. })));
+}
+
+#[test]
+fn history_requests_end_with_a_page_or_an_error_never_neither() {
+    // Offline: refused at once.
+    let mut d = Dev::new(ClientSnapshot::default());
+    let page: Vec<StoredMessage> = chain_of(4).into_iter().skip(2).collect();
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0 + 1, welcome(4, page[1].chain, vec![]));
+    d.frame(T0 + 2, ServerFrame::Batch { messages: page, head: 4, more: false, follows: false, ticket: None });
+    d.durable(T0 + 3);
+    assert_eq!(d.c.load_older(T0 + 4), Ok(true));
+    // The connection drops before the answer: the request fails.
+    d.input(T0 + 5, closed(1006, ""));
+    assert_eq!(d.history_failed, vec![ClientError::Offline]);
+    assert_eq!(d.c.load_older(T0 + 6), Err(ClientError::Offline));
 }
 
 #[test]
@@ -868,7 +1057,7 @@ fn regression_welcome_overtaken_by_its_own_connection_is_not_divergence() {
     let mut d = ready_device();
     d.frame(T0, ServerFrame::Push { messages: msgs[..5].to_vec() });
     d.durable(T0);
-    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
     d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false, follows: false, ticket: None });
     d.frame(T0 + 3, ServerFrame::Push { messages: msgs[9..].to_vec() });
@@ -976,7 +1165,7 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
     // Reconnect; pushes 6 and 7 overtake the welcome and the first page.
-    d.input(T0 + 1, ClientInput::Disconnected);
+    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
     let msgs = chain_of(7);
     d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[5].clone()] });

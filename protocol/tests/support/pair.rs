@@ -32,6 +32,8 @@ const MAX_STEPS: usize = 100_000;
 /// How far one `drive` may move the clock: long enough for every backoff the
 /// machines use, short enough to stop a periodic timer from running forever.
 const DRIVE_SPAN: Millis = 10 * 60 * 1000;
+/// Wakeups further out than this do not count against quiescence.
+const QUIET_HORIZON: Millis = 60 * 60 * 1000;
 
 /// Something in flight, due at a time.
 #[derive(Debug)]
@@ -42,8 +44,10 @@ enum Event {
     ToClient { device: usize, conn: ConnId, bytes: Vec<u8> },
     /// The server learns that the client closed `conn`.
     ServerSeesClose { conn: ConnId },
-    /// `device` learns that the server closed `conn`.
-    ClientSeesClose { device: usize, conn: ConnId },
+    /// `device` learns that the server closed `conn` with `code`.
+    ClientSeesClose { device: usize, conn: ConnId, code: u16 },
+    /// The socket `device` asked for opens (or fails, when it is offline).
+    Open { device: usize },
     /// The server's writes through `through` are durable (of one incarnation).
     ServerDurable { incarnation: u64, through: WriteId },
     /// `device`'s writes through `through` are durable (of one incarnation).
@@ -116,6 +120,10 @@ pub struct Device {
     pub errors: Vec<ClientError>,
     /// Times the client asked to drop a connection that looked dead.
     pub gave_up: usize,
+    /// Its network is up ([`Pair::connect`]) or down ([`Pair::disconnect`]).
+    pub online: bool,
+    /// Sockets the client asked for.
+    pub connects: usize,
 }
 
 impl Device {
@@ -203,7 +211,11 @@ impl Pair {
     /// Adds a device (not connected); returns its index.
     pub fn add_device(&mut self, user: &str, device: &str) -> usize {
         let index = self.devices.len();
-        let config = ClientConfig::new(user, device);
+        let mut config = ClientConfig::new(user, device);
+        // Heartbeats would keep every connected pair awake: push them past
+        // the quiet horizon (they are tested in machines.rs and the simulator).
+        config.ping_after = QUIET_HORIZON * 2;
+        config.dead_after = QUIET_HORIZON * 3;
         let seed = 1_000 + index as u64;
         self.devices.push(Device {
             client: Client::new(config.clone(), seed, ClientSnapshot::default()),
@@ -217,6 +229,8 @@ impl Pair {
             statuses: Vec::new(),
             errors: Vec::new(),
             gave_up: 0,
+            online: false,
+            connects: 0,
         });
         index
     }
@@ -226,9 +240,20 @@ impl Pair {
         &self.devices[i]
     }
 
-    /// Opens a socket for device `i` (authentication is outside the core).
+    /// Device `i`'s network comes up: the client connects at once (and by
+    /// itself whenever it wants to later). Authentication is outside the core.
     pub fn connect(&mut self, i: usize) {
-        assert!(self.devices[i].conn.is_none(), "device {i} is connected already");
+        self.devices[i].online = true;
+        self.client_input(i, ClientInput::Network { online: true });
+    }
+
+    /// Opens the socket device `i` asked for.
+    fn open_socket(&mut self, i: usize) {
+        if !self.devices[i].online || self.devices[i].conn.is_some() {
+            let reason = if self.devices[i].online { "a socket is open already" } else { "offline" };
+            self.client_input(i, ClientInput::Disconnected { code: 1006, reason: reason.into() });
+            return;
+        }
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.server.conns.insert(conn, i);
@@ -238,10 +263,13 @@ impl Pair {
         self.client_input(i, ClientInput::Connected);
     }
 
-    /// Device `i` closes its socket; the server notices `latency` later.
+    /// Device `i`'s network goes down: its socket closes, and the server
+    /// notices `latency` later.
     pub fn disconnect(&mut self, i: usize) {
+        self.devices[i].online = false;
+        self.client_input(i, ClientInput::Network { online: false });
         let Some(conn) = self.devices[i].conn.take() else { return };
-        self.client_input(i, ClientInput::Disconnected);
+        self.client_input(i, ClientInput::Disconnected { code: 1006, reason: "network down".into() });
         self.schedule(self.latency, Event::ServerSeesClose { conn });
     }
 
@@ -259,7 +287,7 @@ impl Pair {
         self.server.incarnation += 1;
         for (_, i) in std::mem::take(&mut self.server.conns) {
             if self.devices[i].conn.take().is_some() {
-                self.client_input(i, ClientInput::Disconnected);
+                self.client_input(i, ClientInput::Disconnected { code: 1006, reason: "server restarted".into() });
             }
         }
         let seed = 1 + self.server.incarnation;
@@ -282,7 +310,7 @@ impl Pair {
 
     /// True when nothing is in flight and no machine has a timer set.
     pub fn is_quiescent(&self) -> bool {
-        self.next_wakeup().is_none()
+        self.next_wakeup().is_none_or(|t| t > self.now.saturating_add(QUIET_HORIZON))
     }
 
     /// Steps from wakeup to wakeup until nothing is in flight and no timer
@@ -362,12 +390,13 @@ impl Pair {
                     self.server_input(ServerInput::Disconnected { conn });
                 }
             }
-            Event::ClientSeesClose { device, conn } => {
+            Event::ClientSeesClose { device, conn, code } => {
                 if self.devices[device].conn == Some(conn) {
                     self.devices[device].conn = None;
-                    self.client_input(device, ClientInput::Disconnected);
+                    self.client_input(device, ClientInput::Disconnected { code, reason: String::new() });
                 }
             }
+            Event::Open { device } => self.open_socket(device),
             Event::ServerDurable { incarnation, through } => {
                 if incarnation == self.server.incarnation {
                     self.server_input(ServerInput::Durable { through });
@@ -409,7 +438,7 @@ impl Pair {
                 ServerOutput::Close { conn, code, .. } => {
                     self.server.closes.push((conn, code));
                     if let Some(device) = self.server.conns.remove(&conn) {
-                        self.schedule(self.latency, Event::ClientSeesClose { device, conn });
+                        self.schedule(self.latency, Event::ClientSeesClose { device, conn, code });
                     }
                 }
                 ServerOutput::Remember { .. } => {}
@@ -448,12 +477,19 @@ impl Pair {
                     self.schedule(self.disk_latency, Event::ClientDurable { device: i, incarnation, through: write });
                 }
                 ClientOutput::Message(m) => d.shown.push(m),
-                ClientOutput::History(_) => {}
+                ClientOutput::History { .. } | ClientOutput::HistoryFailed(_) | ClientOutput::Link(_) => {}
+                ClientOutput::Connect { .. } => {
+                    d.connects += 1;
+                    self.schedule(self.latency, Event::Open { device: i });
+                }
                 ClientOutput::Status { id, status } => d.statuses.push((now, id, status)),
                 ClientOutput::Error(e) => d.errors.push(e),
                 ClientOutput::Disconnect => {
+                    // The client has moved on already: close without telling it.
                     d.gave_up += 1;
-                    self.disconnect(i);
+                    if let Some(conn) = d.conn.take() {
+                        self.schedule(self.latency, Event::ServerSeesClose { conn });
+                    }
                 }
             }
         }
