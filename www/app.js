@@ -276,7 +276,7 @@ async function start() {
     statusEl.dataset.state = conn.state;
     statusEl.dataset.outbox = String(conn.outbox);
     statusEl.dataset.unsent = String(unsent.size);
-    statusEl.querySelector('.label').textContent = { open: 'online', connecting: 'connecting…', offline: 'offline', closed: 'closed' }[conn.state] || conn.state;
+    statusEl.querySelector('.label').textContent = { open: 'online', connecting: 'connecting…', offline: 'offline', auth: 'signed out', stopped: 'no access', closed: 'closed' }[conn.state] || conn.state;
     const badge = statusEl.querySelector('.outbox');
     badge.hidden = unsent.size === 0;
     badge.textContent = `${unsent.size} unsent`;
@@ -305,6 +305,12 @@ async function start() {
     } else if (error) {
       kind = 'error';
       text = `Error ${error.code}: ${error.message}`;
+    } else if (conn.state === 'auth') {
+      kind = 'error';
+      text = `The server refused this sign-in (${conn.lastError?.message || 'unauthorized'}). It is tried again when the page comes back online; reload to sign in again.${queued}`;
+    } else if (conn.state === 'stopped') {
+      kind = 'error';
+      text = `This conversation cannot be joined: ${conn.lastError?.message || 'refused'}.`;
     } else if (heldOffline) {
       kind = 'offline';
       text = `This tab is offline (demo switch).${queued || ' New messages wait in the outbox.'}`;

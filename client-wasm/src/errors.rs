@@ -68,11 +68,6 @@ error_codes! {
     CryptoUnavailable = "crypto_unavailable",
     /// `close()` was called; unfinished `send` and `history` promises reject so.
     Closed = "closed",
-    /// The server closed the connection with a policy or application close
-    /// code (1008, 4000-4999); the client reconnects.
-    ConnectionClosed = "connection_closed",
-    /// The server stopped answering (not even a pong); the client reconnects.
-    HeartbeatTimeout = "heartbeat_timeout",
     // IndexedDB (`store::StoreError`).
     /// IndexedDB cannot be used here (absent, private mode, storage failure).
     StoreUnavailable = "store_unavailable",
@@ -101,6 +96,19 @@ error_codes! {
     /// The server's history differs from this device's; the inbox is frozen
     /// until `resetInbox()`.
     Diverged = "diverged",
+    /// `history()` needed the server but there is no connection (or it
+    /// dropped before the answer).
+    Offline = "offline",
+    /// The server refused the token, and a fresh one from the callback
+    /// (status `auth`). Retried when the page comes back online or visible.
+    Unauthorized = "unauthorized",
+    /// The token does not grant this conversation (status `stopped`).
+    Forbidden = "forbidden",
+    /// The server closed the connection with a policy or application close
+    /// code (1008, 4000-4999); the client reconnects.
+    ConnectionClosed = "connection_closed",
+    /// Nothing came from the server, not even a pong; the client reconnects.
+    HeartbeatTimeout = "heartbeat_timeout",
     // The server's wire codes (`protocol::ErrorCode`, docs/PROTOCOL.md).
     /// Wire: the frame was not JSON.
     BadJson = "bad_json",
@@ -170,6 +178,12 @@ impl From<&ClientError> for ErrorCode {
             ClientError::ChainMismatch { .. } => ErrorCode::ChainMismatch,
             ClientError::HistoryMismatch { .. } => ErrorCode::HistoryMismatch,
             ClientError::Diverged { .. } => ErrorCode::Diverged,
+            ClientError::Offline => ErrorCode::Offline,
+            ClientError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            ClientError::Forbidden { .. } => ErrorCode::Forbidden,
+            ClientError::ConversationFull => ErrorCode::TooManyMembers,
+            ClientError::ConnectionClosed { .. } => ErrorCode::ConnectionClosed,
+            ClientError::ConnectionDead { .. } => ErrorCode::HeartbeatTimeout,
             // Non_exhaustive as well; see above.
             _ => ErrorCode::ServerError,
         }
@@ -197,17 +211,6 @@ pub enum AcklineError {
     /// The client was closed.
     #[error("the client was closed")]
     Closed,
-    /// The server closed the connection with a policy or application code.
-    #[error("server closed the connection ({code}): {reason}")]
-    ConnectionClosed {
-        /// The WebSocket close code.
-        code: u16,
-        /// The close reason.
-        reason: String,
-    },
-    /// No answer from the server, not even a pong.
-    #[error("no answer from the server; reconnecting")]
-    HeartbeatTimeout,
     /// IndexedDB failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -234,8 +237,6 @@ impl AcklineError {
             AcklineError::TokenFailed(_) => ErrorCode::TokenFailed,
             AcklineError::CryptoUnavailable(_) => ErrorCode::CryptoUnavailable,
             AcklineError::Closed => ErrorCode::Closed,
-            AcklineError::ConnectionClosed { .. } => ErrorCode::ConnectionClosed,
-            AcklineError::HeartbeatTimeout => ErrorCode::HeartbeatTimeout,
             AcklineError::Store(e) => e.error_code(),
             AcklineError::Core(e) => ErrorCode::from(e),
             AcklineError::Refused { code, .. } => ErrorCode::from(*code),
@@ -308,7 +309,7 @@ mod tests {
     fn every_core_and_wire_code_is_listed() {
         // The protocol's enums are non_exhaustive, so a new variant compiles
         // here unnoticed; reading their code tables from source catches it.
-        let client = returned_strings(include_str!("../../protocol/src/client.rs"), "code");
+        let client = returned_strings(include_str!("../../protocol/src/client/mod.rs"), "code");
         let wire = returned_strings(include_str!("../../protocol/src/frame.rs"), "as_str");
         assert!(client.contains(&"diverged") && wire.contains(&"rate_limited"), "{client:?} {wire:?}");
         let ours: HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();

@@ -92,7 +92,10 @@ export interface SendResult { id: string; seq: number; at: number; }
 
 export interface ConnectionStatus {
   conversation: string;
-  state: "connecting" | "open" | "offline" | "closed";
+  /** `auth`: the token (and a fresh one from the callback) was refused;
+   *  retried when the page comes back online or visible. `stopped`: this
+   *  user may not join (`lastError.code` is `forbidden` or `too_many_members`). */
+  state: "connecting" | "open" | "offline" | "auth" | "stopped" | "closed";
   /** Own messages still in the outbox: not yet stored by the server, or stored
    *  but not yet delivered to every other member (they leave the outbox then). */
   outbox: number;
@@ -110,6 +113,9 @@ export interface Divergence {
   /** The server's head seq at the time. */
   serverHead: number;
 }
+
+/** A page of `history()`: ascending messages, and whether older ones exist. */
+export type HistoryPage = Message[] & { more: boolean };
 
 export interface ConversationEvents {
   message: Message;
@@ -193,7 +199,7 @@ struct ClientState {
     device: String,
     listeners: Rc<Listeners>,
     sessions: RefCell<HashMap<String, Session>>,
-    /// window `online` and document `visibilitychange` handlers.
+    /// window `online`/`offline` and document `visibilitychange` handlers.
     _wake: Option<Closure<dyn FnMut()>>,
 }
 
@@ -230,14 +236,18 @@ impl Ackline {
             let weak = weak.clone();
             let wake = Closure::<dyn FnMut()>::new(move || {
                 if let Some(state) = weak.upgrade() {
+                    // `navigator.onLine` false means no network at all; true
+                    // (also on becoming visible) means "worth trying now".
+                    let online = web_sys::window().is_none_or(|w| w.navigator().on_line());
                     let sessions: Vec<Session> = state.sessions.borrow().values().cloned().collect();
                     for s in sessions {
-                        s.nudge();
+                        s.nudge(online);
                     }
                 }
             });
             if let Some(window) = web_sys::window() {
                 let _ = window.add_event_listener_with_callback("online", wake.as_ref().unchecked_ref());
+                let _ = window.add_event_listener_with_callback("offline", wake.as_ref().unchecked_ref());
                 if let Some(doc) = window.document() {
                     let _ = doc.add_event_listener_with_callback("visibilitychange", wake.as_ref().unchecked_ref());
                 }
@@ -369,8 +379,10 @@ impl Conversation {
 
     /// Up to `limit` (default 50) messages below seq `before` (default: all),
     /// ascending: from IndexedDB first, fetching older pages from the server
-    /// when the local copy has fewer.
-    #[wasm_bindgen(unchecked_return_type = "Promise<Message[]>")]
+    /// when the local copy has fewer. The array's `more` says whether older
+    /// messages exist. Rejects with `offline` when a fetch is needed without
+    /// a connection, `history_mismatch` when the server's page does not chain.
+    #[wasm_bindgen(unchecked_return_type = "Promise<HistoryPage>")]
     pub fn history(&self, #[wasm_bindgen(unchecked_param_type = "{ before?: number; limit?: number }")] options: JsValue) -> Promise {
         let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).ok().and_then(|v| v.as_f64());
         let before = get("before").map_or(protocol::MAX_SEQ, |b| b.max(0.0) as u64);

@@ -4,9 +4,10 @@
 //! IndexedDB (batched: every write queued while a transaction runs goes into
 //! the next one, in order), app events to JS listeners — and feeds back socket
 //! events, transaction completions and the one timer the core asks for.
-//! Reconnects back off exponentially with full jitter and react to
-//! `online`/`offline` and page visibility; a heartbeat (`ping` every
-//! [`HEARTBEAT_MS`] while idle) detects half-open connections.
+//! Every connection decision is the core's (when to connect, heartbeat,
+//! backoff, what a close code means, token retries): the shell opens a socket
+//! when asked ([`ClientOutput::Connect`]) and reports what happened to it,
+//! and passes on the browser's `online`/`offline` and page visibility.
 //!
 //! Listeners are called only after every internal borrow is released, so a
 //! listener may call back into the client (for example `send` from inside a
@@ -19,8 +20,8 @@ use std::rc::{Rc, Weak};
 use gloo_timers::callback::Timeout;
 use js_sys::Function;
 use protocol::{
-    Client, ClientConfig, ClientError, ClientFrame, ClientInput, ClientOutput, ClientWrite,
-    MessageStatus, Millis, StoredMessage, WriteId,
+    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientWrite, LinkStatus, MessageStatus, Millis,
+    StoredMessage, WriteId,
 };
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -30,14 +31,6 @@ use web_sys::{CloseEvent, MessageEvent, WebSocket};
 use crate::errors::{js_message, to_js, AcklineError, ErrorCode};
 use crate::store::IdbStore;
 
-/// Idle time after which the client pings the server.
-pub const HEARTBEAT_MS: u32 = 15_000;
-/// Without any frame for this long after a ping, the connection is taken as dead.
-pub const HEARTBEAT_DEAD_MS: f64 = 10_000.0;
-/// First reconnect delay; doubles per failed attempt up to [`RECONNECT_MAX_MS`].
-pub const RECONNECT_BASE_MS: f64 = 250.0;
-/// Largest reconnect delay.
-pub const RECONNECT_MAX_MS: f64 = 15_000.0;
 /// Retry delay after IndexedDB refused a write.
 const STORE_RETRY_MS: u32 = 1_000;
 
@@ -55,8 +48,26 @@ pub enum LinkState {
     Open,
     /// Not connected; a reconnect is scheduled (or the browser is offline).
     Offline,
+    /// The server refused the token (and a fresh one from the callback):
+    /// `lastError.code` is `unauthorized`. Retried when the page comes back
+    /// online or becomes visible.
+    Auth,
+    /// Refused for good (`forbidden`, `too_many_members` in `lastError`).
+    Stopped,
     /// `close()` was called.
     Closed,
+}
+
+impl From<LinkStatus> for LinkState {
+    fn from(status: LinkStatus) -> LinkState {
+        match status {
+            LinkStatus::Connecting => LinkState::Connecting,
+            LinkStatus::Open => LinkState::Open,
+            LinkStatus::Offline => LinkState::Offline,
+            LinkStatus::Auth => LinkState::Auth,
+            LinkStatus::Stopped => LinkState::Stopped,
+        }
+    }
 }
 
 /// A message as the app sees it.
@@ -244,17 +255,14 @@ struct Inner {
     /// Wanted offline by the app (`setOnline(false)`) or the browser.
     held_offline: bool,
     closed: bool,
-    reconnect_attempts: u32,
-    reconnect_timer: Option<Timeout>,
     core_timer: Option<(Millis, Timeout)>,
-    heartbeat_timer: Option<Timeout>,
-    last_rx: f64,
     /// Writes waiting for the next IndexedDB transaction, in order.
     writes: VecDeque<(WriteId, ClientWrite)>,
     writer_running: bool,
     /// `send()` promises by client message id.
     sends: HashMap<String, (Function, Function)>,
-    /// `history()` promises waiting for the next page from the server.
+    /// `history()` promises waiting for the core's answer to `load_older`
+    /// (a page, or a failure: never neither).
     history_waiters: Vec<(Function, Function)>,
     /// `resetInbox()` promises, each waiting for its `ClearInbox` write to be durable.
     reset_waiters: Vec<(WriteId, Function, Function)>,
@@ -262,8 +270,8 @@ struct Inner {
     divergence: Option<Divergence>,
     last_error: Option<ErrorInfo>,
     events: Vec<AppEvent>,
-    /// The core dropped the connection; `pump` schedules a reconnect.
-    reconnect_wanted: bool,
+    /// The core asked for a socket (with a fresh token?); `pump` opens it.
+    connect_wanted: Option<bool>,
     /// Outbox entries without a seq when the page loaded.
     initial_pending: Vec<protocol::OutboxEntry>,
     /// Messages given to `send` whose outbox write is not durable yet: their
@@ -300,7 +308,10 @@ impl Session {
         // Drawn first: without a random source there is no point reading the store.
         let seed = random_seed()?;
         let snapshot = store.load_snapshot(&cfg.conversation).await?;
-        let core = Client::new(ClientConfig::new(&cfg.user, &cfg.device), seed, snapshot.clone());
+        let mut config = ClientConfig::new(&cfg.user, &cfg.device);
+        // A callback can be asked for a new token after a refusal.
+        config.refresh_token = matches!(cfg.token, TokenSource::Callback(_));
+        let core = Client::new(config, seed, snapshot.clone());
         let session = Session {
             inner: Rc::new(RefCell::new(Inner {
                 cfg,
@@ -311,11 +322,7 @@ impl Session {
                 state: LinkState::Connecting,
                 held_offline: false,
                 closed: false,
-                reconnect_attempts: 0,
-                reconnect_timer: None,
                 core_timer: None,
-                heartbeat_timer: None,
-                last_rx: 0.0,
                 writes: VecDeque::new(),
                 writer_running: false,
                 sends: HashMap::new(),
@@ -324,14 +331,15 @@ impl Session {
                 divergence: None,
                 last_error: None,
                 events: Vec::new(),
-                reconnect_wanted: false,
+                connect_wanted: None,
                 initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
                 not_yet_durable: HashMap::new(),
             })),
             listeners: Rc::new(Listeners::default()),
             client_listeners,
         };
-        session.connect();
+        // The core asks for its first connection from its first timer.
+        session.pump();
         Ok(session)
     }
 
@@ -391,8 +399,12 @@ impl Session {
         promise
     }
 
-    /// Local history below `before` (resolves once the server was asked for
-    /// older messages when the local copy has fewer than `limit`).
+    /// Local history below `before`, with older pages fetched from the server
+    /// when the local copy has fewer than `limit`. Resolves with an array of
+    /// messages carrying `more` (false once history reaches seq 1); rejects
+    /// with `offline` when a fetch is needed but there is no connection (or it
+    /// drops before the answer) and `history_mismatch` when the server's page
+    /// does not chain into the stored history. Never hangs.
     pub async fn history(&self, before: u64, limit: u32) -> Result<JsValue, JsValue> {
         let (store, conv) = {
             let inner = self.inner.borrow();
@@ -403,10 +415,14 @@ impl Session {
         if (page.len() as u32) < limit && !reached_start {
             let waiter = js_sys::Promise::new(&mut |resolve, reject| {
                 let mut inner = self.inner.borrow_mut();
-                if inner.core.load_older(now()) {
-                    inner.history_waiters.push((resolve, reject));
-                } else {
-                    let _ = resolve.call0(&JsValue::NULL);
+                match inner.core.load_older(now()) {
+                    Ok(true) => inner.history_waiters.push((resolve, reject)),
+                    Ok(false) => {
+                        let _ = resolve.call0(&JsValue::NULL);
+                    }
+                    Err(e) => {
+                        let _ = reject.call1(&JsValue::NULL, &AcklineError::Core(e).into());
+                    }
                 }
             });
             self.pump();
@@ -418,6 +434,9 @@ impl Session {
         for m in &page {
             list.push(&to_js(&AppMessage::new(&conv, m, &inner.cfg.device, &inner.core)));
         }
+        // Seqs are contiguous from 1: anything above 1 has older messages.
+        let more = page.first().is_some_and(|m| m.seq > 1);
+        let _ = js_sys::Reflect::set(&list, &"more".into(), &more.into());
         Ok(list.into())
     }
 
@@ -464,42 +483,43 @@ impl Session {
         {
             let mut inner = self.inner.borrow_mut();
             inner.held_offline = !online;
-            inner.reconnect_attempts = 0;
+            inner.core.handle(now(), ClientInput::Network { online });
+            if !online {
+                inner.detach_socket();
+                inner.core.handle(now(), ClientInput::Disconnected { code: 1000, reason: "set offline".into() });
+            }
         }
-        if online {
-            self.connect();
-        } else {
-            self.drop_socket(LinkState::Offline);
-            self.pump();
-        }
+        self.pump();
     }
 
-    /// The browser went online/offline or the page became visible.
-    pub fn nudge(&self) {
-        let disconnected = {
-            let inner = self.inner.borrow();
-            inner.ws.is_none() && !inner.closed && !inner.held_offline
-        };
-        if disconnected {
-            self.inner.borrow_mut().reconnect_attempts = 0;
-            self.connect();
+    /// The browser went online/offline or the page became visible: tell the
+    /// core (which reconnects at once when it is worth trying).
+    pub fn nudge(&self, online: bool) {
+        {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed || inner.held_offline {
+                return;
+            }
+            inner.core.handle(now(), ClientInput::Network { online });
         }
+        self.pump();
     }
 
     /// Closes the socket and stops every timer; pending promises reject.
     pub fn close(&self) {
-        self.drop_socket(LinkState::Closed);
         let mut inner = self.inner.borrow_mut();
+        inner.detach_socket();
+        inner.state = LinkState::Closed;
+        inner.push_status();
         inner.closed = true;
-        inner.reconnect_timer = None;
         inner.core_timer = None;
-        inner.heartbeat_timer = None;
         let err: JsValue = AcklineError::Closed.into();
         inner.not_yet_durable.clear();
         let sends: Vec<_> = inner.sends.drain().map(|(_, (_, reject))| reject).collect();
         let mut waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
         waiters.extend(inner.reset_waiters.drain(..).map(|(_, _, reject)| reject));
         drop(inner);
+        self.fire_events();
         for reject in sends.into_iter().chain(waiters) {
             let _ = reject.call1(&JsValue::NULL, &err);
         }
@@ -510,14 +530,24 @@ impl Session {
         self.inner.borrow().core.outbox_len()
     }
 
-    fn connect(&self) {
+    /// Opens the socket the core asked for: gets a token first, reports a
+    /// failure to the core as a close without a code (1006).
+    fn connect(&self, fresh_token: bool) {
         {
-            let inner = self.inner.borrow();
-            if inner.closed || inner.held_offline || inner.ws.is_some() {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed || inner.ws.is_some() {
+                return;
+            }
+            if inner.held_offline {
+                inner.core.handle(now(), ClientInput::Disconnected { code: 1006, reason: "set offline".into() });
+                drop(inner);
+                self.pump();
                 return;
             }
         }
-        self.set_state(LinkState::Connecting);
+        // The callback is asked on every connect, so `fresh_token` needs no
+        // cache to bypass; a fixed token is all there is.
+        let _ = fresh_token;
         let token = self.inner.borrow().cfg.token.clone();
         let weak = self.weak();
         wasm_bindgen_futures::spawn_local(async move {
@@ -530,17 +560,24 @@ impl Session {
                 Ok(token) => session.open_socket(&token),
                 Err(e) => {
                     session.record_error(&e);
-                    session.schedule_reconnect();
-                    session.pump();
+                    session.connect_failed("no token");
                 }
             }
         });
     }
 
+    fn connect_failed(&self, reason: &str) {
+        self.inner
+            .borrow_mut()
+            .core
+            .handle(now(), ClientInput::Disconnected { code: 1006, reason: reason.into() });
+        self.pump();
+    }
+
     fn open_socket(&self, token: &str) {
         let url = {
             let inner = self.inner.borrow();
-            if inner.closed || inner.held_offline || inner.ws.is_some() {
+            if inner.closed || inner.ws.is_some() {
                 return;
             }
             let sep = if inner.cfg.socket_url.contains('?') { '&' } else { '?' };
@@ -550,8 +587,7 @@ impl Session {
             Ok(ws) => ws,
             Err(_) => {
                 self.record_error(&AcklineError::BadUrl("cannot open a WebSocket to the configured url"));
-                self.schedule_reconnect();
-                self.pump();
+                self.connect_failed("bad url");
                 return;
             }
         };
@@ -595,109 +631,23 @@ impl Session {
     }
 
     fn on_open(&self) {
-        {
-            let mut inner = self.inner.borrow_mut();
-            inner.last_rx = js_sys::Date::now();
-            inner.core.handle(now(), ClientInput::Connected);
-        }
-        self.arm_heartbeat();
+        self.inner.borrow_mut().core.handle(now(), ClientInput::Connected);
         self.pump();
     }
 
     fn on_frame(&self, text: String) {
+        self.inner.borrow_mut().core.handle(now(), ClientInput::Frame(text.into_bytes()));
+        self.pump();
+    }
+
+    /// The socket closed: the core decides what the code means.
+    fn on_socket_closed(&self, (code, reason): (u16, String)) {
         {
             let mut inner = self.inner.borrow_mut();
-            inner.last_rx = js_sys::Date::now();
-            let was_ready = inner.core.is_ready();
-            inner.core.handle(now(), ClientInput::Frame(text.into_bytes()));
-            if !was_ready && inner.core.is_ready() {
-                inner.reconnect_attempts = 0;
-                inner.state = LinkState::Open;
-                inner.push_status();
-            }
+            inner.detach_socket();
+            inner.core.handle(now(), ClientInput::Disconnected { code, reason });
         }
         self.pump();
-    }
-
-    fn on_socket_closed(&self, (code, reason): (u16, String)) {
-        let (closed, held) = {
-            let inner = self.inner.borrow();
-            (inner.closed, inner.held_offline)
-        };
-        self.drop_socket(if closed { LinkState::Closed } else { LinkState::Offline });
-        if code == 1008 || (4000..5000).contains(&code) {
-            self.record_error(&AcklineError::ConnectionClosed { code, reason });
-        }
-        if !closed && !held {
-            self.schedule_reconnect();
-        }
-        self.pump();
-    }
-
-    /// Forgets the current socket (closing it) and tells the core.
-    fn drop_socket(&self, state: LinkState) {
-        let mut inner = self.inner.borrow_mut();
-        inner.detach_socket(state);
-        inner.push_status();
-    }
-
-    fn schedule_reconnect(&self) {
-        let mut inner = self.inner.borrow_mut();
-        if inner.closed || inner.held_offline {
-            return;
-        }
-        let ceiling = (RECONNECT_BASE_MS * 2f64.powi(inner.reconnect_attempts.min(16) as i32)).min(RECONNECT_MAX_MS);
-        // Full jitter: a uniformly random delay up to the ceiling, so that many
-        // clients cut at once do not reconnect in lockstep.
-        let delay = (js_sys::Math::random() * ceiling).max(50.0) as u32;
-        inner.reconnect_attempts += 1;
-        let weak = self.weak();
-        inner.reconnect_timer = Some(Timeout::new(delay, move || {
-            if let Some(s) = weak.upgrade() {
-                s.inner.borrow_mut().reconnect_timer = None;
-                s.connect();
-            }
-        }));
-    }
-
-    fn arm_heartbeat(&self) {
-        let weak = self.weak();
-        self.inner.borrow_mut().heartbeat_timer = Some(Timeout::new(HEARTBEAT_MS, move || {
-            let Some(s) = weak.upgrade() else { return };
-            s.heartbeat();
-        }));
-    }
-
-    fn heartbeat(&self) {
-        let idle = {
-            let inner = self.inner.borrow();
-            if inner.ws.is_none() {
-                return;
-            }
-            js_sys::Date::now() - inner.last_rx
-        };
-        if idle >= f64::from(HEARTBEAT_MS) + HEARTBEAT_DEAD_MS {
-            // Nothing came back, not even a pong: a half-open connection.
-            self.record_error(&AcklineError::HeartbeatTimeout);
-            self.drop_socket(LinkState::Offline);
-            self.schedule_reconnect();
-            self.pump();
-            return;
-        }
-        if idle >= f64::from(HEARTBEAT_MS) {
-            let inner = self.inner.borrow();
-            if let Some(ws) = &inner.ws {
-                // The ping echoes the read ticket too (proof that answers were read).
-                let ping = ClientFrame::Ping { nonce: now() }.encode_rx(inner.core.read_ticket());
-                let _ = ws.send_with_str(&ping);
-            }
-        }
-        let weak = self.weak();
-        self.inner.borrow_mut().heartbeat_timer = Some(Timeout::new(HEARTBEAT_MS / 3, move || {
-            if let Some(s) = weak.upgrade() {
-                s.heartbeat();
-            }
-        }));
     }
 
     /// Reports `error` to the app (an `error` event and `status.lastError`).
@@ -707,30 +657,23 @@ impl Session {
         inner.push_status();
     }
 
-    fn set_state(&self, state: LinkState) {
-        let mut inner = self.inner.borrow_mut();
-        if inner.state != state {
-            inner.state = state;
-            inner.push_status();
-        }
-    }
 
     /// Carries out the core's outputs, starts the writer, re-arms the timer and
     /// fires app events. Call after every input.
     pub fn pump(&self) {
-        let (start_writer, reconnect) = {
+        let (start_writer, connect) = {
             let mut inner = self.inner.borrow_mut();
             inner.drain_outputs();
-            let reconnect = std::mem::take(&mut inner.reconnect_wanted);
+            let connect = inner.connect_wanted.take();
             inner.arm_core_timer(self.weak());
             let start = !inner.writes.is_empty() && !inner.writer_running;
             if start {
                 inner.writer_running = true;
             }
-            (start, reconnect)
+            (start, connect)
         };
-        if reconnect {
-            self.schedule_reconnect();
+        if let Some(fresh_token) = connect {
+            self.connect(fresh_token);
         }
         if start_writer {
             let weak = self.weak();
@@ -754,18 +697,15 @@ impl Session {
 }
 
 impl Inner {
-    /// Closes and forgets the current socket, tells the core, stops the heartbeat.
-    fn detach_socket(&mut self, state: LinkState) {
+    /// Closes and forgets the current socket (its events no longer reach us).
+    fn detach_socket(&mut self) {
         if let Some(ws) = self.ws.take() {
             ws.set_onopen(None);
             ws.set_onmessage(None);
             ws.set_onclose(None);
             let _ = ws.close();
-            self.core.handle(now(), ClientInput::Disconnected);
         }
         self.ws_handlers.clear();
-        self.heartbeat_timer = None;
-        self.state = state;
     }
 
     /// Settles the `resetInbox()` promises whose write is durable now.
@@ -811,9 +751,22 @@ impl Inner {
                     let value = to_js(&AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device, &self.core));
                     self.events.push(AppEvent::Conversation("message", value));
                 }
-                ClientOutput::History(_) => {
+                ClientOutput::History { .. } => {
                     for (resolve, _) in self.history_waiters.drain(..) {
                         self.events.push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
+                    }
+                }
+                ClientOutput::HistoryFailed(e) => {
+                    let err: JsValue = AcklineError::Core(e).into();
+                    for (_, reject) in self.history_waiters.drain(..) {
+                        self.events.push(AppEvent::Reject(reject, err.clone()));
+                    }
+                }
+                ClientOutput::Connect { fresh_token } => self.connect_wanted = Some(fresh_token),
+                ClientOutput::Link(status) => {
+                    if !self.closed {
+                        self.state = status.into();
+                        status_changed = true;
                     }
                 }
                 ClientOutput::Status { id, status } => {
@@ -830,11 +783,7 @@ impl Inner {
                     self.record_error(&AcklineError::Core(e));
                     status_changed = true;
                 }
-                ClientOutput::Disconnect => {
-                    self.detach_socket(LinkState::Offline);
-                    status_changed = true;
-                    self.reconnect_wanted = true;
-                }
+                ClientOutput::Disconnect => self.detach_socket(),
             }
         }
         if status_changed {
