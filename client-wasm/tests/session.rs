@@ -149,7 +149,9 @@ async fn two_clients_exchange_messages_with_ticks() {
     let ca2 = a2.conversation(conv_id.clone()).await.unwrap();
     let options = js_sys::Object::new();
     js_sys::Reflect::set(&options, &"limit".into(), &JsValue::from(50)).unwrap();
-    let page = js_sys::Array::from(&JsFuture::from(ca2.history(options.into())).await.unwrap());
+    let result = JsFuture::from(ca2.history(options.into())).await.unwrap();
+    assert_eq!(field(&result, "more").as_bool(), Some(false), "history reaches seq 1");
+    let page = js_sys::Array::from(&result);
     assert_eq!(page.length(), 21);
     for m in page.iter() {
         let status = field(&m, "status").as_string();
@@ -297,4 +299,116 @@ async fn reset_inbox_rebuilds_from_the_server_and_keeps_the_outbox() {
     let err = JsFuture::from(ca.reset_inbox()).await.expect_err("no reset after close");
     assert_eq!(field(&err, "code").as_string().as_deref(), Some("closed"));
     delete_db(&db).await;
+}
+
+/// Client-level events of one kind (`status`, `error`).
+fn collect_client(client: &Ackline, event: &str) -> Rc<RefCell<Vec<JsValue>>> {
+    let seen: Rc<RefCell<Vec<JsValue>>> = Rc::default();
+    let sink = seen.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| sink.borrow_mut().push(v));
+    client.on(event.into(), f.as_ref().unchecked_ref::<Function>().clone());
+    f.forget();
+    seen
+}
+
+fn last_state(statuses: &Rc<RefCell<Vec<JsValue>>>) -> (Option<String>, Option<String>) {
+    let list = statuses.borrow();
+    let Some(s) = list.last() else { return (None, None) };
+    let code = field(&field(s, "lastError"), "code").as_string();
+    (field(s, "state").as_string(), code)
+}
+
+/// A JWT for `user` signed with the wrong secret: readable by the client,
+/// refused by the edge.
+fn badly_signed_token(user: &str, device: &str, conversations: &[&str]) -> String {
+    let good = token(user, device, conversations);
+    let (rest, _sig) = good.rsplit_once('.').expect("a JWT");
+    format!("{rest}.{}", b64url(b"not the right signature, not at all"))
+}
+
+#[wasm_bindgen_test]
+async fn a_refused_token_is_asked_for_once_more_then_the_status_is_auth() {
+    let conv_id = unique("auth");
+    let db = unique("db-auth");
+    let calls = Rc::new(RefCell::new(0u32));
+    let counter = calls.clone();
+    let conv_for_token = conv_id.clone();
+    let callback = Closure::<dyn FnMut() -> JsValue>::new(move || {
+        *counter.borrow_mut() += 1;
+        JsValue::from(badly_signed_token("ann", "ann-web", &[&conv_for_token]))
+    });
+    let options = js_sys::Object::new();
+    Reflect::set(&options, &"url".into(), &edge_url().into()).unwrap();
+    Reflect::set(&options, &"token".into(), callback.as_ref()).unwrap();
+    Reflect::set(&options, &"dbName".into(), &db.clone().into()).unwrap();
+    let a = Ackline::open(options.into()).await.expect("open client");
+    callback.forget();
+    let statuses = collect_client(&a, "status");
+    let _conv = a.conversation(conv_id.clone()).await.unwrap();
+    wait_until("status auth", 15_000.0, || last_state(&statuses).0.as_deref() == Some("auth")).await;
+    assert_eq!(last_state(&statuses).1.as_deref(), Some("unauthorized"));
+    // One call to read the identity, one per connect: the first and its
+    // one retry with a fresh token. Then no storm.
+    assert_eq!(*calls.borrow(), 3);
+    sleep(2_000).await;
+    assert_eq!(*calls.borrow(), 3, "no reconnects after the auth failure");
+    assert_eq!(last_state(&statuses).0.as_deref(), Some("auth"));
+    a.close();
+    delete_db(&db).await;
+}
+
+#[wasm_bindgen_test]
+async fn a_token_without_the_conversation_stops_with_forbidden() {
+    let conv_id = unique("forbidden");
+    let db = unique("db-forbidden");
+    let options = js_sys::Object::new();
+    Reflect::set(&options, &"url".into(), &edge_url().into()).unwrap();
+    Reflect::set(&options, &"token".into(), &token("ann", "ann-web", &["elsewhere"]).into()).unwrap();
+    Reflect::set(&options, &"dbName".into(), &db.clone().into()).unwrap();
+    let a = Ackline::open(options.into()).await.expect("open client");
+    let statuses = collect_client(&a, "status");
+    let _conv = a.conversation(conv_id).await.unwrap();
+    wait_until("status stopped", 15_000.0, || last_state(&statuses).0.as_deref() == Some("stopped")).await;
+    assert_eq!(last_state(&statuses).1.as_deref(), Some("forbidden"));
+    a.close();
+    delete_db(&db).await;
+}
+
+#[wasm_bindgen_test]
+async fn history_rejects_offline_and_says_when_there_is_more() {
+    let conv_id = unique("older");
+    let (db_a, db_b) = (unique("db-a"), unique("db-b"));
+    let b = open("bob", "bob-web", &conv_id, &db_b).await;
+    let cb = b.conversation(conv_id.clone()).await.unwrap();
+    let mut sends = Vec::new();
+    for i in 0..80 {
+        sends.push(JsFuture::from(cb.send(format!("old {i}"))));
+    }
+    for s in sends {
+        s.await.expect("stored");
+    }
+    // A fresh device starts with the latest page only.
+    let a = open("ann", "ann-web", &conv_id, &db_a).await;
+    let ca = a.conversation(conv_id.clone()).await.unwrap();
+    let got = collect(&ca, "message");
+    wait_until("the latest page", 15_000.0, || got.borrow().iter().any(|m| seq_of(m) == 80)).await;
+    let first = seq_of(&got.borrow()[0]);
+    assert!(first > 1, "started at {first}");
+    let options = js_sys::Object::new();
+    Reflect::set(&options, &"before".into(), &JsValue::from(first as f64)).unwrap();
+    Reflect::set(&options, &"limit".into(), &JsValue::from(50)).unwrap();
+    a.set_online(false);
+    let err = JsFuture::from(ca.history(options.clone().into())).await.expect_err("offline");
+    assert_eq!(field(&err, "code").as_string().as_deref(), Some("offline"));
+    a.set_online(true);
+    let statuses = collect_client(&a, "status");
+    wait_until("open again", 15_000.0, || last_state(&statuses).0.as_deref() == Some("open")).await;
+    let page = JsFuture::from(ca.history(options.into())).await.expect("online: a page");
+    let seqs: Vec<u64> = js_sys::Array::from(&page).iter().map(|m| seq_of(&m)).collect();
+    assert_eq!(seqs, (first.saturating_sub(50).max(1)..first).collect::<Vec<_>>());
+    assert_eq!(field(&page, "more").as_bool(), Some(first > 51));
+    a.close();
+    b.close();
+    delete_db(&db_a).await;
+    delete_db(&db_b).await;
 }

@@ -730,6 +730,10 @@ impl Client {
 
     /// Feeds one event in. Outputs are collected with [`Client::poll_output`].
     pub fn handle(&mut self, now: Millis, input: ClientInput) {
+        // A wall clock stepped back must not push the heartbeat's deadlines
+        // (taken from these) far into the future.
+        self.last_rx = self.last_rx.min(now);
+        self.last_ping = self.last_ping.min(now);
         match input {
             ClientInput::Connected => self.on_connected(now),
             ClientInput::Disconnected { code, reason } => self.on_closed(now, code, reason),

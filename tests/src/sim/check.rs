@@ -39,6 +39,8 @@ pub struct AppView {
     pub queued: Vec<String>,
     /// Every id `send()` returned, in call order.
     pub send_order: Vec<String>,
+    /// `load_older` requests in flight (each must end with a page or a failure).
+    pub history_requests: u32,
 }
 
 /// What the server durably stored: its storage now, plus what rollbacks
@@ -113,6 +115,8 @@ impl AppView {
 
     /// The device restarted: its app shows what its storage holds.
     pub fn reload(&mut self, server: ServerTruth<'_>, disk: &ClientData) -> Result<(), String> {
+        // A new client: the old one's requests died with it.
+        self.history_requests = 0;
         let Some(st) = &disk.state else {
             if self.last_live.is_some() {
                 return Err("the inbox record vanished from durable storage".into());

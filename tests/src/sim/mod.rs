@@ -190,6 +190,8 @@ pub struct FaultCounts {
     pub refused_flushes: u64,
     /// Device clock steps.
     pub clock_jumps: u64,
+    /// Sockets the clients asked for (their own reconnect policy).
+    pub connects: u64,
 }
 
 impl AddAssign<&FaultCounts> for FaultCounts {
@@ -215,6 +217,7 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.server_write_failures += o.server_write_failures;
         self.refused_flushes += o.refused_flushes;
         self.clock_jumps += o.clock_jumps;
+        self.connects += o.connects;
     }
 }
 
@@ -226,7 +229,7 @@ impl fmt::Display for FaultCounts {
              server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
              crashes right after a write {}, pending writes lost {}; server closed {} unresponsive \
              and {} replaced connections; pushes tampered {}, chain mismatches caught {}; sends refused {}; \
-             rollbacks {} (devices reset {}), server write failures {}, device flushes refused {}, clock jumps {}",
+             rollbacks {} (devices reset {}), server write failures {}, device flushes refused {}, clock jumps {}; connects asked {}",
             self.dropped,
             self.duplicated,
             self.disconnects,
@@ -247,7 +250,8 @@ impl fmt::Display for FaultCounts {
             self.resets,
             self.server_write_failures,
             self.refused_flushes,
-            self.clock_jumps
+            self.clock_jumps,
+            self.connects
         )
     }
 }

@@ -19,6 +19,11 @@ const EPOCH: Millis = 1_700_000_000_000;
 /// A run that takes more steps than this is stuck in a loop.
 const MAX_STEPS: u64 = 2_000_000;
 
+/// Longest a live, welcomed connection may stay behind with nothing on the
+/// way once faults are off: twice the server's largest resend backoff, and
+/// some slack.
+const MAX_STARVE_MS: Millis = 70_000;
+
 /// Two users with two devices each (a second device of a member must never
 /// make `delivered` claim what no device of its user stored), one with one.
 const USERS: [(&str, &str); 5] =
@@ -29,7 +34,9 @@ enum Ev {
     ToServer { conn: u64, bytes: Vec<u8> },
     ToClient { dev: usize, conn: u64, bytes: Vec<u8> },
     ServerSeesClose { conn: u64, inc: u32 },
-    ClientSeesClose { dev: usize, conn: u64 },
+    ClientSeesClose { dev: usize, conn: u64, code: u16 },
+    /// The socket a client asked for opens, or fails (offline, server down).
+    Dial { dev: usize, inc: u32 },
     ServerFlush { inc: u32 },
     ServerDurable { inc: u32, through: WriteId },
     ClientFlush { dev: usize, inc: u32 },
@@ -93,13 +100,14 @@ struct DeviceNode {
     conn: Option<u64>,
     online: bool,
     partitioned_until: Millis,
-    reconnect_at: Option<Millis>,
     view: AppView,
     sent: u32,
     /// This device's wall clock minus the world's (clock jumps).
     clock_offset: i64,
     /// Its storage refuses writes until then (a quota error).
     storage_down_until: Millis,
+    /// Since when it has been starving (see [`World::check_lag`]).
+    starved_since: Option<Millis>,
 }
 
 struct Conn {
@@ -192,11 +200,11 @@ impl World {
                     conn: None,
                     online: true,
                     partitioned_until: 0,
-                    reconnect_at: Some(EPOCH),
                     view: AppView::default(),
                     sent: 0,
                     clock_offset: 0,
                     storage_down_until: 0,
+                    starved_since: None,
                 }
             })
             .collect();
@@ -359,7 +367,6 @@ impl World {
         }
         let d = &mut self.devs[dev];
         d.client = Some(Client::new(d.cfg.clone(), seed, snapshot));
-        d.reconnect_at = Some(self.now);
         self.drain_client(dev);
     }
 
@@ -378,6 +385,7 @@ impl World {
             }
             if self.phase == Phase::Liveness && self.now >= next_probe {
                 next_probe = self.now + 500;
+                self.check_lag();
                 self.app_tick();
                 if self.converged() {
                     self.final_checks();
@@ -419,9 +427,6 @@ impl World {
             if let Some(c) = &d.client {
                 // A deadline on the device's clock, in world time.
                 min(c.poll_timeout().map(|t| t.saturating_add_signed(-d.clock_offset).max(self.now)));
-                if d.conn.is_none() && d.online {
-                    min(d.reconnect_at);
-                }
             }
         }
         t
@@ -462,10 +467,6 @@ impl World {
                 self.client_input(dev, ClientInput::Timeout);
                 return;
             }
-            if d.conn.is_none() && d.online && d.reconnect_at.is_some_and(|t| t <= now) {
-                self.connect(dev);
-                return;
-            }
         }
     }
 
@@ -490,14 +491,17 @@ impl World {
                     self.server_input(ServerInput::Disconnected { conn: ConnId(conn) });
                 }
             }
-            Ev::ClientSeesClose { dev, conn } => {
+            Ev::ClientSeesClose { dev, conn, code } => {
                 if self.devs[dev].conn == Some(conn) {
                     self.devs[dev].conn = None;
-                    let wait = self.rng.range(50, 3_000);
-                    self.devs[dev].reconnect_at = Some(self.now + wait);
                     if self.devs[dev].client.is_some() {
-                        self.client_input(dev, ClientInput::Disconnected);
+                        self.client_input(dev, ClientInput::Disconnected { code, reason: String::new() });
                     }
+                }
+            }
+            Ev::Dial { dev, inc } => {
+                if inc == self.devs[dev].inc && self.devs[dev].client.is_some() {
+                    self.connect(dev);
                 }
             }
             Ev::ServerFlush { inc } => {
@@ -547,7 +551,11 @@ impl World {
             Ev::AppOlder { dev } => {
                 let now = self.dev_now(dev);
                 if let Some(c) = &mut self.devs[dev].client {
-                    c.load_older(now);
+                    // Refused while not connected; a request in flight always
+                    // ends with a page or a failure (the checker counts).
+                    if c.load_older(now) == Ok(true) {
+                        self.devs[dev].view.history_requests = 1;
+                    }
                     self.drain_client(dev);
                 }
             }
@@ -599,6 +607,10 @@ impl World {
                     self.counts.long_offline += 1;
                     self.log(|| format!("FAULT dev{dev} offline for {len}ms"));
                     self.devs[dev].online = false;
+                    // The platform does not always notice.
+                    if self.rng.chance(500_000) && self.devs[dev].client.is_some() {
+                        self.client_input(dev, ClientInput::Network { online: false });
+                    }
                     if let Some(conn) = self.devs[dev].conn {
                         self.close_conn(conn, true, true);
                     }
@@ -607,7 +619,9 @@ impl World {
             }
             Ev::Online { dev } => {
                 self.devs[dev].online = true;
-                self.devs[dev].reconnect_at = Some(self.now);
+                if self.devs[dev].client.is_some() {
+                    self.client_input(dev, ClientInput::Network { online: true });
+                }
             }
             Ev::ServerSnapshot => {
                 let head = self.server.disk.durable.head();
@@ -666,9 +680,8 @@ impl World {
             if self.devs[dev].client.is_none() {
                 self.start_client(dev);
             }
-            if self.devs[dev].conn.is_none() {
-                self.devs[dev].reconnect_at = Some(self.now);
-            }
+            // The network is back for everyone (the client reconnects at once).
+            self.client_input(dev, ClientInput::Network { online: true });
         }
     }
 
@@ -678,7 +691,9 @@ impl World {
             let now = self.dev_now(dev);
             if let Some(c) = &mut self.devs[dev].client {
                 if c.is_ready() && !c.history_complete() {
-                    c.load_older(now);
+                    if c.load_older(now) == Ok(true) {
+                        self.devs[dev].view.history_requests = 1;
+                    }
                     self.drain_client(dev);
                 }
             }
@@ -714,17 +729,20 @@ impl World {
         self.drain_client(dev);
     }
 
+    /// Opens the socket the client asked for, or tells it the attempt failed.
     fn connect(&mut self, dev: usize) {
-        if self.server.conv.is_none() {
-            let wait = self.rng.range(500, 3_000);
-            self.devs[dev].reconnect_at = Some(self.now + wait);
+        if let Some(old) = self.devs[dev].conn.take() {
+            self.close_conn(old, true, false);
+        }
+        if self.server.conv.is_none() || !self.devs[dev].online {
+            self.log(|| format!("dev{dev} cannot connect"));
+            self.client_input(dev, ClientInput::Disconnected { code: 1006, reason: "unreachable".into() });
             return;
         }
         let conn = self.next_conn;
         self.next_conn += 1;
         self.conns.insert(conn, Conn { dev, open: true, memo: Default::default() });
         self.devs[dev].conn = Some(conn);
-        self.devs[dev].reconnect_at = None;
         self.log(|| format!("dev{dev} connects conn{conn}"));
         let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
         self.server_input(ServerInput::Connected {
@@ -741,6 +759,11 @@ impl World {
 
     /// Closes a connection; each side learns it after a delay.
     fn close_conn(&mut self, conn: u64, tell_server: bool, tell_client: bool) {
+        self.close_conn_with(conn, tell_server, tell_client, 1006);
+    }
+
+    /// [`World::close_conn`] with the close code the client sees.
+    fn close_conn_with(&mut self, conn: u64, tell_server: bool, tell_client: bool, code: u16) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if !c.open {
             return;
@@ -753,7 +776,7 @@ impl World {
         }
         if tell_client {
             let d = self.rng.range(1, 50);
-            self.at(d, Ev::ClientSeesClose { dev, conn });
+            self.at(d, Ev::ClientSeesClose { dev, conn, code });
         }
     }
 
@@ -1065,7 +1088,7 @@ impl World {
                         protocol::server::close::UNRESPONSIVE => self.counts.unresponsive_closes += 1,
                         _ => self.counts.replaced_closes += 1,
                     }
-                    self.close_conn(conn.0, false, true);
+                    self.close_conn_with(conn.0, false, true, code);
                 }
                 ServerOutput::Remember { conn, memo } => {
                     if let Some(c) = self.conns.get_mut(&conn.0) {
@@ -1183,7 +1206,20 @@ impl World {
                         self.fail(format!("{who}: {e}"));
                     }
                 }
-                ClientOutput::History(page) => {
+                ClientOutput::HistoryFailed(e) => {
+                    self.log(|| format!("dev{dev} HISTORY FAILED {e}"));
+                    let view = &mut self.devs[dev].view;
+                    view.history_requests = view.history_requests.saturating_sub(1);
+                }
+                ClientOutput::Connect { .. } => {
+                    self.counts.connects += 1;
+                    let (d, inc) = (self.rng.range(1, 50), self.devs[dev].inc);
+                    self.at(d, Ev::Dial { dev, inc });
+                }
+                ClientOutput::Link(status) => self.log(|| format!("dev{dev} LINK {status:?}")),
+                ClientOutput::History { page, .. } => {
+                    let view = &mut self.devs[dev].view;
+                    view.history_requests = view.history_requests.saturating_sub(1);
                     self.log(|| format!("dev{dev} HISTORY {:?}", page.iter().map(|m| m.seq).collect::<Vec<_>>()));
                     let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
                     let r = self.devs[dev].view.history(truth, &page);
@@ -1233,6 +1269,9 @@ impl World {
                     self.log(|| format!("dev{dev} ERROR {e}"));
                     match e {
                         ClientError::Server { .. } => {}
+                        // Closes by the server (replaced, unresponsive) and
+                        // connections that went silent: the client reconnects.
+                        ClientError::ConnectionClosed { .. } | ClientError::ConnectionDead { .. } => {}
                         ClientError::ChainMismatch { .. } if self.counts.tampered > 0 || self.counts.rollbacks > 0 => {
                             self.counts.chain_mismatches += 1;
                         }
@@ -1260,8 +1299,6 @@ impl World {
                     if let Some(conn) = self.devs[dev].conn.take() {
                         self.close_conn(conn, true, false);
                     }
-                    let wait = self.rng.range(50, 3_000);
-                    self.devs[dev].reconnect_at = Some(self.now + wait);
                 }
             }
         }
@@ -1289,6 +1326,11 @@ impl World {
         let mut problems = Vec::new();
         if durable.messages.len() as u64 != head {
             problems.push(format!("server seqs are not contiguous: {} messages, head {head}", durable.messages.len()));
+        }
+        for d in &self.devs {
+            if d.view.history_requests > 0 {
+                problems.push(format!("{}: a load_older request never ended (no page, no failure)", d.cfg.device));
+            }
         }
         let mut by_key: HashMap<(&str, &str), u64> = HashMap::new();
         for m in durable.messages.values() {
@@ -1321,15 +1363,50 @@ impl World {
         }
     }
 
+    /// True when device `dev` is connected, welcomed and behind the server's
+    /// head with nothing on the way to it: only a resend (or a new message)
+    /// can help it.
+    fn starved(&self, dev: usize) -> bool {
+        let d = &self.devs[dev];
+        let head = self.server.disk.durable.head();
+        let behind = d.client.as_ref().is_some_and(|c| c.is_ready() && c.watermark().is_some_and(|w| w < head));
+        let live = d.conn.is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
+        let on_the_way = self.heap.iter().any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
+        behind && live && !on_the_way
+    }
+
+    /// Without faults, a live connection gets what it misses within the
+    /// server's resend backoff: starving longer than [`MAX_STARVE_MS`] is a
+    /// violation even if something else (a cursor refresh, a dead-connection
+    /// timeout) would heal it later.
+    fn check_lag(&mut self) {
+        for dev in 0..self.devs.len() {
+            if !self.starved(dev) {
+                self.devs[dev].starved_since = None;
+                continue;
+            }
+            let since = *self.devs[dev].starved_since.get_or_insert(self.now);
+            if self.now - since > MAX_STARVE_MS {
+                let d = &self.devs[dev];
+                let what = format!(
+                    "liveness: the server stopped pushing to a live connection: {} is connected and welcomed but stored only through {:?} of head {} for {} ms, and nothing is on the way to it",
+                    d.cfg.device,
+                    d.client.as_ref().and_then(|c| c.watermark()),
+                    self.server.disk.durable.head(),
+                    self.now - since
+                );
+                self.fail(what);
+                return;
+            }
+        }
+    }
+
     fn stuck(&mut self) -> Violation {
         let head = self.server.disk.durable.head();
         // A device that is connected, welcomed and behind, with nothing on
         // the way to it: only a resend (or a new message) could help it.
         for (dev, d) in self.devs.iter().enumerate() {
-            let behind = d.client.as_ref().is_some_and(|c| c.is_ready() && c.watermark().is_some_and(|w| w < head));
-            let live = d.conn.is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
-            let on_the_way = self.heap.iter().any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
-            if behind && live && !on_the_way {
+            if self.starved(dev) {
                 let what = format!(
                     "liveness: the server stopped pushing to a live connection: {} is connected and welcomed but stored only through {:?} of head {head}, and nothing is on the way to it",
                     d.cfg.device,
