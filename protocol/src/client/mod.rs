@@ -827,6 +827,14 @@ impl Client {
         self.link == Link::Ready
     }
 
+    /// True while the client knows it is behind and is fetching: below the
+    /// head a `welcome` or `batch` announced, holding out-of-order messages,
+    /// or waiting for a gap-fill answer.
+    pub fn is_catching_up(&self) -> bool {
+        self.timers.is_set(Timer::SyncForward)
+            || self.inbox.as_ref().is_some_and(|i| i.written < self.head_auth || !i.buffer.is_empty())
+    }
+
     /// The connection state as the app should show it.
     pub fn link_status(&self) -> LinkStatus {
         self.link.status()
