@@ -1,11 +1,15 @@
 //! `GET /v1/conversations/{id}/messages?after=&before=&limit=`: history pages
-//! read straight from storage, for apps that want history over plain HTTP.
+//! over plain HTTP, read by the core's page reader
+//! ([`protocol::server::read_page`]), the same one that answers `sync`: pages
+//! without holes, at most `limit` messages and [`limits::PAGE_BYTES`] of
+//! messages, `more` set when either cut the page.
 //!
 //! `after` set: ascending from `after + 1` (and below `before` if set); only
 //! `before`: the `limit` messages just below it; neither: the latest page.
 //! `limit` is 1..=500 (default 50). Each parameter appears at most once, as 1 to
 //! 16 ASCII decimal digits (no sign, no spaces); anything else is a 400.
 
+use protocol::server::{read_page, PageQuery};
 use protocol::{limits, Seq, MAX_SEQ};
 use worker::{Response, Result, Url};
 
@@ -57,24 +61,16 @@ pub fn page(store: &Store, url: &Url) -> Result<Response> {
         Ok(p) => p,
         Err(reason) => return error_response(400, "bad_request", &reason),
     };
+    // Every committed write is durable (see store.rs): the head is the last row.
     let head: Seq = store.last()?.map_or(0, |m| m.seq);
-    let (messages, more) = match after {
-        Some(after) => {
-            let page = store.range(after, before, limit)?;
-            let end = before.map_or(head, |b| b.saturating_sub(1).min(head));
-            let more = page.last().is_some_and(|m| m.seq < end);
-            (page, more)
-        }
-        None => {
-            let below = before.unwrap_or(head + 1);
-            let page = store.before(below, limit)?;
-            let more = page.first().is_some_and(|m| m.seq > 1);
-            (page, more)
-        }
+    let query = PageQuery { after, before, limit };
+    let page = match read_page(store, head, query, limits::PAGE_BYTES) {
+        Ok(page) => page,
+        Err(e) => return error_response(503, "storage_unavailable", &e.to_string()),
     };
     json_response(
         200,
-        &serde_json::json!({ "messages": messages, "head": head, "more": more }),
+        &serde_json::json!({ "messages": page.messages, "head": page.head, "more": page.more }),
     )
 }
 

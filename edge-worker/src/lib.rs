@@ -3,7 +3,10 @@
 //! The Worker authenticates every request (JWT HS256, see `auth.rs`) before it
 //! reaches a Durable Object, then forwards it to the one object that owns the
 //! conversation, with the verified identity in `x-ackline-*` headers. That object
-//! is the conversation's single writer (see `conversation.rs`).
+//! is the conversation's single writer (see `conversation.rs`). A refused token
+//! gets a JSON 401/403 over plain HTTP; on a WebSocket upgrade the Worker accepts
+//! the socket itself and closes it at once (4401/4403/1011, reason the error
+//! code), since a browser never sees the status of a failed handshake.
 
 mod auth;
 mod conversation;
@@ -16,7 +19,8 @@ mod store_suite;
 pub use conversation::Conversation;
 
 use serde::Deserialize;
-use worker::{event, Context, Date, Env, Method, Request, Response, Result};
+use protocol::server::close;
+use worker::{event, Context, Date, Env, Method, Request, Response, Result, WebSocketPair};
 
 use crate::auth::{AuthError, Claims};
 use crate::http::{error_response, json_response};
@@ -33,6 +37,9 @@ pub(crate) const DEVICE_HEADER: &str = "x-ackline-device";
 /// The verified token's `exp` (Unix seconds, integer), so the Durable Object can
 /// end the connection when the token runs out.
 pub(crate) const TOKEN_EXP_HEADER: &str = "x-ackline-token-exp";
+/// Close code of a WebSocket refused because the edge is misconfigured
+/// (RFC 6455 1011, "internal error"; the Durable Object uses it too).
+const SERVER_ERROR_CLOSE: u16 = 1011;
 /// Lifetime of dev tokens.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
@@ -117,6 +124,9 @@ async fn forward_to_conversation(req: Request, env: &Env, id: &str) -> Result<Re
         Ok(claims) => claims,
         Err(err) => {
             log_auth_failure(id, &err);
+            if is_websocket_upgrade(&req) {
+                return refuse_upgrade(&err);
+            }
             return error_response(err.status(), err.code(), &err.to_string());
         }
     };
@@ -131,6 +141,38 @@ async fn forward_to_conversation(req: Request, env: &Env, id: &str) -> Result<Re
         .id_from_name(id)?
         .get_stub()?;
     stub.fetch_with_request(forwarded).await
+}
+
+/// Whether the request asks for a WebSocket (`Upgrade: websocket`, any case).
+fn is_websocket_upgrade(req: &Request) -> bool {
+    req.headers()
+        .get("Upgrade")
+        .ok()
+        .flatten()
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// The close code and reason that refuse a WebSocket for `err`: a browser sees
+/// only 1006 for an HTTP error answer to its upgrade, but it sees these.
+/// 4401 for a token to fetch again, 4403 for a conversation outside the
+/// token, 1011 while the edge is misconfigured; the reason is the error code.
+fn refusal_close(err: &AuthError) -> (u16, &'static str) {
+    let code = match err.status() {
+        403 => close::FORBIDDEN,
+        401 => close::UNAUTHORIZED,
+        _ => SERVER_ERROR_CLOSE,
+    };
+    (code, err.code())
+}
+
+/// Accepts the upgrade in the Worker and closes the socket at once with
+/// [`refusal_close`]'s code and reason; no Durable Object is reached.
+fn refuse_upgrade(err: &AuthError) -> Result<Response> {
+    let (code, reason) = refusal_close(err);
+    let pair = WebSocketPair::new()?;
+    pair.server.accept()?;
+    pair.server.close(Some(code), Some(reason))?;
+    Response::from_websocket(pair.client)
 }
 
 /// The `x-ackline-*` headers that carry a verified token to the Durable Object.
@@ -238,5 +280,24 @@ mod tests {
             ]
         );
         assert_eq!(TOKEN_EXP_HEADER, "x-ackline-token-exp");
+    }
+
+    // Rule: a refused upgrade closes with 4401/4403/1011 and the error code.
+    #[test]
+    fn refused_upgrades_close_with_auth_codes() {
+        let cases = [
+            (AuthError::Missing, 4401, "token_missing"),
+            (AuthError::Malformed("x".into()), 4401, "token_malformed"),
+            (AuthError::UnsupportedAlgorithm("none".into()), 4401, "token_algorithm"),
+            (AuthError::BadSignature, 4401, "token_signature"),
+            (AuthError::Expired { exp: 1, now: 2 }, 4401, "token_expired"),
+            (AuthError::NotYetValid { nbf: 9, now: 2 }, 4401, "token_not_yet_valid"),
+            (AuthError::NotMember("room".into()), 4403, "forbidden_conversation"),
+            (AuthError::NoSecret, 1011, "server_misconfigured"),
+            (AuthError::ShortSecret(5), 1011, "server_misconfigured"),
+        ];
+        for (err, code, reason) in cases {
+            assert_eq!(refusal_close(&err), (code, reason), "{err}");
+        }
     }
 }

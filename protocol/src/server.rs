@@ -68,11 +68,22 @@ use crate::limits;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
 use crate::WriteId;
+use crate::backoff::backoff;
 
 /// WebSocket close codes the server uses.
 pub mod close {
-    /// Policy violation: repeated abuse, or the conversation is full.
+    /// Policy violation: repeated abuse.
     pub const POLICY: u16 = 1008;
+    /// A new user would exceed the member limit (after a `too_many_members`
+    /// error): do not reconnect, the answer would be the same.
+    pub const CONVERSATION_FULL: u16 = 4004;
+    /// The edge refused the token on the WebSocket upgrade (a 401-class
+    /// failure); the reason is the auth error code, e.g. `token_expired`.
+    /// Fetch a fresh token once; if that is refused too, stop.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The edge refused the upgrade because the token does not admit the
+    /// conversation (reason `forbidden_conversation`): stop.
+    pub const FORBIDDEN: u16 = 4403;
     /// The same device opened a newer connection.
     pub const REPLACED: u16 = 4001;
     /// Pushes stayed unacknowledged through every retry, or answers were
@@ -470,11 +481,6 @@ fn encoded_len(m: &StoredMessage) -> usize {
 /// Envelope and field overhead of a `batch` or `welcome` beyond its list.
 const FRAME_OVERHEAD: usize = 160;
 
-fn backoff(initial: Millis, max: Millis, attempt: u32) -> Millis {
-    let factor = 1u64.checked_shl(attempt.min(20)).unwrap_or(u64::MAX);
-    initial.saturating_mul(factor).min(max).max(1)
-}
-
 /// Rows to read next so that the page's byte budget is probably reached in one
 /// more read: estimated from the rows seen so far, never below 8.
 fn next_read(want: u32, bytes: usize, rows: usize, budget: usize) -> u32 {
@@ -484,6 +490,139 @@ fn next_read(want: u32, bytes: usize, rows: usize, budget: usize) -> u32 {
     let avg = (bytes / rows).max(1);
     let rows_left = budget.saturating_sub(bytes) / avg + 1;
     want.min(u32::try_from(rows_left).unwrap_or(u32::MAX).max(8))
+}
+
+/// What a history page asks for: the fields of a `sync` frame, or the
+/// parameters of the HTTP history route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Set: the page ascends from `after + 1` (and stays below `before`).
+    pub after: Option<Seq>,
+    /// With `after`: exclusive upper bound. Alone: the page ends just below
+    /// it. Absent: `head + 1`. Never beyond `head + 1` either way.
+    pub before: Option<Seq>,
+    /// Most messages; clamped to 1..=[`limits::MAX_PAGE`].
+    pub limit: u32,
+}
+
+/// One page of history, as [`read_page`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Ascending and without a hole.
+    pub messages: Vec<StoredMessage>,
+    /// The head the page was read under (the `head` given to [`read_page`]).
+    pub head: Seq,
+    /// Whether messages exist beyond the page in the asked-for direction:
+    /// with `after`, between its last message and the upper bound; alone,
+    /// below its first message. True when `limit` or the byte budget cut it.
+    pub more: bool,
+    /// Encoded (JSON) size of its messages.
+    pub bytes: usize,
+}
+
+/// Reads one history page from `store`: at most `query.limit` messages with
+/// seq at most `head`, contiguous, trimmed to `page_bytes` of encoded
+/// messages (a first message always fits). An ascending page (`after` set)
+/// is cut at its end; a page below `before` is cut at its start, keeping the
+/// newest. Rows are read in steps sized from what was read so far, so large
+/// messages do not make a page read far more than it returns.
+///
+/// `head` is the highest seq a page may hold: the core passes its durable
+/// head; a reader of a store whose every write is durable (the edge's HTTP
+/// history) passes the seq of `store.last()`. The one implementation behind
+/// `sync` answers, fresh-device pages and `GET .../messages`.
+pub fn read_page(
+    store: &dyn ConversationStore,
+    head: Seq,
+    query: PageQuery,
+    page_bytes: usize,
+) -> Result<Page, StoreError> {
+    let upper = query.before.map_or(head.saturating_add(1), |b| b.min(head.saturating_add(1)));
+    let limit = query.limit.clamp(1, limits::MAX_PAGE);
+    let (messages, more, bytes) = match query.after {
+        Some(after) => page_after(store, after, upper, limit, page_bytes)?,
+        None => page_before(store, upper, limit, page_bytes)?,
+    };
+    Ok(Page { messages, head, more, bytes })
+}
+
+/// Appends `m` to a page under construction if it continues it without a
+/// hole and fits the byte budget (a first message always fits).
+fn fits(page: &[StoredMessage], bytes: &mut usize, m: &StoredMessage, ascending: bool, budget: usize) -> bool {
+    let continues = page.last().is_none_or(|p| if ascending { p.seq + 1 == m.seq } else { m.seq + 1 == p.seq });
+    if !continues {
+        return false;
+    }
+    let len = encoded_len(m);
+    if !page.is_empty() && *bytes + len > budget {
+        return false;
+    }
+    *bytes += len;
+    true
+}
+
+/// Up to `limit` messages with `after < seq < upper`, trimmed to the byte
+/// budget; whether more exist below `upper`; and the page's size.
+fn page_after(
+    store: &dyn ConversationStore,
+    after: Seq,
+    upper: Seq,
+    limit: u32,
+    budget: usize,
+) -> Result<(Vec<StoredMessage>, bool, usize), StoreError> {
+    let mut page: Vec<StoredMessage> = Vec::new();
+    let mut bytes = 0;
+    let mut from = after;
+    'read: while after.saturating_add(1) < upper && (page.len() as u32) < limit {
+        let want = limit - page.len() as u32;
+        let n = next_read(want, bytes, page.len(), budget);
+        let rows = store.after(from, n)?;
+        let got = rows.len();
+        for m in rows {
+            if m.seq >= upper || m.seq <= from || !fits(&page, &mut bytes, &m, true, budget) {
+                break 'read;
+            }
+            from = m.seq;
+            page.push(m);
+        }
+        if got < n as usize {
+            break;
+        }
+    }
+    let more = page.last().is_some_and(|m| m.seq + 1 < upper);
+    Ok((page, more, bytes))
+}
+
+/// The latest messages below `before`, trimmed to the byte budget (keeping
+/// the newest); whether older ones exist; and the page's size.
+fn page_before(
+    store: &dyn ConversationStore,
+    before: Seq,
+    limit: u32,
+    budget: usize,
+) -> Result<(Vec<StoredMessage>, bool, usize), StoreError> {
+    let mut page: Vec<StoredMessage> = Vec::new();
+    let mut bytes = 0;
+    let mut below = before;
+    'read: while below > 1 && (page.len() as u32) < limit {
+        let want = limit - page.len() as u32;
+        let n = next_read(want, bytes, page.len(), budget);
+        let rows = store.before(below, n)?;
+        let got = rows.len();
+        for m in rows.into_iter().rev() {
+            if m.seq >= below || !fits(&page, &mut bytes, &m, false, budget) {
+                break 'read;
+            }
+            below = m.seq;
+            page.push(m);
+        }
+        if got < n as usize {
+            break;
+        }
+    }
+    page.reverse();
+    let more = page.first().is_some_and(|m| m.seq > 1);
+    Ok((page, more, bytes))
 }
 
 impl Conversation {
@@ -781,7 +920,7 @@ impl Conversation {
                 );
                 self.out.push_back(ServerOutput::Close {
                     conn,
-                    code: close::POLICY,
+                    code: close::CONVERSATION_FULL,
                     reason: "conversation is full".into(),
                 });
                 return;
@@ -1015,7 +1154,7 @@ impl Conversation {
                 limit,
                 pages_left,
             } => {
-                let page = self.page_after(from, upper, limit, store);
+                let page = self.page(PageQuery { after: Some(from), before: Some(upper), limit }, store);
                 if let Some(last) = self.answer_page(now, conn, page, pages_left > 1) {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         // Unless a newer request came in meanwhile.
@@ -1029,7 +1168,7 @@ impl Conversation {
                 }
             }
             Request::Before { before, limit } => {
-                let page = self.page_before(before, limit, store);
+                let page = self.page(PageQuery { after: None, before: Some(before), limit }, store);
                 self.answer_page(now, conn, page, false);
             }
         }
@@ -1043,7 +1182,7 @@ impl Conversation {
     /// of its user stored.
     fn fresh_start(&self, user: &str, head: Seq, store: &dyn ConversationStore) -> (Option<Seq>, Option<Request>) {
         let floor = self.user_floor(user);
-        let latest = match self.page_before(head + 1, self.cfg.fresh_page, store) {
+        let latest = match self.page(PageQuery { after: None, before: Some(head + 1), limit: self.cfg.fresh_page }, store) {
             Ok(page) => page.messages.first().map(|m| m.seq),
             // Storage failed: no page now; the device says hello again.
             Err(_) => return (None, None),
@@ -1175,78 +1314,9 @@ impl Conversation {
         self.pump(now, conn, store);
     }
 
-    /// Appends `m` to a page under construction if it continues it without a
-    /// hole and fits the byte budget (a first message always fits).
-    fn fits(&self, page: &[StoredMessage], bytes: &mut usize, m: &StoredMessage, ascending: bool) -> bool {
-        let continues = page.last().is_none_or(|p| if ascending { p.seq + 1 == m.seq } else { m.seq + 1 == p.seq });
-        if !continues {
-            return false;
-        }
-        let len = encoded_len(m);
-        if !page.is_empty() && *bytes + len > self.cfg.page_bytes {
-            return false;
-        }
-        *bytes += len;
-        true
-    }
-
-    /// Up to `limit` durable messages with `after < seq < upper`, trimmed to the
-    /// byte budget; whether more exist below `upper`; and the page's size.
-    /// Rows are read in steps sized from what was read so far, so large
-    /// messages do not make a page read far more than it sends.
-    fn page_after(&self, after: Seq, upper: Seq, limit: u32, store: &dyn ConversationStore) -> Result<Page, StoreError> {
-        let upper = upper.min(self.durable_head + 1);
-        let limit = limit.clamp(1, limits::MAX_PAGE);
-        let mut page: Vec<StoredMessage> = Vec::new();
-        let mut bytes = 0;
-        let mut from = after;
-        'read: while after.saturating_add(1) < upper && (page.len() as u32) < limit {
-            let want = limit - page.len() as u32;
-            let n = next_read(want, bytes, page.len(), self.cfg.page_bytes);
-            let rows = store.after(from, n)?;
-            let got = rows.len();
-            for m in rows {
-                if m.seq >= upper || m.seq <= from || !self.fits(&page, &mut bytes, &m, true) {
-                    break 'read;
-                }
-                from = m.seq;
-                page.push(m);
-            }
-            if got < n as usize {
-                break;
-            }
-        }
-        let more = page.last().is_some_and(|m| m.seq + 1 < upper);
-        Ok(Page { messages: page, more, bytes })
-    }
-
-    /// The latest durable messages below `before`, trimmed to the byte budget
-    /// (keeping the newest); whether older ones exist; and the page's size.
-    fn page_before(&self, before: Seq, limit: u32, store: &dyn ConversationStore) -> Result<Page, StoreError> {
-        let before = before.min(self.durable_head + 1);
-        let limit = limit.clamp(1, limits::MAX_PAGE);
-        let mut page: Vec<StoredMessage> = Vec::new();
-        let mut bytes = 0;
-        let mut below = before;
-        'read: while below > 1 && (page.len() as u32) < limit {
-            let want = limit - page.len() as u32;
-            let n = next_read(want, bytes, page.len(), self.cfg.page_bytes);
-            let rows = store.before(below, n)?;
-            let got = rows.len();
-            for m in rows.into_iter().rev() {
-                if m.seq >= below || !self.fits(&page, &mut bytes, &m, false) {
-                    break 'read;
-                }
-                below = m.seq;
-                page.push(m);
-            }
-            if got < n as usize {
-                break;
-            }
-        }
-        page.reverse();
-        let more = page.first().is_some_and(|m| m.seq > 1);
-        Ok(Page { messages: page, more, bytes })
+    /// A page of durable messages ([`read_page`] under the durable head).
+    fn page(&self, query: PageQuery, store: &dyn ConversationStore) -> Result<Page, StoreError> {
+        read_page(store, self.durable_head, query, self.cfg.page_bytes)
     }
 
     /// Sends a page as a `batch` (`follows` when the next one comes unasked),
@@ -1254,7 +1324,7 @@ impl Conversation {
     /// seq when another page follows.
     fn answer_page(&mut self, now: Millis, conn: ConnId, page: Result<Page, StoreError>, may_follow: bool) -> Option<Seq> {
         match page {
-            Ok(Page { messages, more, bytes }) => {
+            Ok(Page { messages, more, bytes, .. }) => {
                 let last = messages.last().map(|m| m.seq).filter(|_| more && may_follow);
                 let head = self.durable_head;
                 let follows = last.is_some();
@@ -1676,10 +1746,126 @@ enum Incoming<'a> {
     Oversized(usize),
 }
 
-/// A page read for a `batch`.
-struct Page {
-    messages: Vec<StoredMessage>,
-    more: bool,
-    /// Encoded size of its messages.
-    bytes: usize,
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DurableStore, MemoryStore};
+
+    /// A store holding seqs 1..=n, every body `body_len` bytes.
+    fn store(n: Seq, body_len: usize) -> MemoryStore {
+        let mut store = MemoryStore::new();
+        let batch: Vec<ServerWrite> = (1..=n)
+            .map(|seq| {
+                ServerWrite::Append(StoredMessage {
+                    seq,
+                    user: "ann".into(),
+                    device: "a1".into(),
+                    id: format!("m{seq}"),
+                    body: "x".repeat(body_len),
+                    at: 1,
+                    chain: ChainHash::GENESIS,
+                })
+            })
+            .collect();
+        store.commit(&batch).expect("seed the store");
+        store
+    }
+
+    fn query(after: Option<Seq>, before: Option<Seq>, limit: u32) -> PageQuery {
+        PageQuery { after, before, limit }
+    }
+
+    /// The seqs of a page, and its `more`.
+    fn seqs(page: &Page) -> (Vec<Seq>, bool) {
+        (page.messages.iter().map(|m| m.seq).collect(), page.more)
+    }
+
+    fn read(store: &MemoryStore, head: Seq, q: PageQuery) -> (Vec<Seq>, bool) {
+        seqs(&read_page(store, head, q, limits::PAGE_BYTES).expect("read"))
+    }
+
+    // Rule: after/before/limit select like sync and the HTTP history route.
+    #[test]
+    fn after_before_and_limit_select_the_page() {
+        let s = store(10, 4);
+        // Neither: the latest page.
+        assert_eq!(read(&s, 10, query(None, None, 3)), (vec![8, 9, 10], true));
+        assert_eq!(read(&s, 10, query(None, None, 50)), ((1..=10).collect(), false));
+        // Only before: the messages just below it.
+        assert_eq!(read(&s, 10, query(None, Some(5), 2)), (vec![3, 4], true));
+        assert_eq!(read(&s, 10, query(None, Some(3), 5)), (vec![1, 2], false));
+        assert_eq!(read(&s, 10, query(None, Some(1), 5)), (vec![], false));
+        // before beyond the head: as if head + 1.
+        assert_eq!(read(&s, 10, query(None, Some(MAX_SEQ), 2)), (vec![9, 10], true));
+        // Only after: ascending from after + 1.
+        assert_eq!(read(&s, 10, query(Some(0), None, 4)), (vec![1, 2, 3, 4], true));
+        assert_eq!(read(&s, 10, query(Some(7), None, 4)), (vec![8, 9, 10], false));
+        assert_eq!(read(&s, 10, query(Some(10), None, 4)), (vec![], false));
+        assert_eq!(read(&s, 10, query(Some(MAX_SEQ), None, 4)), (vec![], false));
+        // Both: after < seq < before; more only for what is left below before.
+        assert_eq!(read(&s, 10, query(Some(2), Some(6), 10)), (vec![3, 4, 5], false));
+        assert_eq!(read(&s, 10, query(Some(2), Some(6), 2)), (vec![3, 4], true));
+        assert_eq!(read(&s, 10, query(Some(2), Some(MAX_SEQ), 10)), ((3..=10).collect(), false));
+        assert_eq!(read(&s, 10, query(Some(5), Some(6), 10)), (vec![], false));
+        assert_eq!(read(&s, 10, query(Some(6), Some(5), 10)), (vec![], false));
+        // limit is clamped to 1..=MAX_PAGE.
+        assert_eq!(read(&s, 10, query(None, None, 0)), (vec![10], true));
+        assert_eq!(read(&s, 10, query(Some(0), None, u32::MAX)), ((1..=10).collect(), false));
+        // An empty store.
+        assert_eq!(read(&MemoryStore::new(), 0, query(None, None, 50)), (vec![], false));
+        assert_eq!(read(&MemoryStore::new(), 0, query(Some(0), None, 50)), (vec![], false));
+    }
+
+    // Rule: never beyond the given head (the core's durable head).
+    #[test]
+    fn a_page_stops_at_the_head() {
+        let s = store(10, 4);
+        assert_eq!(read(&s, 6, query(None, None, 3)), (vec![4, 5, 6], true));
+        assert_eq!(read(&s, 6, query(Some(3), None, 50)), (vec![4, 5, 6], false));
+        assert_eq!(read(&s, 6, query(Some(3), Some(9), 50)), (vec![4, 5, 6], false));
+        let page = read_page(&s, 6, query(None, None, 50), limits::PAGE_BYTES).unwrap();
+        assert_eq!(page.head, 6);
+    }
+
+    // Rule: a page is cut to the byte budget and then says more.
+    #[test]
+    fn a_page_cut_by_bytes_says_more() {
+        let s = store(40, 1_000);
+        let one = encoded_len(&s.messages[&1]);
+        let budget = one * 5 + one / 2; // room for five messages, not six
+        let page = |q| seqs(&read_page(&s, 40, q, budget).expect("read"));
+        // Ascending: cut at the end.
+        assert_eq!(page(query(Some(0), None, 500)), ((1..=5).collect(), true));
+        assert_eq!(page(query(Some(10), Some(30), 500)), ((11..=15).collect(), true));
+        // Exactly what fits up to the bound: nothing more.
+        assert_eq!(page(query(Some(10), Some(16), 500)), ((11..=15).collect(), false));
+        // Below before, or the latest: cut at the start, keeping the newest.
+        assert_eq!(page(query(None, None, 500)), ((36..=40).collect(), true));
+        assert_eq!(page(query(None, Some(20), 500)), ((15..=19).collect(), true));
+        assert_eq!(page(query(None, Some(6), 500)), ((1..=5).collect(), false));
+        // A message larger than the budget still goes out, alone.
+        let big = seqs(&read_page(&s, 40, query(Some(0), None, 500), 10).expect("read"));
+        assert_eq!(big, (vec![1], true));
+        // The size is the messages' encoded size.
+        let cut = read_page(&s, 40, query(Some(0), None, 500), budget).unwrap();
+        assert_eq!(cut.bytes, one * 5);
+    }
+
+    // Rule: a page never has a hole; it ends before a missing seq.
+    #[test]
+    fn a_page_ends_at_a_hole() {
+        let mut s = store(10, 4);
+        s.messages.remove(&5);
+        assert_eq!(read(&s, 10, query(Some(0), None, 50)), (vec![1, 2, 3, 4], true));
+        assert_eq!(read(&s, 10, query(None, None, 50)), ((6..=10).collect(), true));
+    }
+
+    // Rule: a page read takes rows in steps; many small rows still fill it.
+    #[test]
+    fn a_long_page_is_read_in_steps() {
+        let s = store(600, 4);
+        assert_eq!(read(&s, 600, query(Some(0), None, 500)), ((1..=500).collect(), true));
+        assert_eq!(read(&s, 600, query(None, None, 500)), ((101..=600).collect(), true));
+    }
 }

@@ -283,8 +283,10 @@ impl Edge {
             .unwrap_or_else(|(status, body)| panic!("WebSocket refused: {status} {body}"))
     }
 
-    /// Opens a WebSocket with `token` (passed as `access_token`); on refusal
-    /// returns the HTTP status and body.
+    /// Opens a WebSocket with `token` (passed as `access_token`); on an HTTP
+    /// refusal returns the status and body. A token the edge refuses is not an
+    /// HTTP refusal: the upgrade succeeds and the socket is closed at once
+    /// (see [`Edge::connect_refused`]).
     pub fn connect_with_token(&self, conversation: &str, token: &str) -> Result<Ws, (u16, String)> {
         let url = format!(
             "ws://127.0.0.1:{}/v1/conversations/{conversation}/connect?access_token={token}",
@@ -315,6 +317,33 @@ impl Edge {
                 Err((response.status().as_u16(), body))
             }
             Err(e) => panic!("WebSocket connect failed: {e}"),
+        }
+    }
+}
+
+impl Edge {
+    /// Opens a WebSocket with `token` that the edge refuses the way a browser
+    /// can see: the upgrade succeeds and the first thing read is a Close
+    /// frame. Its code and reason (panics on anything else).
+    pub fn connect_refused(&self, conversation: &str, token: &str) -> (u16, String) {
+        match self.connect_with_token(conversation, token) {
+            Ok(mut ws) => ws.first_read_close(),
+            Err((status, body)) => panic!("upgrade refused with HTTP {status} {body}, not a close"),
+        }
+    }
+
+    /// Whether the edge keeps a socket opened with `token`: it answers a ping
+    /// (a refused one is closed before any frame).
+    pub fn accepts_token(&self, conversation: &str, token: &str) -> Result<(), String> {
+        match self.connect_with_token(conversation, token) {
+            Ok(mut ws) => {
+                if ws.send_ping_probe() {
+                    Ok(())
+                } else {
+                    Err("the socket closed before it answered a ping".to_owned())
+                }
+            }
+            Err((status, body)) => Err(format!("HTTP {status} {body}")),
         }
     }
 }
@@ -442,6 +471,19 @@ impl Ws {
                 Err(tungstenite::Error::Protocol(_)) => return 1006,
                 Err(e) => panic!("expected a close, got {e}"),
             }
+        }
+    }
+
+    /// The first message, which must be a Close frame within 10 s: its code
+    /// and reason (1005 and "" for a Close without a code).
+    pub fn first_read_close(&mut self) -> (u16, String) {
+        self.set_read_timeout(Duration::from_secs(10));
+        match self.socket.read() {
+            Ok(Message::Close(frame)) => {
+                frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.into_owned()))
+            }
+            Ok(other) => panic!("expected a Close frame first, got {other:?}"),
+            Err(e) => panic!("expected a Close frame first, got {e}"),
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use ackline_tests::edge::{fresh_storage, token_for, unix_now, Edge, TEST_SECRET};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use protocol::server::close;
 use serde_json::{json, Value};
 
 /// Ann's claims for "room", valid for an hour, with `extra` fields replaced.
@@ -40,23 +41,41 @@ fn sign(claims: &Value) -> String {
 }
 
 fn assert_accepted(edge: &Edge, token: &str, what: &str) {
-    if let Err((status, body)) = edge.connect_with_token("room", token) {
-        panic!("{what}: refused with {status} {body}");
+    if let Err(why) = edge.accepts_token("room", token) {
+        panic!("{what}: refused: {why}");
     }
 }
 
+/// Checks that `token` is refused for "room" on both paths: a WebSocket is
+/// closed at once with the status's close code (401: 4401, 403: 4403, 500:
+/// 1011) and `code` as the reason, and a history request gets `status` with
+/// `code` in its JSON body, which is returned.
 fn assert_refused(edge: &Edge, token: &str, status: u16, code: &str, what: &str) -> String {
-    match edge.connect_with_token("room", token) {
-        Ok(_) => panic!("{what}: accepted"),
-        Err((got, body)) => {
-            assert_eq!(got, status, "{what}: {body}");
-            assert!(
-                body.contains(&format!("\"error\":\"{code}\"")),
-                "{what}: expected {code} in {body}"
-            );
-            body
-        }
-    }
+    let close_code = match status {
+        401 => close::UNAUTHORIZED,
+        403 => close::FORBIDDEN,
+        500 => 1011,
+        other => panic!("{what}: no close code for {other}"),
+    };
+    assert_eq!(
+        edge.connect_refused("room", token),
+        (close_code, code.to_owned()),
+        "{what}: WebSocket refusal"
+    );
+    let (got, body) = edge
+        .http(
+            "GET",
+            "/v1/conversations/room/messages",
+            &[("Authorization", &format!("Bearer {token}"))],
+            "",
+        )
+        .expect("HTTP");
+    assert_eq!(got, status, "{what}: {body}");
+    assert!(
+        body.contains(&format!("\"error\":\"{code}\"")),
+        "{what}: expected {code} in {body}"
+    );
+    body
 }
 
 #[test]

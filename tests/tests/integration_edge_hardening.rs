@@ -401,9 +401,70 @@ fn a_socket_is_closed_when_its_token_expires() {
         &Claims { sub: "ann", device: "ann-1", exp: unix_now() - 52, conversations: vec!["room"] },
         TEST_SECRET,
     );
-    let mut ws = edge.connect_with_token("room", &token).expect("accepted within the leeway");
+    let mut ws = edge.connect_with_token("room", &token).expect("upgraded");
     ws.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    // Accepted within the leeway (a refused token would be closed with 4401).
+    assert!(matches!(ws.recv(), ServerFrame::Welcome { .. }), "welcomed within the leeway");
     let start = Instant::now();
     assert_eq!(ws.expect_close(|_| {}), close::TOKEN_EXPIRED);
     assert!(start.elapsed() < Duration::from_secs(20), "closed after {:?}", start.elapsed());
+}
+
+/// One HTTP history page of "room": its seqs, head and more.
+fn http_page(edge: &Edge, query: &str) -> (Vec<u64>, u64, bool) {
+    let auth = format!("Bearer {}", token_for("room", "ann", "ann-1"));
+    let (status, body) = edge
+        .http("GET", &format!("/v1/conversations/room/messages?{query}"), &[("Authorization", &auth)], "")
+        .expect("history");
+    assert_eq!(status, 200, "{query}: {body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("history JSON");
+    let seqs = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect();
+    (seqs, page["head"].as_u64().expect("head"), page["more"].as_bool().expect("more"))
+}
+
+// HTTP history is served by the core's page reader: the same byte budget as a
+// `sync` page (about 256 KiB), and `more` when the budget cut the page.
+#[test]
+fn http_history_pages_keep_the_byte_budget() {
+    let edge = Edge::start(&fresh_storage("history-bytes"));
+    let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
+    let body = "x".repeat(limits::MAX_BODY_BYTES);
+    let history: Vec<(String, String)> = (0..40).map(|i| (format!("h{i}"), body.clone())).collect();
+    ann.send_windowed(&history, 32, LONG);
+
+    // Ascending from 0: cut at the end by bytes, well before the limit.
+    let (first, head, more) = http_page(&edge, "after=0&limit=500");
+    assert_eq!(head, 40);
+    assert!(more, "a page cut by the byte budget says more");
+    let n = first.len();
+    assert!((10..40).contains(&n), "{n} messages of 16 KiB in one page");
+    assert!(n * limits::MAX_BODY_BYTES <= limits::PAGE_BYTES, "{n} messages exceed the budget");
+    assert_eq!(first, (1..=n as u64).collect::<Vec<_>>());
+    // Paging on reaches the head without a hole or a repeat.
+    let mut seen = first;
+    while let Some(&last) = seen.last().filter(|&&l| l < head) {
+        let (page, _, more) = http_page(&edge, &format!("after={last}&limit=500"));
+        assert!(!page.is_empty(), "after={last}");
+        assert_eq!(page[0], last + 1);
+        seen.extend(&page);
+        assert_eq!(more, *seen.last().unwrap() < head, "more after {last}");
+    }
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+    // The latest page, and one below a seq: cut at the start, keeping the newest.
+    let (latest, _, more) = http_page(&edge, "");
+    assert_eq!(latest.len(), n);
+    assert_eq!(latest.last(), Some(&40));
+    assert!(more);
+    let (below, _, more) = http_page(&edge, "before=21");
+    assert_eq!(below.last(), Some(&20));
+    assert_eq!(below.len(), n.min(20));
+    assert_eq!(more, n < 20);
+    // Small pages are cut by the limit, as before.
+    assert_eq!(http_page(&edge, "after=3&before=9&limit=2"), (vec![4, 5], 40, true));
+    assert_eq!(http_page(&edge, "after=3&before=6"), (vec![4, 5], 40, false));
 }
