@@ -6,6 +6,9 @@ pub mod edge;
 /// A scripted protocol device for edge integration tests.
 pub mod device;
 
+/// The real client core in a native shell, over a real WebSocket to the edge.
+pub mod native_client;
+
 /// Deterministic fault simulator for the delivery core (native only).
 pub mod sim;
 
