@@ -19,10 +19,6 @@ const EPOCH: Millis = 1_700_000_000_000;
 /// A run that takes more steps than this is stuck in a loop.
 const MAX_STEPS: u64 = 2_000_000;
 
-/// Longest a live, welcomed connection may stay behind with nothing on the
-/// way once faults are off: twice the server's largest resend backoff, and
-/// some slack.
-const MAX_STARVE_MS: Millis = 90_000;
 
 /// Two users with two devices each (a second device of a member must never
 /// make `delivered` claim what no device of its user stored), one with one.
@@ -106,8 +102,6 @@ struct DeviceNode {
     clock_offset: i64,
     /// Its storage refuses writes until then (a quota error).
     storage_down_until: Millis,
-    /// Since when it has been starving (see [`World::check_lag`]).
-    starved_since: Option<Millis>,
 }
 
 struct Conn {
@@ -204,7 +198,6 @@ impl World {
                     sent: 0,
                     clock_offset: 0,
                     storage_down_until: 0,
-                    starved_since: None,
                 }
             })
             .collect();
@@ -385,7 +378,6 @@ impl World {
             }
             if self.phase == Phase::Liveness && self.now >= next_probe {
                 next_probe = self.now + 500;
-                self.check_lag();
                 self.app_tick();
                 if self.converged() {
                     self.final_checks();
@@ -1373,35 +1365,6 @@ impl World {
         let live = d.conn.is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
         let on_the_way = self.heap.iter().any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
         behind && live && !on_the_way
-    }
-
-    /// Without faults, a live connection gets what it misses within the
-    /// server's resend backoff: starving unawares longer than [`MAX_STARVE_MS`] is a
-    /// violation even if something else (a cursor refresh, a dead-connection
-    /// timeout) would heal it later.
-    fn check_lag(&mut self) {
-        for dev in 0..self.devs.len() {
-            // Only a device that does not know it is behind: one that is
-            // fetching waits on answers, which the end-of-run check covers.
-            let unaware = self.devs[dev].client.as_ref().is_some_and(|c| !c.is_catching_up());
-            if !(unaware && self.starved(dev)) {
-                self.devs[dev].starved_since = None;
-                continue;
-            }
-            let since = *self.devs[dev].starved_since.get_or_insert(self.now);
-            if self.now - since > MAX_STARVE_MS {
-                let d = &self.devs[dev];
-                let what = format!(
-                    "liveness: the server stopped pushing to a live connection: {} is connected and welcomed but stored only through {:?} of head {} for {} ms, and nothing is on the way to it",
-                    d.cfg.device,
-                    d.client.as_ref().and_then(|c| c.watermark()),
-                    self.server.disk.durable.head(),
-                    self.now - since
-                );
-                self.fail(what);
-                return;
-            }
-        }
     }
 
     fn stuck(&mut self) -> Violation {
