@@ -305,7 +305,7 @@ mod machines_never_panic {
                     CIn::Durable(w) => c.handle(now, ClientInput::Durable { through: WriteId(w) }),
                     CIn::Timeout(dt) => { now += dt; c.handle(now, ClientInput::Timeout) }
                     CIn::Send(b) => { let _ = c.send(now, b); }
-                    CIn::Older => { c.load_older(now); }
+                    CIn::Older => { let _ = c.load_older(now); }
                 }
                 while let Some(o) = c.poll_output() {
                     if let ClientOutput::Transmit(f) = o {
