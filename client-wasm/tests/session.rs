@@ -58,14 +58,19 @@ async fn open(user: &str, device: &str, conv: &str, db: &str) -> Ackline {
     Ackline::open(options.into()).await.expect("open client")
 }
 
-/// Collects a conversation's events of one kind.
-fn collect(conv: &Conversation, event: &str) -> Rc<RefCell<Vec<JsValue>>> {
+/// A listener that keeps every event it gets, handed to `register`.
+fn recorder(register: impl FnOnce(Function)) -> Rc<RefCell<Vec<JsValue>>> {
     let seen: Rc<RefCell<Vec<JsValue>>> = Rc::default();
     let sink = seen.clone();
     let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| sink.borrow_mut().push(v));
-    conv.on(event.into(), f.as_ref().unchecked_ref::<Function>().clone());
+    register(f.as_ref().unchecked_ref::<Function>().clone());
     f.forget();
     seen
+}
+
+/// Collects a conversation's events of one kind.
+fn collect(conv: &Conversation, event: &str) -> Rc<RefCell<Vec<JsValue>>> {
+    recorder(|f| conv.on(event.into(), f))
 }
 
 fn field(v: &JsValue, name: &str) -> JsValue {
@@ -303,12 +308,7 @@ async fn reset_inbox_rebuilds_from_the_server_and_keeps_the_outbox() {
 
 /// Client-level events of one kind (`status`, `error`).
 fn collect_client(client: &Ackline, event: &str) -> Rc<RefCell<Vec<JsValue>>> {
-    let seen: Rc<RefCell<Vec<JsValue>>> = Rc::default();
-    let sink = seen.clone();
-    let f = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| sink.borrow_mut().push(v));
-    client.on(event.into(), f.as_ref().unchecked_ref::<Function>().clone());
-    f.forget();
-    seen
+    recorder(|f| client.on(event.into(), f))
 }
 
 fn last_state(statuses: &Rc<RefCell<Vec<JsValue>>>) -> (Option<String>, Option<String>) {

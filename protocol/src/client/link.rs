@@ -95,16 +95,17 @@ impl Client {
         }
         self.reset_connection();
         self.link = Link::Offline;
-        if code == close::POLICY || ((4000..5000).contains(&code) && after_close(code, &reason) != AfterClose::Token) {
-            let known = matches!(after_close(code, &reason), AfterClose::Stop(_));
-            if !known {
-                self.out.push_back(ClientOutput::Error(ClientError::ConnectionClosed {
-                    code,
-                    reason: reason.clone(),
-                }));
-            }
+        let next = after_close(code, &reason);
+        // Policy and application closes are worth telling the app, unless
+        // the decision below reports a more precise error.
+        let app_code = code == close::POLICY || (4000..5000).contains(&code);
+        if app_code && matches!(next, AfterClose::Backoff | AfterClose::Replaced) {
+            self.out.push_back(ClientOutput::Error(ClientError::ConnectionClosed {
+                code,
+                reason: reason.clone(),
+            }));
         }
-        match after_close(code, &reason) {
+        match next {
             AfterClose::Backoff => self.schedule_reconnect(now),
             AfterClose::Replaced => {
                 let wait = jittered(self.cfg.replaced_wait, &mut self.rng);
