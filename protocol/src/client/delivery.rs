@@ -26,6 +26,12 @@ impl Client {
         let Some(order) = self.outbox.order_of(id) else {
             return; // already delivered and forgotten, or not ours
         };
+        let displaced = self.outbox.confirmed_at(seq).map(|(o, _)| o).filter(|o| *o != order);
+        if let Some(lost) = displaced.and_then(|o| self.outbox.unconfirm(o)) {
+            // The server holds this message at `seq`: the one we had there
+            // was lost (a server restored from an older backup). Send it again.
+            self.persist(ClientWrite::PutOutbox(lost), Effect::None);
+        }
         let Some(entry) = self.outbox.confirm(order, seq, at) else {
             return; // a duplicate `sent`
         };
@@ -145,6 +151,10 @@ impl Client {
 
     pub(super) fn maybe_ack(&mut self, now: Millis) {
         let Some(inbox) = &self.inbox else {
+            // No inbox (a reset is being written): nothing to acknowledge,
+            // and a due ack left armed would keep poll_timeout in the past.
+            self.timers.clear(Timer::AckDue);
+            self.timers.clear(Timer::AckRetry);
             return;
         };
         if !inbox.recorded || self.diverged {

@@ -9,6 +9,10 @@ pub(super) struct Held {
     pub(super) msg: StoredMessage,
     /// A write for it has been issued.
     pub(super) written: bool,
+    /// The connection it came on (0: read back from disk). Only the current
+    /// connection's server vouches for it: the chain proves a message
+    /// continues our history, not that it is the one this server has now.
+    pub(super) conn: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -57,10 +61,13 @@ impl Client {
         self.timers.clear(Timer::SyncBack);
         self.head_auth = self.head_auth.max(head);
         if self.inbox.is_none() {
-            // Only the page the fresh `hello` was promised, not a late page
-            // of an earlier request (after a reset, say).
+            // Only the page a fresh `hello`'s welcome promised (`start`), not
+            // a late page of an earlier request (streamed above the old
+            // inbox's watermark before a reset, say): adopting that would let
+            // our acks vouch for messages below it that we never stored. (A
+            // page that overtook its welcome is asked for again.)
             let first = messages.first().map_or(head.saturating_add(1), |m| m.seq);
-            if self.fresh_start.is_some_and(|s| s != first) {
+            if self.fresh_start != Some(first) {
                 return;
             }
             self.timers.clear(Timer::SyncFresh);
@@ -199,7 +206,7 @@ impl Client {
                 }
             }
             let Some(inbox) = self.inbox.as_mut() else { return };
-            inbox.buffer.insert(m.seq, Held { msg: m, written: false });
+            inbox.buffer.insert(m.seq, Held { msg: m, written: false, conn: self.conn_epoch });
         }
         for m in surfaced_again {
             self.out.push_back(ClientOutput::Message(m));

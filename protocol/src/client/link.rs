@@ -66,6 +66,8 @@ impl Client {
             return;
         }
         self.reset_connection();
+        self.conn_epoch += 1;
+        self.forget_unvouched_held();
         self.timers.clear(Timer::Reconnect);
         self.last_ping = now;
         // The server's bucket is per connection: a new one starts full.
@@ -73,6 +75,22 @@ impl Client {
         self.ack_pacer = None;
         self.last_rx = now;
         self.say_hello(now);
+    }
+
+    /// Held messages from an earlier connection (or the disk) may be of a
+    /// history the server has since lost and rewritten (a restored backup):
+    /// one that still chains onto our prefix would pass verification, and
+    /// our acks would vouch for it. Forget them before this connection's
+    /// frames arrive, so they are fetched (and written) again from it.
+    fn forget_unvouched_held(&mut self) {
+        let epoch = self.conn_epoch;
+        let Some(inbox) = self.inbox.as_mut() else { return };
+        inbox.buffer.retain(|_, h| h.conn == epoch);
+        let mut kept = RangeSet::new();
+        for seq in inbox.buffer.keys().filter(|s| inbox.stored_above.contains(**s)) {
+            kept.insert(*seq);
+        }
+        inbox.stored_above = kept;
     }
 
     /// Sends `hello` (also again on a live connection: the server then starts
@@ -240,6 +258,10 @@ impl Client {
         // Its answer is lost with the connection: history() must not hang.
         self.fail_history(ClientError::Offline);
         self.read_ticket = None;
+        // The catch-up target comes from the next connection's welcome and
+        // frames: the server may come back with less (a restored backup),
+        // and asking it for seqs it no longer has would never end.
+        self.head_auth = 0;
         self.outbox.reset_connection();
         self.timers.clear(Timer::SyncForward);
         self.timers.clear(Timer::SyncBack);
@@ -275,7 +297,6 @@ impl Client {
         // frames of its own connection, or than an evicted message we must
         // still fetch. (A server that went back is caught just below.)
         self.head_auth = self.head_auth.max(head);
-        self.merge_cursors(cursors);
         // Compare with what `hello` announced, not with the inbox now: frames
         // of this connection may have overtaken the welcome.
         if let Some((w, c)) = self.hello_from {
@@ -289,7 +310,18 @@ impl Client {
                 // `written` has reached the head and there is nothing to wait for.)
                 self.timers.set(Timer::SyncForward, now.saturating_add(self.cfg.sync_timeout));
             }
+        } else {
+            // A fresh hello vouches for no history: a seq the server gave
+            // one of our messages before (maybe a server since restored from
+            // an older backup) is unproven, and cursors through it would
+            // claim a delivery. Send those again; a server that still has
+            // them answers with their seq.
+            for entry in self.outbox.unconfirm_all() {
+                self.persist(ClientWrite::PutOutbox(entry), Effect::None);
+            }
         }
+        // Only now, with our own seqs checked against this server's history.
+        self.merge_cursors(cursors);
         if self.inbox.is_none() {
             // hello{after: None} is answered with the latest page; ask again
             // if it does not come.

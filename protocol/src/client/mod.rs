@@ -506,6 +506,8 @@ pub struct Client {
     read_ticket: Option<Ticket>,
     /// Head announced by `welcome`/`batch`: catch up to it with pages.
     head_auth: Seq,
+    /// Counts connections (see [`inbox::Held::conn`]).
+    conn_epoch: u64,
     /// Since when a hole below a buffered push has been open.
     gap_since: Option<Millis>,
     /// Stored deadlines.
@@ -557,6 +559,7 @@ impl Client {
             cursors: BTreeMap::new(),
             read_ticket: None,
             head_auth: 0,
+            conn_epoch: 0,
             gap_since: None,
             timers: Timers::default(),
             want_history: false,
@@ -593,7 +596,7 @@ impl Client {
             for m in restored.above {
                 if m.seq > inbox.written && m.seq <= MAX_SEQ {
                     inbox.stored_above.insert(m.seq);
-                    inbox.buffer.insert(m.seq, Held { msg: m, written: true });
+                    inbox.buffer.insert(m.seq, Held { msg: m, written: true, conn: 0 });
                 }
             }
             c.ack.sent = inbox.durable;
@@ -714,6 +717,8 @@ impl Client {
         // The old history's head is no target for the new one.
         self.head_auth = 0;
         self.hello_from = None;
+        // Pages still streaming from the old inbox's hello are no first page.
+        self.fresh_start = None;
         self.diverged = false;
         self.strikes = 0;
         self.gap_since = None;
@@ -895,6 +900,13 @@ impl Client {
                 self.on_batch(now, messages, head, follows)
             }
             ServerFrame::Delivered { cursors, members } => {
+                if self.link != Link::Ready {
+                    // Before this connection's welcome has checked that the
+                    // server still has our history, its cursors may count
+                    // seqs our outbox got from a history since lost (a
+                    // restored backup). The welcome carries every cursor.
+                    return;
+                }
                 self.members = self.members.max(members);
                 self.merge_cursors(cursors)
             }

@@ -1,7 +1,7 @@
 //! Simulated disks: every write is pending until a flush makes it durable,
 //! and a crash throws the pending writes away.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use protocol::client::{ClientSnapshot, ClientWrite, InboxState, OutboxEntry};
 use protocol::server::ServerWrite;
@@ -106,6 +106,9 @@ pub struct ClientDisk {
     pub durable: ClientData,
     /// Written, not yet durable.
     pub pending: VecDeque<(WriteId, ClientWrite)>,
+    /// Every (seq, id) that was ever durable here: the checker's record (a
+    /// device that later resets its inbox still had the message delivered).
+    pub ever_stored: BTreeSet<(Seq, String)>,
 }
 
 impl ClientDisk {
@@ -116,7 +119,13 @@ impl ClientDisk {
 
     /// Makes the first `n` pending writes durable; returns the last one's id.
     pub fn flush(&mut self, n: usize) -> Option<WriteId> {
-        flush_pending(&mut self.pending, n, |op| self.durable.apply(op))
+        let (durable, ever) = (&mut self.durable, &mut self.ever_stored);
+        flush_pending(&mut self.pending, n, |op| {
+            if let ClientWrite::Inbox { messages, .. } = op {
+                ever.extend(messages.iter().map(|m| (m.seq, m.id.clone())));
+            }
+            durable.apply(op)
+        })
     }
 
     /// Loses every pending write.

@@ -868,7 +868,9 @@ impl World {
     }
 
     /// `delivered` for `seq` is true only if every other user that was a
-    /// member when `seq` was stored has a device that durably stored it.
+    /// member when `seq` was stored has a device that durably stored it
+    /// (this message, not another one a rolled-back server put at `seq`; a
+    /// device that stored it and later reset its inbox counts).
     fn check_delivered(&self, dev: usize, id: &str, seq: u64) -> Result<(), String> {
         let sender = &self.devs[dev].cfg.user;
         for (user, since) in &self.member_since {
@@ -878,7 +880,7 @@ impl World {
             let stored = self
                 .devs
                 .iter()
-                .any(|d| &d.cfg.user == user && d.disk.durable.messages.contains_key(&seq));
+                .any(|d| &d.cfg.user == user && d.disk.ever_stored.contains(&(seq, id.to_owned())));
             if !stored {
                 return Err(format!(
                     "{id} (seq {seq}) reported delivered, but no device of {user} (a member since seq {since}) has stored it"
