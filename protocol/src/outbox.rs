@@ -191,6 +191,14 @@ impl Outbox {
         changed
     }
 
+    /// Forgets the confirmations above `head` (a server whose durable head
+    /// is below them cannot hold them: it was restored from an older
+    /// backup); returns the changed entries.
+    pub fn unconfirm_above(&mut self, head: Seq) -> Vec<OutboxEntry> {
+        let orders: Vec<u64> = self.by_seq.range(head.saturating_add(1)..).map(|(_, o)| *o).collect();
+        orders.into_iter().filter_map(|o| self.unconfirm(o)).collect()
+    }
+
     /// The entry the server confirmed at `seq`, if any: its order and id.
     pub fn confirmed_at(&self, seq: Seq) -> Option<(u64, &str)> {
         let order = *self.by_seq.get(&seq)?;

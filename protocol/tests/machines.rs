@@ -2003,3 +2003,21 @@ fn regression_the_catch_up_target_does_not_outlive_the_connection() {
     }
     assert_eq!(syncs, 0, "nothing to catch up with: the server's head is ours");
 }
+
+/// Seed 11651 (rollbacks): our message was confirmed at seq 22, then the
+/// server came back from a backup at head 10 and grew only to 20. Nothing
+/// told the device that seq 22 no longer exists, so it never sent again.
+#[test]
+fn regression_a_welcome_below_our_confirmed_seq_sends_the_message_again() {
+    let mut d = ready_device();
+    let id = d.c.send(T0, "confirmed, then lost").unwrap();
+    d.drain();
+    d.durable(T0);
+    d.frame(T0 + 1, ServerFrame::Sent { id: id.clone(), seq: 22, at: T0 });
+    d.input(T0 + 2, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(T0 + 3, ClientInput::Connected);
+    d.take_sent();
+    d.frame(T0 + 4, welcome(0, ChainHash::GENESIS, vec![]));
+    d.input(T0 + 5, ClientInput::Timeout);
+    assert_eq!(sends_of(&d.take_sent()), vec![id]);
+}

@@ -320,6 +320,12 @@ impl Client {
                 self.persist(ClientWrite::PutOutbox(entry), Effect::None);
             }
         }
+        // A seq above this server's head holds none of ours (a stale welcome
+        // may be lower than a `sent` of its own connection: then the resend
+        // is answered with the same seq again).
+        for entry in self.outbox.unconfirm_above(head) {
+            self.persist(ClientWrite::PutOutbox(entry), Effect::None);
+        }
         // Only now, with our own seqs checked against this server's history.
         self.merge_cursors(cursors);
         if self.inbox.is_none() {
