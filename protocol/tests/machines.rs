@@ -2021,3 +2021,46 @@ fn regression_a_welcome_below_our_confirmed_seq_sends_the_message_again() {
     d.input(T0 + 5, ClientInput::Timeout);
     assert_eq!(sends_of(&d.take_sent()), vec![id]);
 }
+
+/// Seed 99461371489209 (rollbacks): the welcome of a fresh device's second
+/// connection was lost; its first page was taken on the word of the first
+/// connection's welcome (whose `start` happened to match), so our message
+/// confirmed at seq 1 by the old history was never sent again and later
+/// reported delivered, though seq 1 of the new history is bob's.
+#[test]
+fn regression_a_first_page_needs_its_own_connections_welcome() {
+    let mut d = Dev::new(ClientSnapshot::default());
+    let id = d.c.send(T0, "confirmed by a lost history").unwrap();
+    d.drain();
+    d.durable(T0);
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0 + 1, fresh_welcome(0, ChainHash::GENESIS, 1));
+    d.frame(T0 + 2, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    d.input(T0 + 3, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(T0 + 4, ClientInput::Connected);
+    // This connection's welcome is lost; its first page arrives.
+    d.frame(T0 + 5, ServerFrame::Batch { messages: chain_of(3), head: 3, more: false, follows: false, ticket: None });
+    d.durable(T0 + 6);
+    assert!(d.shown.is_empty(), "a page without its welcome is no first page: {:?}", d.shown);
+}
+
+/// Seed 5018070 (rollbacks): a history page was answered and being written
+/// when a divergence reset the inbox; the reset dropped the write's effect,
+/// so the app's `load_older` never ended (no page, no failure).
+#[test]
+fn regression_a_reset_ends_a_history_request_whose_page_is_being_written() {
+    let msgs = chain_of(10);
+    let mut d = Dev::new(ClientSnapshot::default());
+    d.input(T0, ClientInput::Connected);
+    d.frame(T0, fresh_welcome(10, msgs[9].chain, 8));
+    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    d.durable(T0);
+    assert_eq!(d.c.load_older(T0 + 1), Ok(true));
+    d.frame(T0 + 2, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    // The page's write is not durable yet when the app resets the inbox.
+    d.c.reset_inbox(T0 + 3);
+    d.drain();
+    d.durable(T0 + 4);
+    assert!(d.history.is_empty());
+    assert_eq!(d.history_failed, vec![ClientError::Offline]);
+}

@@ -425,7 +425,10 @@ impl Client {
                 });
                 self.timers.set(Timer::SyncBack, now.saturating_add(self.cfg.sync_timeout));
             } else {
+                // Nothing older any more (a reset inbox started at seq 1, say):
+                // the request ends with an empty last page, never silently.
                 self.want_history = false;
+                self.out.push_back(ClientOutput::History { page: Vec::new(), more: false });
             }
         }
         for f in frames {

@@ -262,6 +262,9 @@ impl Client {
         // frames: the server may come back with less (a restored backup),
         // and asking it for seqs it no longer has would never end.
         self.head_auth = 0;
+        // Only this connection's welcome can say where a first page starts
+        // (an earlier one's `start` may match a page of another history).
+        self.fresh_start = None;
         self.outbox.reset_connection();
         self.timers.clear(Timer::SyncForward);
         self.timers.clear(Timer::SyncBack);

@@ -709,8 +709,12 @@ impl Client {
         self.fail_history(ClientError::Offline);
         // Writes of the old inbox still on their way to the disk must not,
         // once durable, surface or acknowledge anything of the new one.
+        // A history page among them still ends its request (as a failure).
         for (_, effect) in &mut self.writes {
-            if matches!(effect, Effect::Inbox { .. }) {
+            if let Effect::Inbox { history, .. } = effect {
+                if history.is_some() {
+                    self.out.push_back(ClientOutput::HistoryFailed(ClientError::Offline));
+                }
                 *effect = Effect::None;
             }
         }

@@ -9,7 +9,8 @@
 //!   device disk; server `sent`, `push` and `batch` against the server disk);
 //! - `delivered` is true: when a sender's message is reported delivered,
 //!   every other user that was a member when it was stored (its first device
-//!   record was durable) has a device that durably stored it;
+//!   record was durable) has a device that durably stored it (this message,
+//!   not another one a restored server put at that seq);
 //! - one device's messages are stored in the order its app called `send()`;
 //! - announced cursors never move backwards, and never beyond what is durable.
 //!

@@ -109,9 +109,8 @@ impl FaultMix {
         let tamper_pm = level(0, 5_000, 40_000) as u32;
         let late_sends = level(0, 2, 8) as u32;
         let big_bodies_pct = level(0, 5, 30) as u32;
-        // Rollbacks are drawn only with SIM_ROLLBACKS=1: runs with them do
-        // not all pass yet (see docs/PROTOCOL.md, "Known gaps").
-        let rollbacks = if env_flag("SIM_ROLLBACKS") { level(0, 0, 1) as u32 } else { 0 };
+        // A restore of an older storage snapshot, in a third of the runs.
+        let rollbacks = level(0, 0, 1) as u32;
         let server_write_failures = level(0, 1, 3) as u32;
         let storage_outages = level(0, 1, 4) as u32;
         let clock_jumps = level(0, 2, 6) as u32;
