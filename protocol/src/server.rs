@@ -381,6 +381,10 @@ pub struct ServerStats {
     pub members: usize,
     /// Pushes sent and not yet acknowledged, over all connections.
     pub pending_pushes: u64,
+    /// Welcomed connections holding unacknowledged pushes with no resend
+    /// scheduled: always 0 for a correct server (a lost push would wait
+    /// for the device to notice).
+    pub unscheduled_resends: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -725,18 +729,22 @@ impl Conversation {
 
     /// Monitoring numbers.
     pub fn stats(&self) -> ServerStats {
-        let pending_pushes = self
+        let pending: Vec<(u64, bool)> = self
             .conns
             .values()
             .map(|c| {
                 let floor = self.floor(c);
-                c.sacked
+                let n = c
+                    .sacked
                     .gaps(floor + 1, c.next_push.saturating_sub(1))
                     .iter()
                     .map(|g| g[1] - g[0] + 1)
-                    .sum::<u64>()
+                    .sum::<u64>();
+                (n, c.ready && c.resend_at.is_none())
             })
-            .sum();
+            .collect();
+        let pending_pushes = pending.iter().map(|(n, _)| n).sum();
+        let unscheduled_resends = pending.iter().filter(|(n, unscheduled)| *n > 0 && *unscheduled).count();
         ServerStats {
             head: self.head,
             durable_head: self.durable_head,
@@ -744,6 +752,7 @@ impl Conversation {
             devices: self.devices.len(),
             members: self.member_count(),
             pending_pushes,
+            unscheduled_resends,
         }
     }
 

@@ -1044,6 +1044,17 @@ impl World {
     }
 
     fn drain_server(&mut self) {
+        self.drain_server_outputs();
+        // A lost push must be resent by the server, not wait for the device
+        // to notice (its heartbeat or cursor refresh would mask the bug).
+        let stats = self.server.conv.as_ref().map(|c| c.stats());
+        if let Some(s) = stats.filter(|s| s.unscheduled_resends > 0) {
+            let n = s.unscheduled_resends;
+            self.fail(format!("server: {n} connection(s) hold unacknowledged pushes with no resend scheduled"));
+        }
+    }
+
+    fn drain_server_outputs(&mut self) {
         loop {
             let Some(conv) = &mut self.server.conv else { return };
             let Some(out) = conv.poll_output() else { break };
