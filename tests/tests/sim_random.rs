@@ -7,7 +7,8 @@
 //! - `SIM_SEEDS=100000 cargo test -p ackline-tests --release --test sim_random -- --ignored soak`:
 //!   a long soak.
 //! - `SIM_SEED=n SIM_TRACE=1 cargo test -p ackline-tests --test sim_random -- replay --nocapture`:
-//!   replays one seed and prints its trace.
+//!   replays one seed and prints its trace (`SIM_CONVERSATIONS=n` for a
+//!   seed of a test that fixed the number of conversations).
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -86,9 +87,12 @@ fn replay() {
         return; // nothing to replay
     };
     let trace = env_flag("SIM_TRACE");
+    // SIM_CONVERSATIONS=n replays a seed of a test that fixed the count.
+    let conversations = env_u64("SIM_CONVERSATIONS").map(|n| n as usize);
     match sim::run(Options {
         seed,
         trace,
+        conversations,
         ..Options::default()
     }) {
         Ok(r) => println!(

@@ -42,3 +42,23 @@ fn runs_are_deterministic() {
         assert_eq!(a.map_err(|v| v.what), b.map_err(|v| v.what), "seed {seed}");
     }
 }
+
+/// Every device in three (and four) conversations at once: one client per
+/// conversation on each device, crashing, going offline and stepping its
+/// clock together, each conversation with its own server and faults. Every
+/// invariant holds per conversation, and no message of one conversation
+/// ever reaches another.
+#[test]
+fn devices_in_several_conversations_at_once() {
+    for (conversations, seeds) in [(3, 0..300), (4, 1_000..1_100)] {
+        for seed in seeds {
+            if let Err(v) = sim::run(Options {
+                seed,
+                conversations: Some(conversations),
+                ..Options::default()
+            }) {
+                panic!("{conversations} conversations, seed {seed} (replay with SIM_CONVERSATIONS={conversations}): {v}");
+            }
+        }
+    }
+}

@@ -191,6 +191,8 @@ pub struct FaultCounts {
     pub clock_jumps: u64,
     /// Sockets the clients asked for (their own reconnect policy).
     pub connects: u64,
+    /// Runs with several conversations (each device in all of them).
+    pub multi_conversation_runs: u64,
 }
 
 impl AddAssign<&FaultCounts> for FaultCounts {
@@ -217,6 +219,7 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.refused_flushes += o.refused_flushes;
         self.clock_jumps += o.clock_jumps;
         self.connects += o.connects;
+        self.multi_conversation_runs += o.multi_conversation_runs;
     }
 }
 
@@ -228,7 +231,7 @@ impl fmt::Display for FaultCounts {
              server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
              crashes right after a write {}, pending writes lost {}; server closed {} unresponsive \
              and {} replaced connections; pushes tampered {}, chain mismatches caught {}; sends refused {}; \
-             rollbacks {} (devices reset {}), server write failures {}, device flushes refused {}, clock jumps {}; connects asked {}",
+             rollbacks {} (devices reset {}), server write failures {}, device flushes refused {}, clock jumps {}; connects asked {}; runs with 3 conversations {}",
             self.dropped,
             self.duplicated,
             self.disconnects,
@@ -250,7 +253,8 @@ impl fmt::Display for FaultCounts {
             self.server_write_failures,
             self.refused_flushes,
             self.clock_jumps,
-            self.connects
+            self.connects,
+            self.multi_conversation_runs
         )
     }
 }
@@ -266,6 +270,9 @@ pub struct Options {
     pub bugs: Bugs,
     /// A fixed fault mix instead of one drawn from the seed.
     pub mix: Option<FaultMix>,
+    /// Conversations in the world (each device runs a client in every one);
+    /// drawn from the seed when absent: 1 in two thirds of the runs, else 3.
+    pub conversations: Option<usize>,
 }
 
 /// A run that passed.
@@ -378,9 +385,8 @@ pub fn run_many(seeds: Vec<u64>, threads: usize, bugs: Bugs) -> Batch {
                 let result = std::panic::catch_unwind(|| {
                     run(Options {
                         seed,
-                        trace: false,
                         bugs,
-                        mix: None,
+                        ..Options::default()
                     })
                 })
                 .unwrap_or_else(|panic| {

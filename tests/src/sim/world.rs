@@ -1,5 +1,6 @@
-//! The simulated world: one conversation server, four devices of three users,
-//! disks, a hostile network and a fault schedule, all driven by one seed.
+//! The simulated world: one or three conversations (a server each), five
+//! devices of three users running one client per conversation, disks, a
+//! hostile network and a fault schedule, all driven by one seed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -29,28 +30,28 @@ const USERS: [(&str, &str); 5] =
 enum Ev {
     ToServer { conn: u64, bytes: Vec<u8> },
     ToClient { dev: usize, conn: u64, bytes: Vec<u8> },
-    ServerSeesClose { conn: u64, inc: u32 },
+    ServerSeesClose { conv: usize, conn: u64, inc: u32 },
     ClientSeesClose { dev: usize, conn: u64, code: u16 },
     /// The socket a client asked for opens, or fails (offline, server down).
     Dial { dev: usize, inc: u32 },
-    ServerFlush { inc: u32 },
-    ServerDurable { inc: u32, through: WriteId },
+    ServerFlush { conv: usize, inc: u32 },
+    ServerDurable { conv: usize, inc: u32, through: WriteId },
     ClientFlush { dev: usize, inc: u32 },
     ClientDurable { dev: usize, inc: u32, through: WriteId },
     AppSend { dev: usize },
     AppOlder { dev: usize },
     Disconnect { dev: usize },
     Partition { dev: usize, len: Millis },
-    ServerCrash { down: Millis },
-    ServerRestart { inc: u32 },
-    ServerEvict,
+    ServerCrash { conv: usize, down: Millis },
+    ServerRestart { conv: usize, inc: u32 },
+    ServerEvict { conv: usize },
     ClientCrash { dev: usize, down: Millis },
     ClientRestart { dev: usize, inc: u32 },
     Offline { dev: usize, len: Millis },
     Online { dev: usize },
-    ServerSnapshot,
-    ServerRollback { down: Millis },
-    ServerWriteFailure,
+    ServerSnapshot { conv: usize },
+    ServerRollback { conv: usize, down: Millis },
+    ServerWriteFailure { conv: usize },
     StorageOutage { dev: usize, len: Millis },
     ClockJump { dev: usize, by: i64 },
     Liveness,
@@ -79,16 +80,59 @@ impl Ord for Sched {
     }
 }
 
+/// One conversation: its server and what the checker knows about it.
 struct ServerNode {
     conv: Option<Conversation>,
     disk: ServerDisk,
     inc: u32,
     flush_scheduled: bool,
     cfg: ServerConfig,
+    /// Per user, the durable head when the server first durably recorded one
+    /// of its devices: it is a member for every later seq.
+    member_since: BTreeMap<String, u64>,
+    /// Highest cursor the server announced per (user, device).
+    announced: BTreeMap<(String, String), u64>,
+    /// Seqs whose push was altered once already.
+    tampered_seqs: std::collections::BTreeSet<u64>,
+    /// An older copy of the server's storage, for a rollback.
+    snapshot: Option<super::disk::ServerData>,
+    /// Messages a rollback lost after their senders saw them delivered:
+    /// gone for good (the sender's outbox let go of them), so excused.
+    lost_delivered: std::collections::BTreeSet<(String, String)>,
+    /// Messages that were durable until a rollback took them away.
+    lost: BTreeMap<u64, Vec<protocol::StoredMessage>>,
+}
+
+impl ServerNode {
+    fn new(cfg: ServerConfig) -> ServerNode {
+        ServerNode {
+            conv: None,
+            disk: ServerDisk::default(),
+            inc: 0,
+            flush_scheduled: false,
+            cfg,
+            member_since: BTreeMap::new(),
+            announced: BTreeMap::new(),
+            tampered_seqs: Default::default(),
+            snapshot: None,
+            lost_delivered: Default::default(),
+            lost: BTreeMap::new(),
+        }
+    }
+
+    fn truth(&self) -> ServerTruth<'_> {
+        ServerTruth { durable: &self.disk.durable, lost: &self.lost }
+    }
 }
 
 struct DeviceNode {
     cfg: ClientConfig,
+    /// The conversation this client is in.
+    conv: usize,
+    /// The physical device (browser) it runs on, with one client per
+    /// conversation: crashes, the network, the clock and storage outages hit
+    /// all of them together.
+    phys: usize,
     client: Option<Client>,
     disk: ClientDisk,
     inc: u32,
@@ -125,7 +169,7 @@ pub(super) struct World {
     phase: Phase,
     heap: BinaryHeap<Reverse<Sched>>,
     order: u64,
-    server: ServerNode,
+    servers: Vec<ServerNode>,
     devs: Vec<DeviceNode>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
@@ -135,20 +179,6 @@ pub(super) struct World {
     last_step_at: Millis,
     same_time_steps: u64,
     failure: Option<String>,
-    /// Per user, the durable head when the server first durably recorded one
-    /// of its devices: it is a member for every later seq.
-    member_since: BTreeMap<String, u64>,
-    /// Highest cursor the server announced per (user, device).
-    announced: BTreeMap<(String, String), u64>,
-    /// Seqs whose push was altered once already.
-    tampered_seqs: std::collections::BTreeSet<u64>,
-    /// An older copy of the server's storage, for a rollback.
-    snapshot: Option<super::disk::ServerData>,
-    /// Messages a rollback lost after their senders saw them delivered:
-    /// gone for good (the sender's outbox let go of them), so excused.
-    lost_delivered: std::collections::BTreeSet<(String, String)>,
-    /// Messages that were durable until a rollback took them away.
-    lost: BTreeMap<u64, Vec<protocol::StoredMessage>>,
 }
 
 impl World {
@@ -174,9 +204,19 @@ impl World {
         let window = *pick(&mut rng, &[1, 4, 16]) as usize;
         let max_buffer = *pick(&mut rng, &[2, 64, 4_096]) as usize;
         let (ack_delay, ack_every) = *pick2(&mut rng, &[(0, 1), (50, 32), (500, 1_000)]);
-        let devs = USERS
-            .iter()
-            .map(|(user, device)| {
+        let convs = opts.conversations.unwrap_or_else(|| if rng.below(3) == 0 { 3 } else { 1 }).max(1);
+        let servers: Vec<ServerNode> = (0..convs)
+            .map(|k| {
+                let mut cfg = scfg.clone();
+                if convs > 1 {
+                    cfg.conversation = format!("sim-{k}");
+                }
+                ServerNode::new(cfg)
+            })
+            .collect();
+        let devs = (0..convs)
+            .flat_map(|conv| USERS.iter().enumerate().map(move |(phys, u)| (conv, phys, u)))
+            .map(|(conv, phys, (user, device))| {
                 let mut cfg = ClientConfig::new(*user, *device);
                 cfg.page = page;
                 cfg.fresh_page = scfg.fresh_page;
@@ -187,6 +227,8 @@ impl World {
                 cfg.bugs = opts.bugs;
                 DeviceNode {
                     cfg,
+                    conv,
+                    phys,
                     client: None,
                     disk: ClientDisk::default(),
                     inc: 0,
@@ -210,13 +252,7 @@ impl World {
             phase: Phase::Safety,
             heap: BinaryHeap::new(),
             order: 0,
-            server: ServerNode {
-                conv: None,
-                disk: ServerDisk::default(),
-                inc: 0,
-                flush_scheduled: false,
-                cfg: scfg,
-            },
+            servers,
             devs,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -226,14 +262,11 @@ impl World {
             last_step_at: 0,
             same_time_steps: 0,
             failure: None,
-            member_since: BTreeMap::new(),
-            announced: BTreeMap::new(),
-            tampered_seqs: Default::default(),
-            snapshot: None,
-            lost_delivered: Default::default(),
-            lost: BTreeMap::new(),
         };
-        w.start_server();
+        w.counts.multi_conversation_runs = u64::from(w.servers.len() > 1);
+        for conv in 0..w.servers.len() {
+            w.start_server(conv);
+        }
         for dev in 0..w.devs.len() {
             w.start_client(dev);
         }
@@ -298,25 +331,31 @@ impl World {
             let len = self.rng.range(500, 40_000);
             self.at(t, Ev::Partition { dev, len });
         }
+        // Server faults hit one conversation each (its own Durable Object).
+        let nconv = self.servers.len() as u64;
         for _ in 0..self.mix.server_crashes {
             let t = self.rng.below(span);
             let down = self.rng.range(10, 20_000);
-            self.at(t, Ev::ServerCrash { down });
+            let conv = self.rng.below(nconv) as usize;
+            self.at(t, Ev::ServerCrash { conv, down });
         }
         for _ in 0..self.mix.server_evictions {
             let t = self.rng.below(span);
-            self.at(t, Ev::ServerEvict);
+            let conv = self.rng.below(nconv) as usize;
+            self.at(t, Ev::ServerEvict { conv });
         }
         for _ in 0..self.mix.rollbacks {
             let t1 = self.rng.below(span / 2);
             let t2 = self.rng.range(t1 + 1, span);
             let down = self.rng.range(10, 5_000);
-            self.at(t1, Ev::ServerSnapshot);
-            self.at(t2, Ev::ServerRollback { down });
+            let conv = self.rng.below(nconv) as usize;
+            self.at(t1, Ev::ServerSnapshot { conv });
+            self.at(t2, Ev::ServerRollback { conv, down });
         }
         for _ in 0..self.mix.server_write_failures {
             let t = self.rng.below(span);
-            self.at(t, Ev::ServerWriteFailure);
+            let conv = self.rng.below(nconv) as usize;
+            self.at(t, Ev::ServerWriteFailure { conv });
         }
         for _ in 0..self.mix.storage_outages {
             let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
@@ -341,11 +380,29 @@ impl World {
         self.at(span, Ev::Liveness);
     }
 
-    fn start_server(&mut self) {
+    fn start_server(&mut self, conv: usize) {
         let seed = self.rng.next_u64();
-        match Conversation::new(self.server.cfg.clone(), seed, self.now, &self.server.disk.visible) {
-            Ok(c) => self.server.conv = Some(c),
-            Err(e) => self.fail(format!("server failed to start: {e}")),
+        let server = &mut self.servers[conv];
+        match Conversation::new(server.cfg.clone(), seed, self.now, &server.disk.visible) {
+            Ok(c) => server.conv = Some(c),
+            Err(e) => self.fail(format!("server {conv} failed to start: {e}")),
+        }
+    }
+
+    /// The clients running on the same physical device as `dev` (itself included).
+    fn siblings(&self, dev: usize) -> Vec<usize> {
+        let phys = self.devs[dev].phys;
+        (0..self.devs.len()).filter(|d| self.devs[*d].phys == phys).collect()
+    }
+
+    /// Who a client is in traces and violations: its device, and its
+    /// conversation when there are several.
+    fn who(&self, dev: usize) -> String {
+        let d = &self.devs[dev];
+        if self.servers.len() > 1 {
+            format!("{}/c{}", d.cfg.device, d.conv)
+        } else {
+            d.cfg.device.clone()
         }
     }
 
@@ -353,9 +410,9 @@ impl World {
         let seed = self.rng.next_u64();
         let d = &mut self.devs[dev];
         let snapshot = d.disk.durable.snapshot();
-        let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
+        let truth = self.servers[d.conv].truth();
         if let Err(e) = d.view.reload(truth, &d.disk.durable) {
-            let who = d.cfg.device.clone();
+            let who = self.who(dev);
             self.fail(format!("{who}: {e}"));
         }
         let d = &mut self.devs[dev];
@@ -414,7 +471,9 @@ impl World {
                 t = Some(t.map_or(x, |y| y.min(x)));
             }
         };
-        min(self.server.conv.as_ref().and_then(|c| c.poll_timeout()));
+        for server in &self.servers {
+            min(server.conv.as_ref().and_then(|c| c.poll_timeout()));
+        }
         for d in &self.devs {
             if let Some(c) = &d.client {
                 // A deadline on the device's clock, in world time.
@@ -434,7 +493,9 @@ impl World {
                     for d in &self.devs {
                         let _ = write!(what, "\n{}: {:?}", d.cfg.device, d.client);
                     }
-                    let _ = write!(what, "\nserver: {:?}", self.server.conv);
+                    for server in &self.servers {
+                        let _ = write!(what, "\nserver {}: {:?}", server.cfg.conversation, server.conv);
+                    }
                 }
                 self.fail(what);
             }
@@ -448,9 +509,11 @@ impl World {
             }
             return;
         }
-        if self.server.conv.as_ref().and_then(|c| c.poll_timeout()).is_some_and(|t| t <= now) {
-            self.server_input(ServerInput::Timeout);
-            return;
+        for conv in 0..self.servers.len() {
+            if self.servers[conv].conv.as_ref().and_then(|c| c.poll_timeout()).is_some_and(|t| t <= now) {
+                self.server_input(conv, ServerInput::Timeout);
+                return;
+            }
         }
         for dev in 0..self.devs.len() {
             let d = &self.devs[dev];
@@ -465,8 +528,9 @@ impl World {
     fn event(&mut self, ev: Ev) {
         match ev {
             Ev::ToServer { conn, bytes } => {
-                if self.conns.get(&conn).is_some_and(|c| c.open) && self.server.conv.is_some() {
-                    self.server_input(ServerInput::Frame {
+                let Some(conv) = self.conns.get(&conn).filter(|c| c.open).map(|c| self.devs[c.dev].conv) else { return };
+                if self.servers[conv].conv.is_some() {
+                    self.server_input(conv, ServerInput::Frame {
                         conn: ConnId(conn),
                         bytes,
                     });
@@ -478,9 +542,9 @@ impl World {
                     self.client_input(dev, ClientInput::Frame(bytes));
                 }
             }
-            Ev::ServerSeesClose { conn, inc } => {
-                if inc == self.server.inc && self.server.conv.is_some() {
-                    self.server_input(ServerInput::Disconnected { conn: ConnId(conn) });
+            Ev::ServerSeesClose { conv, conn, inc } => {
+                if inc == self.servers[conv].inc && self.servers[conv].conv.is_some() {
+                    self.server_input(conv, ServerInput::Disconnected { conn: ConnId(conn) });
                 }
             }
             Ev::ClientSeesClose { dev, conn, code } => {
@@ -496,22 +560,22 @@ impl World {
                     self.connect(dev);
                 }
             }
-            Ev::ServerFlush { inc } => {
-                if inc != self.server.inc {
+            Ev::ServerFlush { conv, inc } => {
+                if inc != self.servers[conv].inc {
                     return;
                 }
-                self.server.flush_scheduled = false;
-                let n = self.rng.range(1, self.server.disk.pending.len().max(1) as u64) as usize;
-                if let Some(through) = self.server.disk.flush(n) {
+                self.servers[conv].flush_scheduled = false;
+                let n = self.rng.range(1, self.servers[conv].disk.pending.len().max(1) as u64) as usize;
+                if let Some(through) = self.servers[conv].disk.flush(n) {
                     let d = self.rng.range(0, 2);
-                    self.at(d, Ev::ServerDurable { inc, through });
+                    self.at(d, Ev::ServerDurable { conv, inc, through });
                 }
-                self.note_members();
-                self.schedule_server_flush();
+                self.note_members(conv);
+                self.schedule_server_flush(conv);
             }
-            Ev::ServerDurable { inc, through } => {
-                if inc == self.server.inc && self.server.conv.is_some() {
-                    self.server_input(ServerInput::Durable { through });
+            Ev::ServerDurable { conv, inc, through } => {
+                if inc == self.servers[conv].inc && self.servers[conv].conv.is_some() {
+                    self.server_input(conv, ServerInput::Durable { through });
                 }
             }
             Ev::ClientFlush { dev, inc } => {
@@ -564,28 +628,35 @@ impl World {
                 if self.phase == Phase::Safety {
                     self.counts.partitions += 1;
                     self.log(|| format!("FAULT partition dev{dev} for {len}ms"));
-                    self.devs[dev].partitioned_until = self.now + len;
+                    for d in self.siblings(dev) {
+                        self.devs[d].partitioned_until = self.now + len;
+                    }
                 }
             }
-            Ev::ServerCrash { down } => {
-                if self.phase == Phase::Safety && self.server.conv.is_some() {
-                    self.server_crash(down);
+            Ev::ServerCrash { conv, down } => {
+                if self.phase == Phase::Safety && self.servers[conv].conv.is_some() {
+                    self.server_crash(conv, down);
                 }
             }
-            Ev::ServerRestart { inc } => {
-                if inc == self.server.inc && self.server.conv.is_none() {
-                    self.log(|| "server restarts".into());
-                    self.start_server();
+            Ev::ServerRestart { conv, inc } => {
+                if inc == self.servers[conv].inc && self.servers[conv].conv.is_none() {
+                    self.log(|| format!("server {conv} restarts"));
+                    self.start_server(conv);
                 }
             }
-            Ev::ServerEvict => {
-                if self.phase == Phase::Safety && self.server.conv.is_some() {
-                    self.server_evict();
+            Ev::ServerEvict { conv } => {
+                if self.phase == Phase::Safety && self.servers[conv].conv.is_some() {
+                    self.server_evict(conv);
                 }
             }
             Ev::ClientCrash { dev, down } => {
+                // The browser goes: every conversation's client on it.
                 if self.phase == Phase::Safety && self.devs[dev].client.is_some() {
-                    self.client_crash(dev, down);
+                    for d in self.siblings(dev) {
+                        if self.devs[d].client.is_some() {
+                            self.client_crash(d, down);
+                        }
+                    }
                 }
             }
             Ev::ClientRestart { dev, inc } => {
@@ -598,15 +669,18 @@ impl World {
                 if self.phase == Phase::Safety && self.devs[dev].online {
                     self.counts.long_offline += 1;
                     self.log(|| format!("FAULT dev{dev} offline for {len}ms"));
-                    self.devs[dev].online = false;
                     // The platform does not always notice.
-                    if self.rng.chance(500_000) && self.devs[dev].client.is_some() {
-                        self.client_input(dev, ClientInput::Network { online: false });
+                    let noticed = self.rng.chance(500_000);
+                    for d in self.siblings(dev) {
+                        self.devs[d].online = false;
+                        if noticed && self.devs[d].client.is_some() {
+                            self.client_input(d, ClientInput::Network { online: false });
+                        }
+                        if let Some(conn) = self.devs[d].conn {
+                            self.close_conn(conn, true, true);
+                        }
+                        self.at(len, Ev::Online { dev: d });
                     }
-                    if let Some(conn) = self.devs[dev].conn {
-                        self.close_conn(conn, true, true);
-                    }
-                    self.at(len, Ev::Online { dev });
                 }
             }
             Ev::Online { dev } => {
@@ -615,37 +689,41 @@ impl World {
                     self.client_input(dev, ClientInput::Network { online: true });
                 }
             }
-            Ev::ServerSnapshot => {
-                let head = self.server.disk.durable.head();
-                self.log(|| format!("server storage snapshot at head {head}"));
-                self.snapshot = Some(self.server.disk.durable.clone());
+            Ev::ServerSnapshot { conv } => {
+                let head = self.servers[conv].disk.durable.head();
+                self.log(|| format!("server {conv} storage snapshot at head {head}"));
+                self.servers[conv].snapshot = Some(self.servers[conv].disk.durable.clone());
             }
-            Ev::ServerRollback { down } => {
-                if self.phase == Phase::Safety && self.server.conv.is_some() {
-                    self.rollback(down);
+            Ev::ServerRollback { conv, down } => {
+                if self.phase == Phase::Safety && self.servers[conv].conv.is_some() {
+                    self.rollback(conv, down);
                 }
             }
-            Ev::ServerWriteFailure => {
-                if self.phase == Phase::Safety && self.server.conv.is_some() {
+            Ev::ServerWriteFailure { conv } => {
+                if self.phase == Phase::Safety && self.servers[conv].conv.is_some() {
                     // As the edge does: the core and every socket go, the
                     // core is rebuilt from what storage holds.
                     self.counts.server_write_failures += 1;
-                    self.log(|| "FAULT server storage write failed".into());
+                    self.log(|| format!("FAULT server {conv} storage write failed"));
                     let down = self.rng.range(0, 50);
-                    self.server_crash(down);
+                    self.server_crash(conv, down);
                 }
             }
             Ev::StorageOutage { dev, len } => {
                 if self.phase == Phase::Safety {
                     self.log(|| format!("FAULT dev{dev} storage refuses writes for {len}ms"));
-                    self.devs[dev].storage_down_until = self.now + len;
+                    for d in self.siblings(dev) {
+                        self.devs[d].storage_down_until = self.now + len;
+                    }
                 }
             }
             Ev::ClockJump { dev, by } => {
                 if self.phase == Phase::Safety {
                     self.counts.clock_jumps += 1;
                     self.log(|| format!("FAULT dev{dev} clock steps by {by}ms"));
-                    self.devs[dev].clock_offset += by;
+                    for d in self.siblings(dev) {
+                        self.devs[d].clock_offset += by;
+                    }
                 }
             }
             Ev::Liveness => self.start_liveness(),
@@ -663,8 +741,10 @@ impl World {
         self.mix.drop_pm = 0;
         self.mix.dup_pm = 0;
         self.mix.jitter_ms = 0;
-        if self.server.conv.is_none() {
-            self.start_server();
+        for conv in 0..self.servers.len() {
+            if self.servers[conv].conv.is_none() {
+                self.start_server(conv);
+            }
         }
         for dev in 0..self.devs.len() {
             self.devs[dev].online = true;
@@ -726,7 +806,8 @@ impl World {
         if let Some(old) = self.devs[dev].conn.take() {
             self.close_conn(old, true, false);
         }
-        if self.server.conv.is_none() || !self.devs[dev].online {
+        let conv = self.devs[dev].conv;
+        if self.servers[conv].conv.is_none() || !self.devs[dev].online {
             self.log(|| format!("dev{dev} cannot connect"));
             self.client_input(dev, ClientInput::Disconnected { code: 1006, reason: "unreachable".into() });
             return;
@@ -737,7 +818,7 @@ impl World {
         self.devs[dev].conn = Some(conn);
         self.log(|| format!("dev{dev} connects conn{conn}"));
         let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
-        self.server_input(ServerInput::Connected {
+        self.server_input(conv, ServerInput::Connected {
             conn: ConnId(conn),
             user,
             device,
@@ -763,8 +844,9 @@ impl World {
         c.open = false;
         let dev = c.dev;
         if tell_server {
-            let (d, inc) = (self.rng.range(1, 50), self.server.inc);
-            self.at(d, Ev::ServerSeesClose { conn, inc });
+            let conv = self.devs[dev].conv;
+            let (d, inc) = (self.rng.range(1, 50), self.servers[conv].inc);
+            self.at(d, Ev::ServerSeesClose { conv, conn, inc });
         }
         if tell_client {
             let d = self.rng.range(1, 50);
@@ -772,40 +854,50 @@ impl World {
         }
     }
 
-    fn server_crash(&mut self, down: Millis) {
+    /// The open sockets of conversation `conv`.
+    fn open_conns(&self, conv: usize) -> Vec<u64> {
+        self.conns.iter().filter(|(_, c)| c.open && self.devs[c.dev].conv == conv).map(|(k, _)| *k).collect()
+    }
+
+    fn server_crash(&mut self, conv: usize, down: Millis) {
         self.counts.server_crashes += 1;
-        let lost = self.server.disk.crash();
+        let lost = self.servers[conv].disk.crash();
         self.counts.lost_writes += lost as u64;
-        self.log(|| format!("FAULT server crash (lost {lost} pending writes), down {down}ms"));
-        self.server.conv = None;
-        self.server.inc += 1;
-        self.server.flush_scheduled = false;
-        let open: Vec<u64> = self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| *k).collect();
-        for conn in open {
+        self.log(|| format!("FAULT server {conv} crash (lost {lost} pending writes), down {down}ms"));
+        let server = &mut self.servers[conv];
+        server.conv = None;
+        server.inc += 1;
+        server.flush_scheduled = false;
+        for conn in self.open_conns(conv) {
             self.close_conn(conn, false, true);
         }
-        let inc = self.server.inc;
-        self.at(down, Ev::ServerRestart { inc });
+        let inc = self.servers[conv].inc;
+        self.at(down, Ev::ServerRestart { conv, inc });
     }
 
     /// Eviction with sockets kept (hibernation): memory is gone, storage and
     /// connections stay.
-    fn server_evict(&mut self) {
+    fn server_evict(&mut self, conv: usize) {
         self.counts.server_evictions += 1;
-        self.log(|| "FAULT server evicted (sockets stay open)".into());
-        let n = self.server.disk.pending.len();
-        self.server.disk.flush(n);
-        self.note_members();
-        self.server.conv = None;
-        self.server.inc += 1;
-        self.server.flush_scheduled = false;
-        self.start_server();
-        let mut open: Vec<(u64, usize, protocol::ConnMemo)> =
-            self.conns.iter().filter(|(_, c)| c.open).map(|(k, c)| (*k, c.dev, c.memo.clone())).collect();
+        self.log(|| format!("FAULT server {conv} evicted (sockets stay open)"));
+        let n = self.servers[conv].disk.pending.len();
+        self.servers[conv].disk.flush(n);
+        self.note_members(conv);
+        let server = &mut self.servers[conv];
+        server.conv = None;
+        server.inc += 1;
+        server.flush_scheduled = false;
+        self.start_server(conv);
+        let mut open: Vec<(u64, usize, protocol::ConnMemo)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.open && self.devs[c.dev].conv == conv)
+            .map(|(k, c)| (*k, c.dev, c.memo.clone()))
+            .collect();
         open.sort_unstable_by_key(|(k, _, _)| *k);
         for (conn, dev, memo) in open {
             let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
-            self.server_input(ServerInput::Connected {
+            self.server_input(conv, ServerInput::Connected {
                 conn: ConnId(conn),
                 user,
                 device,
@@ -833,37 +925,40 @@ impl World {
 
     /// Restores the older storage snapshot (an operator restoring a backup):
     /// the server goes down and comes back with less history.
-    fn rollback(&mut self, down: Millis) {
-        let Some(snapshot) = self.snapshot.take() else { return };
+    fn rollback(&mut self, conv: usize, down: Millis) {
+        let Some(snapshot) = self.servers[conv].snapshot.take() else { return };
         let keep = snapshot.head();
-        if keep >= self.server.disk.durable.head() {
+        if keep >= self.servers[conv].disk.durable.head() {
             return; // nothing would be lost
         }
         self.counts.rollbacks += 1;
-        self.log(|| format!("FAULT server storage rolled back to head {keep}"));
-        for m in self.server.disk.durable.messages.values().filter(|m| m.seq > keep) {
-            self.lost.entry(m.seq).or_default().push(m.clone());
+        self.log(|| format!("FAULT server {conv} storage rolled back to head {keep}"));
+        let server = &mut self.servers[conv];
+        for m in server.disk.durable.messages.values().filter(|m| m.seq > keep) {
+            server.lost.entry(m.seq).or_default().push(m.clone());
             let delivered = self.devs.iter().any(|d| {
-                d.cfg.device == m.device && matches!(d.view.status.get(&m.id), Some(MessageStatus::Delivered { .. }))
+                d.conv == conv
+                    && d.cfg.device == m.device
+                    && matches!(d.view.status.get(&m.id), Some(MessageStatus::Delivered { .. }))
             });
             if delivered {
-                self.lost_delivered.insert((m.device.clone(), m.id.clone()));
+                server.lost_delivered.insert((m.device.clone(), m.id.clone()));
             }
         }
-        self.server.disk.durable = snapshot;
-        self.server_crash(down);
+        server.disk.durable = snapshot;
+        self.server_crash(conv, down);
         // Cursors and memberships legitimately went back with the history.
-        self.announced.clear();
-        self.member_since.clear();
-        self.note_members();
+        self.servers[conv].announced.clear();
+        self.servers[conv].member_since.clear();
+        self.note_members(conv);
     }
 
     /// Users whose first device record just became durable are members from now on.
-    fn note_members(&mut self) {
-        let durable = &self.server.disk.durable;
-        let head = durable.head();
-        for (user, _) in durable.cursors.keys() {
-            self.member_since.entry(user.clone()).or_insert(head);
+    fn note_members(&mut self, conv: usize) {
+        let server = &mut self.servers[conv];
+        let head = server.disk.durable.head();
+        for (user, _) in server.disk.durable.cursors.keys() {
+            server.member_since.entry(user.clone()).or_insert(head);
         }
     }
 
@@ -872,15 +967,14 @@ impl World {
     /// (this message, not another one a rolled-back server put at `seq`; a
     /// device that stored it and later reset its inbox counts).
     fn check_delivered(&self, dev: usize, id: &str, seq: u64) -> Result<(), String> {
-        let sender = &self.devs[dev].cfg.user;
-        for (user, since) in &self.member_since {
+        let (sender, conv) = (&self.devs[dev].cfg.user, self.devs[dev].conv);
+        for (user, since) in &self.servers[conv].member_since {
             if user == sender || seq <= *since {
                 continue;
             }
-            let stored = self
-                .devs
-                .iter()
-                .any(|d| &d.cfg.user == user && d.disk.ever_stored.contains(&(seq, id.to_owned())));
+            let stored = self.devs.iter().any(|d| {
+                d.conv == conv && &d.cfg.user == user && d.disk.ever_stored.contains(&(seq, id.to_owned()))
+            });
             if !stored {
                 return Err(format!(
                     "{id} (seq {seq}) reported delivered, but no device of {user} (a member since seq {since}) has stored it"
@@ -893,7 +987,8 @@ impl World {
     /// One device's messages are stored in the order its app called `send()`.
     fn check_send_order(&self, dev: usize) -> Result<(), String> {
         let d = &self.devs[dev];
-        let durable = &self.server.disk.durable;
+        let server = &self.servers[d.conv];
+        let durable = &server.disk.durable;
         let mut seqs: HashMap<&str, u64> = HashMap::new();
         for m in durable.messages.values().filter(|m| m.user == d.cfg.user && m.device == d.cfg.device) {
             if let Some(prev) = seqs.insert(m.id.as_str(), m.seq) {
@@ -902,7 +997,7 @@ impl World {
         }
         // A message a rollback took from the server is stored again later,
         // after messages sent after it: that reorder is the rollback's.
-        let lost_here: std::collections::BTreeSet<&str> = self
+        let lost_here: std::collections::BTreeSet<&str> = server
             .lost
             .values()
             .flatten()
@@ -928,12 +1023,12 @@ impl World {
     }
 
     /// Announced cursors never move backwards.
-    fn check_announced(&mut self, frame: &ServerFrame) -> Result<(), String> {
+    fn check_announced(&mut self, conv: usize, frame: &ServerFrame) -> Result<(), String> {
         let (ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors, .. }) = frame else {
             return Ok(());
         };
         for c in cursors {
-            let e = self.announced.entry((c.user.clone(), c.device.clone())).or_insert(0);
+            let e = self.servers[conv].announced.entry((c.user.clone(), c.device.clone())).or_insert(0);
             if c.through < *e {
                 return Err(format!(
                     "the cursor of {} moved backwards: announced {} after {}",
@@ -955,12 +1050,13 @@ impl World {
         true
     }
 
-    fn schedule_server_flush(&mut self) {
-        if !self.server.flush_scheduled && !self.server.disk.pending.is_empty() {
-            self.server.flush_scheduled = true;
+    fn schedule_server_flush(&mut self, conv: usize) {
+        let server = &mut self.servers[conv];
+        if !server.flush_scheduled && !server.disk.pending.is_empty() {
+            server.flush_scheduled = true;
+            let inc = server.inc;
             let d = self.rng.range(1, self.mix.disk_latency_ms.max(1));
-            let inc = self.server.inc;
-            self.at(d, Ev::ServerFlush { inc });
+            self.at(d, Ev::ServerFlush { conv, inc });
         }
     }
 
@@ -985,7 +1081,7 @@ impl World {
             self.log(|| format!("NET drop conn{conn}"));
             return;
         }
-        let bytes = if !to_server && self.rng.chance(self.mix.tamper_pm) { self.tamper(bytes) } else { bytes };
+        let bytes = if !to_server && self.rng.chance(self.mix.tamper_pm) { self.tamper(dev, bytes) } else { bytes };
         let copies = if self.rng.chance(self.mix.dup_pm) {
             self.counts.duplicated += 1;
             2
@@ -1006,7 +1102,7 @@ impl World {
 
     /// Alters the first message of a push (as a faulty middlebox or a
     /// corrupted cache would); other frames pass unchanged.
-    fn tamper(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+    fn tamper(&mut self, dev: usize, bytes: Vec<u8>) -> Vec<u8> {
         let Ok(ServerFrame::Push { mut messages }) = ServerFrame::decode(&bytes) else {
             return bytes;
         };
@@ -1015,7 +1111,7 @@ impl World {
         };
         // Each message at most once: a flaky middlebox, not a hostile server
         // (which the chain reports as divergence after repeated mismatches).
-        if !self.tampered_seqs.insert(m.seq) {
+        if !self.servers[self.devs[dev].conv].tampered_seqs.insert(m.seq) {
             return bytes;
         }
         m.body.push_str(" (altered)");
@@ -1025,43 +1121,53 @@ impl World {
         ServerFrame::Push { messages }.encode().into_bytes()
     }
 
-    fn server_input(&mut self, input: ServerInput) {
+    /// The name of server `conv` in traces: "server", or "server N" when
+    /// there are several.
+    fn server_name(&self, conv: usize) -> String {
+        if self.servers.len() > 1 { format!("server {conv}") } else { "server".into() }
+    }
+
+    fn server_input(&mut self, k: usize, input: ServerInput) {
         let now = self.now;
-        let Some(conv) = &mut self.server.conv else { return };
         if self.trace.is_some() {
+            let name = self.server_name(k);
             let line = match &input {
                 ServerInput::Frame { conn, bytes } => {
-                    format!("server <- conn{} {}", conn.0, String::from_utf8_lossy(bytes))
+                    format!("{name} <- conn{} {}", conn.0, String::from_utf8_lossy(bytes))
                 }
-                other => format!("server <- {other:?}"),
+                other => format!("{name} <- {other:?}"),
             };
             if let Some(t) = &mut self.trace {
                 t.push(format!("{:>8} {line}", now - EPOCH));
             }
         }
-        conv.handle(now, input, &self.server.disk.visible);
-        self.drain_server();
+        let server = &mut self.servers[k];
+        let Some(conv) = &mut server.conv else { return };
+        conv.handle(now, input, &server.disk.visible);
+        self.drain_server(k);
     }
 
-    fn drain_server(&mut self) {
-        self.drain_server_outputs();
+    fn drain_server(&mut self, k: usize) {
+        self.drain_server_outputs(k);
         // A lost push must be resent by the server, not wait for the device
         // to notice (its heartbeat or cursor refresh would mask the bug).
-        let stats = self.server.conv.as_ref().map(|c| c.stats());
+        let stats = self.servers[k].conv.as_ref().map(|c| c.stats());
         if let Some(s) = stats.filter(|s| s.unscheduled_resends > 0) {
             let n = s.unscheduled_resends;
-            self.fail(format!("server: {n} connection(s) hold unacknowledged pushes with no resend scheduled"));
+            let name = self.server_name(k);
+            self.fail(format!("{name}: {n} connection(s) hold unacknowledged pushes with no resend scheduled"));
         }
     }
 
-    fn drain_server_outputs(&mut self) {
+    fn drain_server_outputs(&mut self, k: usize) {
         loop {
-            let Some(conv) = &mut self.server.conv else { return };
+            let Some(conv) = &mut self.servers[k].conv else { return };
             let Some(out) = conv.poll_output() else { break };
             match out {
                 ServerOutput::Frame { conn, frame } => {
-                    if let Err(e) = self.check_announced(&frame).and_then(|()| self.check_server_frame(conn.0, &frame)) {
-                        self.fail(format!("server: {e}"));
+                    if let Err(e) = self.check_announced(k, &frame).and_then(|()| self.check_server_frame(k, conn.0, &frame)) {
+                        let name = self.server_name(k);
+                        self.fail(format!("{name}: {e}"));
                     }
                     if matches!(frame, ServerFrame::Error { id: Some(_), .. }) {
                         self.counts.refused_sends += 1;
@@ -1072,20 +1178,23 @@ impl World {
                     }
                     let dev = c.dev;
                     let text = frame.encode();
-                    self.log(|| format!("server -> dev{dev} conn{} {text}", conn.0));
+                    let name = self.server_name(k);
+                    self.log(|| format!("{name} -> dev{dev} conn{} {text}", conn.0));
                     self.net(dev, false, conn.0, text.into_bytes());
                 }
                 ServerOutput::Persist { write, op } => {
-                    self.log(|| format!("server persist #{} {op:?}", write.0));
-                    self.server.disk.write(write, op);
+                    let name = self.server_name(k);
+                    self.log(|| format!("{name} persist #{} {op:?}", write.0));
+                    self.servers[k].disk.write(write, op);
                     if self.crash_after_write() {
                         let down = self.rng.range(10, 5_000);
-                        self.at(0, Ev::ServerCrash { down });
+                        self.at(0, Ev::ServerCrash { conv: k, down });
                     }
-                    self.schedule_server_flush();
+                    self.schedule_server_flush(k);
                 }
                 ServerOutput::Close { conn, code, reason } => {
-                    self.log(|| format!("server closes conn{} {code} {reason}", conn.0));
+                    let name = self.server_name(k);
+                    self.log(|| format!("{name} closes conn{} {code} {reason}", conn.0));
                     match code {
                         protocol::server::close::POLICY => {
                             self.fail(format!("server closed an honest client for abuse: {reason}"))
@@ -1104,11 +1213,15 @@ impl World {
         }
     }
 
-    fn check_server_frame(&self, conn: u64, frame: &ServerFrame) -> Result<(), String> {
-        let durable = &self.server.disk.durable;
+    fn check_server_frame(&self, k: usize, conn: u64, frame: &ServerFrame) -> Result<(), String> {
+        let server = &self.servers[k];
+        let durable = &server.disk.durable;
+        let dev = self.conns.get(&conn).map(|c| c.dev);
+        if dev.is_some_and(|d| self.devs[d].conv != k) {
+            return Err(format!("a frame of conversation {k} went to a client of another conversation"));
+        }
         match frame {
             ServerFrame::Sent { id, seq, .. } => {
-                let dev = self.conns.get(&conn).map(|c| c.dev);
                 match durable.messages.get(seq) {
                     Some(m) if &m.id == id && dev.is_some_and(|d| self.devs[d].cfg.device == m.device) => Ok(()),
                     Some(m) => Err(format!("sent {id} -> {seq} but seq {seq} is {} from {}", m.id, m.device)),
@@ -1116,9 +1229,12 @@ impl World {
                 }
             }
             ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } => {
-                let truth = ServerTruth { durable, lost: &self.lost };
-                messages.iter().try_for_each(|m| check::same_as_server(truth, m))
+                messages.iter().try_for_each(|m| check::same_as_server(server.truth(), m))
             }
+            ServerFrame::Welcome { conversation, .. } if *conversation != server.cfg.conversation => Err(format!(
+                "welcome names conversation {conversation:?} on a connection to {:?}",
+                server.cfg.conversation
+            )),
             ServerFrame::Welcome { head, .. } if *head > durable.head() => {
                 Err(format!("welcome announces head {head} beyond the durable head {}", durable.head()))
             }
@@ -1176,7 +1292,7 @@ impl World {
                 ClientOutput::Transmit(frame) => {
                     if let ClientFrame::Ack { seq, ranges } = &frame {
                         if let Err(e) = check::check_ack(&self.devs[dev].disk.durable, *seq, ranges) {
-                            let who = self.devs[dev].cfg.device.clone();
+                            let who = self.who(dev);
                             self.fail(format!("{who}: {e}"));
                         }
                     }
@@ -1201,13 +1317,17 @@ impl World {
                 ClientOutput::Message(m) => {
                     self.log(|| format!("dev{dev} SURFACE {} {}", m.seq, m.id));
                     if !self.devs[dev].disk.durable.messages.contains_key(&m.seq) {
-                        let who = self.devs[dev].cfg.device.clone();
+                        let who = self.who(dev);
                         self.fail(format!("{who}: seq {} surfaced before durable on the device", m.seq));
                     }
-                    let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
+                    if let Some(other) = self.conversation_of(&m.id).filter(|c| *c != self.devs[dev].conv) {
+                        let who = self.who(dev);
+                        self.fail(format!("{who}: {} (seq {}) of conversation {other} surfaced in this one", m.id, m.seq));
+                    }
+                    let truth = self.servers[self.devs[dev].conv].truth();
                     let r = self.devs[dev].view.surface(truth, &m);
                     if let Err(e) = r {
-                        let who = self.devs[dev].cfg.device.clone();
+                        let who = self.who(dev);
                         self.fail(format!("{who}: {e}"));
                     }
                 }
@@ -1226,10 +1346,10 @@ impl World {
                     let view = &mut self.devs[dev].view;
                     view.history_requests = view.history_requests.saturating_sub(1);
                     self.log(|| format!("dev{dev} HISTORY {:?}", page.iter().map(|m| m.seq).collect::<Vec<_>>()));
-                    let truth = ServerTruth { durable: &self.server.disk.durable, lost: &self.lost };
+                    let truth = self.servers[self.devs[dev].conv].truth();
                     let r = self.devs[dev].view.history(truth, &page);
                     if let Err(e) = r {
-                        let who = self.devs[dev].cfg.device.clone();
+                        let who = self.who(dev);
                         self.fail(format!("{who}: {e}"));
                     }
                 }
@@ -1244,27 +1364,23 @@ impl World {
                     }
                     if let MessageStatus::Sent { seq, .. } | MessageStatus::Delivered { seq } = status {
                         let device = &self.devs[dev].cfg.device;
-                        let ok = self
-                            .server
-                            .disk
-                            .durable
-                            .messages
-                            .get(&seq)
-                            .is_some_and(|m| m.id == id && &m.device == device)
-                            || self.lost.get(&seq).is_some_and(|l| l.iter().any(|m| m.id == id && &m.device == device));
+                        let server = &self.servers[self.devs[dev].conv];
+                        let ok = server.disk.durable.messages.get(&seq).is_some_and(|m| m.id == id && &m.device == device)
+                            || server.lost.get(&seq).is_some_and(|l| l.iter().any(|m| m.id == id && &m.device == device));
                         if !ok {
-                            self.fail(format!("{device}: status of {id} names seq {seq}, which the server did not durably store for it"));
+                            let who = self.who(dev);
+                            self.fail(format!("{who}: status of {id} names seq {seq}, which the server did not durably store for it"));
                         }
                     }
                     if let MessageStatus::Delivered { seq } = status {
                         if let Err(e) = self.check_delivered(dev, &id, seq) {
-                            let who = self.devs[dev].cfg.device.clone();
+                            let who = self.who(dev);
                             self.fail(format!("{who}: {e}"));
                         }
                     }
                     if let MessageStatus::Sent { .. } = status {
                         if let Err(e) = self.check_send_order(dev) {
-                            let who = self.devs[dev].cfg.device.clone();
+                            let who = self.who(dev);
                             self.fail(format!("{who}: {e}"));
                         }
                     }
@@ -1294,7 +1410,7 @@ impl World {
                             }
                         }
                         other => {
-                            let who = self.devs[dev].cfg.device.clone();
+                            let who = self.who(dev);
                             self.fail(format!("{who}: client reported {other}"));
                         }
                     }
@@ -1309,58 +1425,64 @@ impl World {
         }
     }
 
-    fn converged(&self) -> bool {
-        let Some(_) = &self.server.conv else { return false };
-        if !self.server.disk.pending.is_empty() {
-            return false;
-        }
-        let head = self.server.disk.durable.head();
-        self.devs.iter().all(|d| {
-            d.disk.pending.is_empty()
-                && d.client.as_ref().is_some_and(|c| {
-                    c.is_ready() && c.outbox_len() == 0 && c.watermark() == Some(head) && c.history_complete()
-                })
-                && d.view.seen.len() as u64 == head
-                && d.view.queued.iter().all(|id| matches!(d.view.status.get(id), Some(MessageStatus::Delivered { .. })))
+    /// The conversation whose server stores (or stored) message `id`.
+    fn conversation_of(&self, id: &str) -> Option<usize> {
+        self.servers.iter().position(|s| {
+            s.disk.durable.messages.values().any(|m| m.id == id) || s.lost.values().flatten().any(|m| m.id == id)
         })
     }
 
+    fn converged(&self) -> bool {
+        self.servers.iter().all(|s| s.conv.is_some() && s.disk.pending.is_empty())
+            && self.devs.iter().all(|d| {
+                let head = self.servers[d.conv].disk.durable.head();
+                d.disk.pending.is_empty()
+                    && d.client.as_ref().is_some_and(|c| {
+                        c.is_ready() && c.outbox_len() == 0 && c.watermark() == Some(head) && c.history_complete()
+                    })
+                    && d.view.seen.len() as u64 == head
+                    && d.view.queued.iter().all(|id| matches!(d.view.status.get(id), Some(MessageStatus::Delivered { .. })))
+            })
+    }
+
     fn final_checks(&mut self) {
-        let durable = &self.server.disk.durable;
-        let head = durable.head();
         let mut problems = Vec::new();
-        if durable.messages.len() as u64 != head {
-            problems.push(format!("server seqs are not contiguous: {} messages, head {head}", durable.messages.len()));
-        }
-        for d in &self.devs {
-            if d.view.history_requests > 0 {
-                problems.push(format!("{}: a load_older request never ended (no page, no failure)", d.cfg.device));
+        for (k, server) in self.servers.iter().enumerate() {
+            let durable = &server.disk.durable;
+            let head = durable.head();
+            if durable.messages.len() as u64 != head {
+                problems.push(format!("server {k}: seqs are not contiguous: {} messages, head {head}", durable.messages.len()));
             }
-        }
-        let mut by_key: HashMap<(&str, &str), u64> = HashMap::new();
-        for m in durable.messages.values() {
-            if let Some(prev) = by_key.insert((m.device.as_str(), m.id.as_str()), m.seq) {
-                problems.push(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
-            }
-        }
-        for d in &self.devs {
-            for id in &d.view.queued {
-                let excused = self.lost_delivered.contains(&(d.cfg.device.clone(), id.clone()));
-                if !excused && !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
-                    problems.push(format!("{} queued {id} but it was never stored", d.cfg.device));
+            let mut by_key: HashMap<(&str, &str), u64> = HashMap::new();
+            for m in durable.messages.values() {
+                if let Some(prev) = by_key.insert((m.device.as_str(), m.id.as_str()), m.seq) {
+                    problems.push(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
                 }
             }
-        }
-        let mut last_at = 0;
-        for m in durable.messages.values() {
-            if m.at < last_at {
-                problems.push(format!("seq {} has time {} before its predecessor's {last_at}", m.seq, m.at));
+            for (dev, d) in self.devs.iter().enumerate().filter(|(_, d)| d.conv == k) {
+                for id in &d.view.queued {
+                    let excused = server.lost_delivered.contains(&(d.cfg.device.clone(), id.clone()));
+                    if !excused && !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
+                        problems.push(format!("{} queued {id} but it was never stored", self.who(dev)));
+                    }
+                }
             }
-            last_at = m.at;
+            let mut last_at = 0;
+            for m in durable.messages.values() {
+                if m.at < last_at {
+                    problems.push(format!("server {k}: seq {} has time {} before its predecessor's {last_at}", m.seq, m.at));
+                }
+                last_at = m.at;
+            }
+        }
+        for (dev, d) in self.devs.iter().enumerate() {
+            if d.view.history_requests > 0 {
+                problems.push(format!("{}: a load_older request never ended (no page, no failure)", self.who(dev)));
+            }
         }
         for dev in 0..self.devs.len() {
             if let Err(e) = self.check_send_order(dev) {
-                problems.push(format!("{}: {e}", self.devs[dev].cfg.device));
+                problems.push(format!("{}: {e}", self.who(dev)));
             }
         }
         if let Some(p) = problems.into_iter().next() {
@@ -1373,7 +1495,7 @@ impl World {
     /// can help it.
     fn starved(&self, dev: usize) -> bool {
         let d = &self.devs[dev];
-        let head = self.server.disk.durable.head();
+        let head = self.servers[d.conv].disk.durable.head();
         let behind = d.client.as_ref().is_some_and(|c| c.is_ready() && c.watermark().is_some_and(|w| w < head));
         let live = d.conn.is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
         let on_the_way = self.heap.iter().any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
@@ -1381,21 +1503,23 @@ impl World {
     }
 
     fn stuck(&mut self) -> Violation {
-        let head = self.server.disk.durable.head();
         // A device that is connected, welcomed and behind, with nothing on
         // the way to it: only a resend (or a new message) could help it.
         for (dev, d) in self.devs.iter().enumerate() {
             if self.starved(dev) {
+                let head = self.servers[d.conv].disk.durable.head();
                 let what = format!(
                     "liveness: the server stopped pushing to a live connection: {} is connected and welcomed but stored only through {:?} of head {head}, and nothing is on the way to it",
-                    d.cfg.device,
+                    self.who(dev),
                     d.client.as_ref().and_then(|c| c.watermark())
                 );
                 return self.violation(what);
             }
         }
-        let mut what = format!("liveness: not converged by the deadline (server head {head}");
-        for d in &self.devs {
+        let heads: Vec<u64> = self.servers.iter().map(|s| s.disk.durable.head()).collect();
+        let heads = heads.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let mut what = format!("liveness: not converged by the deadline (server head {heads}");
+        for (dev, d) in self.devs.iter().enumerate() {
             let c = d.client.as_ref();
             let undelivered: Vec<&String> = d
                 .view
@@ -1406,7 +1530,7 @@ impl World {
             let _ = write!(
                 what,
                 "; {}: watermark {:?} shown {} outbox {} ready {} history {} undelivered {:?}",
-                d.cfg.device,
+                self.who(dev),
                 c.and_then(|c| c.watermark()),
                 d.view.seen.len(),
                 c.map_or(0, |c| c.outbox_len()),
@@ -1431,7 +1555,7 @@ impl World {
     fn report(&self) -> Report {
         Report {
             seed: self.opts.seed,
-            head: self.server.disk.durable.head(),
+            head: self.servers.iter().map(|s| s.disk.durable.head()).sum(),
             sim_ms: self.now - EPOCH,
             steps: self.steps,
             faults: self.counts.clone(),
