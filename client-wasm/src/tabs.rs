@@ -91,6 +91,9 @@ pub(crate) struct Tabs {
     handlers: RefCell<Vec<Closure<dyn FnMut(JsValue) -> JsValue>>>,
 }
 
+/// The relayed event that tells every tab the inbox was reset.
+const RESET: &str = "ackline:reset";
+
 fn get(v: &JsValue, k: &str) -> JsValue {
     Reflect::get(v, &k.into()).unwrap_or(JsValue::UNDEFINED)
 }
@@ -392,7 +395,12 @@ impl Tabs {
                 let page = session.history(before, limit).await?;
                 Ok(obj(&[("more", get(&page, "more")), ("messages", Array::from(&page).into())]))
             }
-            "reset" => wasm_bindgen_futures::JsFuture::from(session.reset_inbox()).await,
+            "reset" => {
+                // The inbox starts over: every tab forgets its last seen seq
+                // (the server's latest page comes as `message` events again).
+                self.relay_event(&conv, RESET, &JsValue::NULL);
+                wasm_bindgen_futures::JsFuture::from(session.reset_inbox()).await
+            }
             _ => Err(AcklineError::BadOptions("unknown tab request").into()),
         }
     }
@@ -488,6 +496,11 @@ impl Tabs {
                     }
                 }
             }
+            RESET => {
+                c.last_seen.set(None);
+                c.buffer.borrow_mut().clear();
+                *c.divergence.borrow_mut() = JsValue::NULL;
+            }
             "diverged" => {
                 *c.divergence.borrow_mut() = value.clone();
                 c.app.fire(name, &value);
@@ -564,7 +577,9 @@ impl Tabs {
         }
         *c.pending.borrow_mut() = get(&res, "pending");
         *c.divergence.borrow_mut() = get(&res, "diverged");
-        c.outbox.set(get(&get(&res, "status"), "outbox").as_f64().unwrap_or(0.0) as usize);
+        // The connection's state as of now (a tab that joins later hears no
+        // change until the next one).
+        self.deliver_client("status", get(&res, "status"));
         Ok(c)
     }
 
