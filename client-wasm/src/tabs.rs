@@ -252,10 +252,17 @@ impl Tabs {
             let _ = Reflect::set(&msg, &"retry".into(), &true.into());
             self.spawn_handle(msg);
         }
-        // Catch up every open conversation from the stored history.
+        // Start this tab's conversations at once (connecting), and catch
+        // each up from the stored history.
         let convs: Vec<Rc<TabConv>> = self.convs.borrow().values().cloned().collect();
         for c in convs {
-            self.catch_up(&c);
+            if c.last_seen.get().is_some() {
+                self.catch_up(&c);
+            } else if let Some(me) = self.me.upgrade() {
+                wasm_bindgen_futures::spawn_local(async move {
+                    let _ = me.session(&c.id).await;
+                });
+            }
         }
     }
 

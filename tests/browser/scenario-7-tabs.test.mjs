@@ -62,10 +62,17 @@ test('three tabs of one user share one connection; the leader closes, another re
     assert.equal(s0.connections, 3, 'one connection per browser (ann, bob, cat)');
 
     // Everyone sends; bodies are per tab.
+    // The leader tab sends a burst it sees stored (what it queued is then not
+    // lost with the tab), the others stream on across its close.
+    await tabs[0].send(20, { prefix: tabs[0].tab, chunk: 20, pauseMs: 0 });
+    while ((await tabs[0].progress()).resolved < 20) await sleep(20);
     const sends = [
-      ...tabs.map((d) => d.send(40, { prefix: d.tab, chunk: 2, pauseMs: 60 })),
-      bob.send(40, { prefix: 'b', chunk: 2, pauseMs: 60 }),
-      cat.send(40, { prefix: 'c', chunk: 2, pauseMs: 60 }),
+      Promise.resolve(),
+      tabs[1].send(60, { prefix: tabs[1].tab, chunk: 2, pauseMs: 60 }),
+      // tab3 (reloaded below) sends a burst that is stored before its reload.
+      tabs[2].send(60, { prefix: tabs[2].tab, chunk: 6, pauseMs: 20 }),
+      bob.send(40, { prefix: 'b', chunk: 2, pauseMs: 90 }),
+      cat.send(40, { prefix: 'c', chunk: 2, pauseMs: 90 }),
     ];
     await sleep(700);
 
@@ -73,7 +80,6 @@ test('three tabs of one user share one connection; the leader closes, another re
     const [leader, ...rest] = tabs;
     const closedAt = Date.now();
     await leader.closeTab();
-    sends[0] = Promise.resolve();
     let taken = null;
     while (!taken) {
       for (const d of rest) if (await isLeader(d)) taken = d;
@@ -84,21 +90,23 @@ test('three tabs of one user share one connection; the leader closes, another re
     const openAt = Date.now();
     process.stderr.write(`scenario-7: takeover: lock granted ${lockAt - closedAt} ms, new leader connected ${openAt - closedAt} ms after the leader tab closed (${taken.tab})\n`);
 
-    // Another tab (a follower, or the new leader) reloads mid-stream.
-    await sleep(500);
+    // Another tab (a follower, or the new leader) reloads mid-stream (once
+    // its own sends are stored, so the test knows what it queued).
     const other = rest.find((d) => d !== taken);
+    await sends[tabs.indexOf(other) + 0];
+    while ((await other.progress()).resolved < 60) await sleep(20);
     await other.reload();
     log(`${other.tab} reloaded (leader now: ${taken.tab})`);
     await Promise.all(sends);
 
     const live = [...rest, bob, cat];
-    const total = 5 * 40 - 0; // every send of every tab is durable before the tab goes
+    const total = 20 + 2 * 60 + 2 * 40;
     await waitConverged(live, (await Promise.all(live.map((d) => d.allQueued()))).flat().length + (await leader.allQueued()).length, { label: 'tabs' });
 
     // Every message once, in order, in every tab; nothing lost; same order.
     const expected = new Set([...(await leader.allQueued())]);
     for (const d of live) for (const b of await d.allQueued()) expected.add(b);
-    assert.ok(expected.size <= total);
+    assert.equal(expected.size, total, 'every body queued once');
     let reference = null;
     for (const d of live) {
       const s = await d.snapshot();
