@@ -448,8 +448,11 @@ impl Tabs {
         let weak = self.me.clone();
         let client = Rc::new(Listeners::tapped(Rc::new(move |name: &str, value: &JsValue| {
             if let Some(t) = weak.upgrade() {
-                if t.leads() && !t.closed.get() {
-                    t.post(&obj(&[("k", "cev".into()), ("name", name.into()), ("value", value.clone())]));
+                if t.leads() {
+                    // A closing leader's `closed` status is its own tab's only.
+                    if !t.closed.get() {
+                        t.post(&obj(&[("k", "cev".into()), ("name", name.into()), ("value", value.clone())]));
+                    }
                     t.deliver_client(name, value.clone());
                 }
             }
