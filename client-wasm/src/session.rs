@@ -217,12 +217,15 @@ pub struct Listeners {
     map: RefCell<HashMap<String, Vec<Function>>>,
     /// When set, events go to this hook instead of the functions (the tab
     /// layer relays a leader's events to every tab, see `tabs.rs`).
-    tap: Option<Rc<dyn Fn(&str, &JsValue)>>,
+    tap: Option<Tap>,
 }
+
+/// Where tapped [`Listeners`] send their events: `(event name, value)`.
+pub type Tap = Rc<dyn Fn(&str, &JsValue)>;
 
 impl Listeners {
     /// Listeners whose events all go to `tap`.
-    pub fn tapped(tap: Rc<dyn Fn(&str, &JsValue)>) -> Listeners {
+    pub fn tapped(tap: Tap) -> Listeners {
         Listeners { map: RefCell::default(), tap: Some(tap) }
     }
 

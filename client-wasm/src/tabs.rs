@@ -62,6 +62,8 @@ pub(crate) struct TabConv {
     outbox: Cell<usize>,
 }
 
+type Handler = Closure<dyn FnMut(JsValue) -> JsValue>;
+
 struct Request {
     msg: JsValue,
     resolve: Function,
@@ -88,7 +90,8 @@ pub(crate) struct Tabs {
     abort: Option<web_sys::AbortController>,
     closed: Cell<bool>,
     last_id: Cell<Option<(u64, u128)>>,
-    handlers: RefCell<Vec<Closure<dyn FnMut(JsValue) -> JsValue>>>,
+    /// The channel's and the lock's callbacks, alive as long as the tab.
+    handlers: RefCell<Vec<Handler>>,
 }
 
 /// The relayed event that tells every tab the inbox was reset.

@@ -174,3 +174,35 @@ async fn two_tabs_share_one_connection_and_the_follower_takes_over() {
     t3.close();
     delete_db(&db).await;
 }
+
+/// Without Web Locks each instance runs alone, as before (and warns): both
+/// lead and both send. (The browser's `locks` is hidden from `navigator` for
+/// the two opens and put back, as web.rs does with `crypto`.)
+#[wasm_bindgen_test]
+async fn without_web_locks_each_instance_runs_alone() {
+    let conv_id = unique("alone");
+    let (db_a, db_b) = (unique("db-alone-a"), unique("db-alone-b"));
+    let nav: JsValue = web_sys::window().unwrap().navigator().into();
+    let nav_obj: js_sys::Object = nav.clone().unchecked_into();
+    let hidden = js_sys::Object::new();
+    Reflect::set(&hidden, &"value".into(), &JsValue::UNDEFINED).unwrap();
+    Reflect::set(&hidden, &"configurable".into(), &JsValue::TRUE).unwrap();
+    js_sys::Object::define_property(&nav_obj, &"locks".into(), &hidden);
+    let a = open("ann", "ann-web", &conv_id, &db_a).await;
+    let b = open("bob", "bob-web", &conv_id, &db_b).await;
+    // Remove the own property again: `locks` of Navigator.prototype shows through.
+    Reflect::delete_property(&nav_obj, &"locks".into()).unwrap();
+    assert!(!Reflect::get(&nav, &"locks".into()).unwrap().is_undefined(), "locks restored");
+    assert!(is_leader(&a) && is_leader(&b), "each runs alone");
+    let ca = a.conversation(conv_id.clone()).await.unwrap();
+    let cb = b.conversation(conv_id.clone()).await.unwrap();
+    let got_b = collect(&cb, "message");
+    let sa = JsFuture::from(ca.send("alone a".into())).await.expect("a sends");
+    let sb = JsFuture::from(cb.send("alone b".into())).await.expect("b sends");
+    assert_eq!((seq_of(&sa), seq_of(&sb)), (1, 2));
+    wait_until("b shows both", 10_000.0, || seqs(&got_b) == [1, 2]).await;
+    a.close();
+    b.close();
+    delete_db(&db_a).await;
+    delete_db(&db_b).await;
+}
