@@ -66,6 +66,8 @@ error_codes! {
     TokenFailed = "token_failed",
     /// `crypto.getRandomValues` is missing (message ids are drawn from it).
     CryptoUnavailable = "crypto_unavailable",
+    /// A message id relayed from another tab is not a ULID.
+    BadMessageId = "bad_message_id",
     /// `close()` was called; unfinished `send` and `history` promises reject so.
     Closed = "closed",
     // IndexedDB (`store::StoreError`).
@@ -173,6 +175,7 @@ impl From<&ClientError> for ErrorCode {
     fn from(e: &ClientError) -> ErrorCode {
         match e {
             ClientError::BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            ClientError::BadMessageId { .. } => ErrorCode::BadMessageId,
             ClientError::Decode(_) => ErrorCode::BadServerFrame,
             ClientError::Server { .. } => ErrorCode::ServerError,
             ClientError::ChainMismatch { .. } => ErrorCode::ChainMismatch,

@@ -17,9 +17,8 @@
 mod errors;
 mod session;
 pub mod store;
+mod tabs;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use base64::alphabet;
@@ -30,8 +29,9 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::session::{Listeners, Session, SessionConfig, TokenSource};
+use crate::session::{Listeners, TokenSource};
 use crate::store::IdbStore;
+use crate::tabs::{Identity, TabConv, Tabs};
 
 pub use crate::errors::{to_js, AcklineError, ErrorCode};
 
@@ -192,13 +192,9 @@ fn socket_base(url: &str) -> Result<String, AcklineError> {
 }
 
 struct ClientState {
-    store: Rc<IdbStore>,
-    socket_base: String,
-    token: TokenSource,
+    tabs: Rc<Tabs>,
     user: String,
     device: String,
-    listeners: Rc<Listeners>,
-    sessions: RefCell<HashMap<String, Session>>,
     /// window `online`/`offline` and document `visibilitychange` handlers.
     _wake: Option<Closure<dyn FnMut()>>,
 }
@@ -232,6 +228,8 @@ impl Ackline {
         let identity = token_identity(&first)?;
         let db_name = get("dbName").as_string().unwrap_or_else(|| "ackline".to_owned());
         let store = IdbStore::open(&db_name).await?;
+        let who = Identity { socket_base, token, user: identity.sub.clone(), device: identity.device.clone() };
+        let tabs = Tabs::join(&db_name, Rc::new(store), who, Rc::new(Listeners::default())).await;
         let state = Rc::new_cyclic(|weak: &std::rc::Weak<ClientState>| {
             let weak = weak.clone();
             let wake = Closure::<dyn FnMut()>::new(move || {
@@ -239,10 +237,7 @@ impl Ackline {
                     // `navigator.onLine` false means no network at all; true
                     // (also on becoming visible) means "worth trying now".
                     let online = web_sys::window().is_none_or(|w| w.navigator().on_line());
-                    let sessions: Vec<Session> = state.sessions.borrow().values().cloned().collect();
-                    for s in sessions {
-                        s.nudge(online);
-                    }
+                    state.tabs.nudge(online);
                 }
             });
             if let Some(window) = web_sys::window() {
@@ -252,16 +247,7 @@ impl Ackline {
                     let _ = doc.add_event_listener_with_callback("visibilitychange", wake.as_ref().unchecked_ref());
                 }
             }
-            ClientState {
-                store: Rc::new(store),
-                socket_base,
-                token,
-                user: identity.sub,
-                device: identity.device,
-                listeners: Rc::new(Listeners::default()),
-                sessions: RefCell::new(HashMap::new()),
-                _wake: Some(wake),
-            }
+            ClientState { tabs, user: identity.sub, device: identity.device, _wake: Some(wake) }
         });
         Ok(Ackline { state })
     }
@@ -284,70 +270,52 @@ impl Ackline {
     /// drawn from it), or a `store_*` code if IndexedDB fails.
     #[wasm_bindgen(unchecked_return_type = "Conversation")]
     pub async fn conversation(&self, id: String) -> Result<Conversation, JsValue> {
-        if let Some(existing) = self.state.sessions.borrow().get(&id) {
-            return Ok(Conversation { session: existing.clone() });
-        }
-        let cfg = SessionConfig {
-            socket_url: format!(
-                "{}/v1/conversations/{}/connect",
-                self.state.socket_base,
-                String::from(js_sys::encode_uri_component(&id))
-            ),
-            token: self.state.token.clone(),
-            conversation: id.clone(),
-            user: self.state.user.clone(),
-            device: self.state.device.clone(),
-        };
-        let session = Session::start(cfg, self.state.store.clone(), self.state.listeners.clone()).await?;
-        // Another call may have opened it meanwhile: keep the first.
-        let session = self
-            .state
-            .sessions
-            .borrow_mut()
-            .entry(id)
-            .or_insert(session)
-            .clone();
-        Ok(Conversation { session })
+        let conv = self.state.tabs.conversation(&id).await?;
+        Ok(Conversation { tabs: self.state.tabs.clone(), conv })
+    }
+
+    /// True while this tab leads the tabs sharing its database (it holds the
+    /// connections; see docs/TABS.md), or runs alone.
+    #[wasm_bindgen(getter, js_name = isLeader)]
+    pub fn is_leader(&self) -> bool {
+        self.state.tabs.is_leader()
     }
 
     /// Listens to client events: `status` (connection state, outbox size, last
     /// error, per conversation) and `error`. (Typed in the custom TS section.)
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: String, listener: Function) {
-        self.state.listeners.add(&event, listener);
+        self.state.tabs.app_client.add(&event, listener);
     }
 
     /// Removes a listener added with `on`.
     #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: String, listener: Function) {
-        self.state.listeners.remove(&event, &listener);
+        self.state.tabs.app_client.remove(&event, &listener);
     }
 
     /// Cuts (false) or restores (true) every connection of this client on purpose.
     #[wasm_bindgen(js_name = setOnline)]
+    /// The connections are shared by every tab of this database, so this
+    /// cuts or restores them for all of them.
     pub fn set_online(&self, online: bool) {
-        let sessions: Vec<Session> = self.state.sessions.borrow().values().cloned().collect();
-        for s in sessions {
-            s.set_online(online);
-        }
+        self.state.tabs.set_online(online);
     }
 
     /// Closes every connection and the database. Unfinished `send` promises
     /// reject with code `closed`; their messages stay in the outbox and are sent
     /// by the next client opened on this database.
+    /// A leader's connections pass to the next tab of its database.
     pub fn close(&self) {
-        let sessions: Vec<Session> = self.state.sessions.borrow_mut().drain().map(|(_, s)| s).collect();
-        for s in sessions {
-            s.close();
-        }
-        self.state.store.close();
+        self.state.tabs.close();
     }
 }
 
 /// One conversation of a client.
 #[wasm_bindgen]
 pub struct Conversation {
-    session: Session,
+    tabs: Rc<Tabs>,
+    conv: Rc<TabConv>,
 }
 
 #[wasm_bindgen]
@@ -359,7 +327,7 @@ impl Conversation {
     /// with a `code` if the body is too large or the server refuses it.
     #[wasm_bindgen(unchecked_return_type = "Promise<SendResult>")]
     pub fn send(&self, body: String) -> Promise {
-        self.session.send(body)
+        self.tabs.send(&self.conv.id, body)
     }
 
     /// Listens to `message` (each stored message once, in seq order, own ones
@@ -368,13 +336,13 @@ impl Conversation {
     /// server's history differs from the stored one; see `resetInbox`).
     #[wasm_bindgen(skip_typescript)]
     pub fn on(&self, event: String, listener: Function) {
-        self.session.listeners.add(&event, listener);
+        self.conv.app.add(&event, listener);
     }
 
     /// Removes a listener added with `on`.
     #[wasm_bindgen(skip_typescript)]
     pub fn off(&self, event: String, listener: Function) {
-        self.session.listeners.remove(&event, &listener);
+        self.conv.app.remove(&event, &listener);
     }
 
     /// Up to `limit` (default 50) messages below seq `before` (default: all),
@@ -387,14 +355,24 @@ impl Conversation {
         let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).ok().and_then(|v| v.as_f64());
         let before = get("before").map_or(protocol::MAX_SEQ, |b| b.max(0.0) as u64);
         let limit = get("limit").map_or(50, |l| l.clamp(1.0, f64::from(protocol::limits::MAX_PAGE)) as u32);
-        let session = self.session.clone();
-        wasm_bindgen_futures::future_to_promise(async move { session.history(before, limit).await })
+        let p = self.tabs.request(
+            "history",
+            &self.conv.id,
+            &[("before", JsValue::from_f64(before as f64)), ("limit", JsValue::from(limit))],
+        );
+        wasm_bindgen_futures::future_to_promise(async move {
+            let res = wasm_bindgen_futures::JsFuture::from(p).await?;
+            let list = js_sys::Reflect::get(&res, &"messages".into())?;
+            let more = js_sys::Reflect::get(&res, &"more".into())?;
+            let _ = js_sys::Reflect::set(&list, &"more".into(), &more);
+            Ok(list)
+        })
     }
 
     /// Own messages that were still unconfirmed when the page loaded.
     #[wasm_bindgen(unchecked_return_type = "PendingMessage[]")]
     pub fn pending(&self) -> JsValue {
-        self.session.pending_messages()
+        self.tabs.pending(&self.conv)
     }
 
     /// Repairs a diverged conversation (see the `diverged` event): drops the
@@ -406,21 +384,21 @@ impl Conversation {
     /// IndexedDB; rejects with code `closed` after `close()`.
     #[wasm_bindgen(js_name = resetInbox, unchecked_return_type = "Promise<void>")]
     pub fn reset_inbox(&self) -> Promise {
-        self.session.reset_inbox()
+        self.tabs.reset_inbox(&self.conv)
     }
 
     /// The divergence reported by the last `diverged` event, until
     /// `resetInbox()`; `null` otherwise.
     #[wasm_bindgen(getter, unchecked_return_type = "Divergence | null")]
     pub fn diverged(&self) -> JsValue {
-        self.session.divergence()
+        self.tabs.divergence(&self.conv)
     }
 
     /// Own messages of this conversation still in the outbox: not yet stored
     /// by the server, or not yet delivered to every other member.
     #[wasm_bindgen(getter, js_name = outboxSize)]
     pub fn outbox_size(&self) -> usize {
-        self.session.outbox_len()
+        self.tabs.outbox(&self.conv)
     }
 }
 

@@ -215,9 +215,20 @@ pub struct SessionConfig {
 #[derive(Default)]
 pub struct Listeners {
     map: RefCell<HashMap<String, Vec<Function>>>,
+    /// When set, events go to this hook instead of the functions (the tab
+    /// layer relays a leader's events to every tab, see `tabs.rs`).
+    tap: Option<Tap>,
 }
 
+/// Where tapped [`Listeners`] send their events: `(event name, value)`.
+pub type Tap = Rc<dyn Fn(&str, &JsValue)>;
+
 impl Listeners {
+    /// Listeners whose events all go to `tap`.
+    pub fn tapped(tap: Tap) -> Listeners {
+        Listeners { map: RefCell::default(), tap: Some(tap) }
+    }
+
     pub fn add(&self, event: &str, f: Function) {
         self.map.borrow_mut().entry(event.to_owned()).or_default().push(f);
     }
@@ -228,7 +239,11 @@ impl Listeners {
         }
     }
 
-    fn fire(&self, event: &str, value: &JsValue) {
+    pub fn fire(&self, event: &str, value: &JsValue) {
+        if let Some(tap) = &self.tap {
+            tap(event, value);
+            return;
+        }
         let list = self.map.borrow().get(event).cloned().unwrap_or_default();
         for f in list {
             if let Err(e) = f.call1(&JsValue::NULL, value) {
@@ -259,8 +274,11 @@ struct Inner {
     /// Writes waiting for the next IndexedDB transaction, in order.
     writes: VecDeque<(WriteId, ClientWrite)>,
     writer_running: bool,
-    /// `send()` promises by client message id.
-    sends: HashMap<String, (Function, Function)>,
+    /// `send()` promises by client message id (several when a tab asked again).
+    sends: HashMap<String, Vec<(Function, Function)>>,
+    /// Seq and time of own messages the server confirmed (restored or in
+    /// this session): a send relayed again after a takeover resolves from it.
+    confirmed: HashMap<String, (u64, u64)>,
     /// `history()` promises waiting for the core's answer to `load_older`
     /// (a page, or a failure: never neither).
     history_waiters: Vec<(Function, Function)>,
@@ -303,6 +321,7 @@ impl Session {
     pub async fn start(
         cfg: SessionConfig,
         store: Rc<IdbStore>,
+        listeners: Rc<Listeners>,
         client_listeners: Rc<Listeners>,
     ) -> Result<Session, AcklineError> {
         // Drawn first: without a random source there is no point reading the store.
@@ -333,9 +352,10 @@ impl Session {
                 events: Vec::new(),
                 connect_wanted: None,
                 initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
+                confirmed: snapshot.outbox.iter().filter_map(|e| Some((e.id.clone(), (e.seq?, e.at.unwrap_or(0))))).collect(),
                 not_yet_durable: HashMap::new(),
             })),
-            listeners: Rc::new(Listeners::default()),
+            listeners,
             client_listeners,
         };
         // The core asks for its first connection from its first timer.
@@ -371,6 +391,8 @@ impl Session {
     }
 
     /// Queues a message; the promise resolves with `{id, seq, at}` once stored.
+    /// (The npm API sends through `send_with_id`, with the id the tab chose.)
+    #[allow(dead_code)]
     pub fn send(&self, body: String) -> js_sys::Promise {
         let mut reject_now = None;
         let promise = js_sys::Promise::new(&mut |resolve, reject| {
@@ -387,7 +409,7 @@ impl Session {
                     // No `pending` event yet: it fires once the outbox write
                     // committed (see `on_status`).
                     inner.not_yet_durable.insert(id.clone(), QueuedMessage { body: body.clone(), created });
-                    inner.sends.insert(id, (resolve, reject));
+                    inner.sends.entry(id).or_default().push((resolve, reject));
                 }
                 Err(e) => reject_now = Some((reject, AcklineError::Core(e).into())),
             }
@@ -397,6 +419,90 @@ impl Session {
         }
         self.pump();
         promise
+    }
+
+    /// Queues a message under the id another tab (or this one) chose (see
+    /// `tabs.rs`); resolves like `send`. Idempotent on the id: already
+    /// confirmed (restored or in this session) resolves at once, already
+    /// queued waits for its confirmation, and a `retry` (asked again after a
+    /// takeover) also looks for the id among the newest stored messages.
+    pub async fn send_with_id(&self, id: String, body: String, retry: bool) -> Result<JsValue, JsValue> {
+        let id = id.to_ascii_uppercase();
+        let done = |seq: u64, at: u64| to_js(&SendResult { id: &id, seq, at });
+        let (store, conv, device, queued, watermark) = {
+            let inner = self.inner.borrow();
+            if inner.closed {
+                return Err(AcklineError::Closed.into());
+            }
+            if let Some((seq, at)) = inner.confirmed.get(&id) {
+                return Ok(done(*seq, *at));
+            }
+            (inner.store.clone(), inner.cfg.conversation.clone(), inner.cfg.device.clone(), inner.core.is_queued(&id), inner.core.watermark())
+        };
+        if retry && !queued {
+            let from = watermark.unwrap_or(0).saturating_sub(1_000);
+            let stored = store.messages_after(&conv, from, 2_000).await?;
+            if let Some(m) = stored.iter().find(|m| m.id == id && m.device == device) {
+                return Ok(done(m.seq, m.at));
+            }
+        }
+        let mut reject_now = None;
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed {
+                reject_now = Some((reject, AcklineError::Closed.into()));
+                return;
+            }
+            let was_queued = inner.core.is_queued(&id);
+            let created = now();
+            match inner.core.send_with_id(created, &id, body.clone()) {
+                Ok(id) => {
+                    if !was_queued {
+                        inner.not_yet_durable.insert(id.clone(), QueuedMessage { body: body.clone(), created });
+                    }
+                    inner.sends.entry(id).or_default().push((resolve, reject));
+                }
+                Err(e) => reject_now = Some((reject, AcklineError::Core(e).into())),
+            }
+        });
+        if let Some((reject, err)) = reject_now {
+            let _ = reject.call1(&JsValue::NULL, &err);
+        }
+        self.pump();
+        wasm_bindgen_futures::JsFuture::from(promise).await
+    }
+
+    /// Surfaced messages with `seq > after` (through the watermark, up to
+    /// 1,000), as `message` events carry them: a tab's catch-up.
+    pub async fn messages_after(&self, after: u64) -> Result<js_sys::Array, JsValue> {
+        let (store, conv) = {
+            let inner = self.inner.borrow();
+            (inner.store.clone(), inner.cfg.conversation.clone())
+        };
+        let page = store.messages_after(&conv, after, 1_000).await?;
+        let inner = self.inner.borrow();
+        let through = inner.core.watermark().unwrap_or(0);
+        let list = js_sys::Array::new();
+        for m in page.iter().filter(|m| m.seq <= through) {
+            list.push(&to_js(&AppMessage::new(&conv, m, &inner.cfg.device, &inner.core)));
+        }
+        Ok(list)
+    }
+
+    /// The highest seq surfaced so far (`None` for a fresh device).
+    pub fn watermark(&self) -> Option<u64> {
+        self.inner.borrow().core.watermark()
+    }
+
+    /// The current `status` event's value.
+    pub fn status_value(&self) -> JsValue {
+        let inner = self.inner.borrow();
+        to_js(&StatusEvent {
+            conversation: &inner.cfg.conversation,
+            state: inner.state,
+            outbox: inner.core.outbox_len(),
+            last_error: inner.last_error.as_ref(),
+        })
     }
 
     /// Local history below `before`, with older pages fetched from the server
@@ -515,7 +621,7 @@ impl Session {
         inner.core_timer = None;
         let err: JsValue = AcklineError::Closed.into();
         inner.not_yet_durable.clear();
-        let sends: Vec<_> = inner.sends.drain().map(|(_, (_, reject))| reject).collect();
+        let sends: Vec<_> = inner.sends.drain().flat_map(|(_, list)| list.into_iter().map(|(_, reject)| reject)).collect();
         let mut waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
         waiters.extend(inner.reset_waiters.drain(..).map(|(_, _, reject)| reject));
         drop(inner);
@@ -815,12 +921,13 @@ impl Inner {
         ));
         match status {
             MessageStatus::Sent { seq, at } => {
-                if let Some((resolve, _)) = self.sends.remove(id) {
+                self.confirmed.insert(id.to_owned(), (seq, at));
+                for (resolve, _) in self.sends.remove(id).unwrap_or_default() {
                     self.events.push(AppEvent::Resolve(resolve, to_js(&SendResult { id, seq, at })));
                 }
             }
             MessageStatus::Failed { code } => {
-                if let Some((_, reject)) = self.sends.remove(id) {
+                for (_, reject) in self.sends.remove(id).unwrap_or_default() {
                     let err = AcklineError::Refused { id: id.to_owned(), code };
                     self.events.push(AppEvent::Reject(reject, err.into()));
                 }

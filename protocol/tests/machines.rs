@@ -2064,3 +2064,57 @@ fn regression_a_reset_ends_a_history_request_whose_page_is_being_written() {
     assert!(d.history.is_empty());
     assert_eq!(d.history_failed, vec![ClientError::Offline]);
 }
+
+/// `send_with_id` (a message relayed from another tab with the id that tab
+/// chose): queued and sent under that id, once, however often it is given.
+#[test]
+fn send_with_id_queues_the_given_id_once() {
+    let mut d = ready_device();
+    let id = "01JDQ4S2X8A9B7C6D5E4F3G2H1";
+    assert_eq!(d.c.send_with_id(T0 + 1, id, "hi").unwrap(), id);
+    d.drain();
+    // Again before and after its write is durable: no second entry, no second write.
+    assert_eq!(d.c.send_with_id(T0 + 1, id, "hi").unwrap(), id);
+    d.drain();
+    let puts = |d: &Dev| d.writes.iter().filter(|(_, op)| matches!(op, ClientWrite::PutOutbox(_))).count();
+    assert_eq!(puts(&d), 1, "one outbox write");
+    d.durable(T0 + 2);
+    assert_eq!(d.c.send_with_id(T0 + 3, id, "hi").unwrap(), id);
+    d.drain();
+    assert_eq!(d.c.outbox_len(), 1);
+    let sends: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Send { .. })).collect();
+    assert_eq!(sends.len(), 1, "sent once: {sends:?}");
+    assert!(matches!(&sends[0], ClientFrame::Send { id: sent, .. } if sent == id));
+    assert!(d.statuses.iter().any(|(i, s)| i == id && *s == MessageStatus::Pending));
+    // The core's own ids continue after it.
+    let own = d.c.send(T0 + 3, "mine").unwrap();
+    assert!(own.as_str() > id, "{own} after {id}");
+}
+
+#[test]
+fn send_with_id_refuses_what_is_not_a_ulid() {
+    let mut d = ready_device();
+    for bad in ["", "m1", "01JDQ4S2X8A9B7C6D5E4F3G2H", "01JDQ4S2X8A9B7C6D5E4F3G2HU", "81JDQ4S2X8A9B7C6D5E4F3G2H1"] {
+        let err = d.c.send_with_id(T0, bad, "x").map(|ok| format!("{bad:?} accepted as {ok}")).unwrap_err();
+        assert!(matches!(err, ClientError::BadMessageId { .. }), "{bad:?}: {err:?}");
+        assert_eq!(err.code(), "bad_message_id");
+    }
+    let err = d.c.send_with_id(T0, "01JDQ4S2X8A9B7C6D5E4F3G2H1", "x".repeat(limits::MAX_BODY_BYTES + 1)).unwrap_err();
+    assert!(matches!(err, ClientError::BodyTooLarge { .. }));
+    d.drain();
+    assert_eq!(d.c.outbox_len(), 0);
+    assert!(!d.writes.iter().any(|(_, op)| matches!(op, ClientWrite::PutOutbox(_))));
+}
+
+/// A message restored from the outbox (queued before a tab takeover) and
+/// given again by the tab that sent it is not queued twice.
+#[test]
+fn send_with_id_is_idempotent_on_a_restored_outbox_entry() {
+    let id = "01JDQ4S2X8A9B7C6D5E4F3G2H1";
+    let entry = OutboxEntry { id: id.into(), body: "hi".into(), created: T0, seq: None, at: None };
+    let mut d = Dev::new(ClientSnapshot { outbox: vec![entry], ..ClientSnapshot::default() });
+    assert_eq!(d.c.send_with_id(T0 + 1, &id.to_lowercase(), "hi").unwrap(), id, "canonical spelling");
+    d.drain();
+    assert_eq!(d.c.outbox_len(), 1);
+    assert!(d.writes.is_empty());
+}

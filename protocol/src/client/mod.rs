@@ -370,6 +370,12 @@ pub enum ClientError {
         /// The limit.
         max: usize,
     },
+    /// [`Client::send_with_id`] was given an id that is not a ULID.
+    #[error("message id {id:?} is not a ULID (26 Crockford base32 characters)")]
+    BadMessageId {
+        /// The id given.
+        id: String,
+    },
     /// The server sent something that is not a valid frame (ignored).
     #[error("undecodable server frame: {0}")]
     Decode(#[from] DecodeError),
@@ -446,6 +452,7 @@ impl ClientError {
     pub fn code(&self) -> &'static str {
         match self {
             ClientError::BodyTooLarge { .. } => "body_too_large",
+            ClientError::BadMessageId { .. } => "bad_message_id",
             ClientError::Decode(_) => "bad_server_frame",
             ClientError::Server { .. } => "server_error",
             ClientError::ChainMismatch { .. } => "chain_mismatch",
@@ -655,6 +662,41 @@ impl Client {
             seq: None,
             at: None,
         };
+        self.outbox.insert(entry.clone(), false);
+        self.persist(ClientWrite::PutOutbox(entry), Effect::Outbox { id: id.clone() });
+        self.drive(now);
+        Ok(id)
+    }
+
+    /// Queues a message under an id the caller chose (a ULID, e.g. made by
+    /// another tab of this device that relays its `send` through this one),
+    /// validated like [`Client::send`]. Idempotent: an id already in the
+    /// outbox or held in the inbox is not queued again (`Ok(id)`, no write;
+    /// its status follows as usual). An id that is not a ULID is refused with
+    /// [`ClientError::BadMessageId`].
+    pub fn send_with_id(&mut self, now: Millis, id: &str, body: impl Into<String>) -> Result<String, ClientError> {
+        let body = body.into();
+        if body.len() > limits::MAX_BODY_BYTES {
+            return Err(ClientError::BodyTooLarge { len: body.len(), max: limits::MAX_BODY_BYTES });
+        }
+        // The ulid crate wraps a first character above '7' (over 128 bits)
+        // instead of refusing it: only a round trip proves a ULID.
+        let parsed = ulid::Ulid::from_string(id)
+            .ok()
+            .filter(|u| u.to_string().eq_ignore_ascii_case(id))
+            .ok_or_else(|| ClientError::BadMessageId { id: id.to_owned() })?;
+        // Canonical (upper-case) spelling, as the core's own ids.
+        let id = parsed.to_string();
+        let held = self.inbox.as_ref().is_some_and(|i| {
+            i.buffer.values().any(|h| h.msg.id == id && h.msg.user == self.cfg.user && h.msg.device == self.cfg.device)
+        });
+        if self.outbox.contains_id(&id) || held {
+            return Ok(id);
+        }
+        // The core's own ids continue after this one.
+        self.last_id = self.last_id.max(Some((parsed.timestamp_ms(), parsed.random())));
+        self.last_created = self.last_created.max(now);
+        let entry = OutboxEntry { id: id.clone(), body, created: self.last_created, seq: None, at: None };
         self.outbox.insert(entry.clone(), false);
         self.persist(ClientWrite::PutOutbox(entry), Effect::Outbox { id: id.clone() });
         self.drive(now);
