@@ -217,17 +217,19 @@ impl Ackline {
             .ok_or(AcklineError::BadOptions("options.url (string) is required"))?;
         let socket_base = socket_base(&url)?;
         let token_value = get("token");
+        let db_name = get("dbName").as_string().unwrap_or_else(|| "ackline".to_owned());
+        // A callback's token is fetched while IndexedDB opens (both take a
+        // while on a page load; neither needs the other).
         let (token, first) = if let Some(t) = token_value.as_string() {
-            (TokenSource::Fixed(t.clone()), t)
+            (TokenSource::Fixed(t.clone()), Ok(JsValue::from_str(&t)))
         } else if let Some(f) = token_value.dyn_ref::<Function>() {
-            let first = session::resolve_token(f).await?;
-            (TokenSource::Callback(f.clone()), first)
+            (TokenSource::Callback(f.clone()), session::ask_token(f))
         } else {
             return Err(AcklineError::BadOptions("options.token must be a string or a function").into());
         };
-        let identity = token_identity(&first)?;
-        let db_name = get("dbName").as_string().unwrap_or_else(|| "ackline".to_owned());
-        let store = IdbStore::open(&db_name).await?;
+        let store = IdbStore::open(&db_name).await;
+        let identity = token_identity(&session::token_from(first).await?)?;
+        let store = store?;
         let who = Identity { socket_base, token, user: identity.sub.clone(), device: identity.device.clone() };
         let tabs = Tabs::join(&db_name, Rc::new(store), who, Rc::new(Listeners::default())).await;
         let state = Rc::new_cyclic(|weak: &std::rc::Weak<ClientState>| {

@@ -976,9 +976,19 @@ fn random_seed() -> Result<u64, AcklineError> {
 
 /// Calls the app's token callback and awaits its promise, if it returns one.
 pub(crate) async fn resolve_token(f: &Function) -> Result<String, AcklineError> {
+    token_from(ask_token(f)).await
+}
+
+/// Calls the app's token callback: its value, or a promise of it (already
+/// on its way, so the caller can do other work before awaiting it).
+pub(crate) fn ask_token(f: &Function) -> Result<JsValue, AcklineError> {
+    f.call0(&JsValue::NULL).map_err(|e| AcklineError::TokenFailed(js_message(&e)))
+}
+
+/// The token a callback gave ([`ask_token`]), its promise awaited.
+pub(crate) async fn token_from(asked: Result<JsValue, AcklineError>) -> Result<String, AcklineError> {
     let failed = |e: JsValue| AcklineError::TokenFailed(js_message(&e));
-    let value = f.call0(&JsValue::NULL).map_err(failed)?;
-    let value = match value.dyn_into::<js_sys::Promise>() {
+    let value = match asked?.dyn_into::<js_sys::Promise>() {
         Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise).await.map_err(failed)?,
         Err(value) => value,
     };
