@@ -121,6 +121,10 @@ pub struct ConnMemo {
     /// The ticket of the newest of them.
     #[serde(default)]
     pub unread_ticket: Option<Ticket>,
+    /// The client's `hello` said it reads bundles (see
+    /// [`Conversation::accepts_bundles`]).
+    #[serde(default)]
+    pub bundles: bool,
 }
 
 /// One device's durable record, as the store holds it.
@@ -432,6 +436,8 @@ struct Conn {
     unread: VecDeque<Unread>,
     unread_bytes: usize,
     expires: Option<Millis>,
+    /// The client reads bundles (its `hello` said so).
+    bundles: bool,
     /// The memo last handed to the shell.
     memo: ConnMemo,
 }
@@ -727,6 +733,14 @@ impl Conversation {
             .min()
     }
 
+    /// Whether the client on `conn` reads bundles (its `hello` said
+    /// `bundles: true`): the shell may then coalesce the frames it sends
+    /// there ([`crate::pack_bundles`]); otherwise each goes as a message of
+    /// its own.
+    pub fn accepts_bundles(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.bundles)
+    }
+
     /// Monitoring numbers.
     pub fn stats(&self) -> ServerStats {
         let pending: Vec<(u64, bool)> = self
@@ -875,6 +889,7 @@ impl Conversation {
                 unread_bytes: c.unread_bytes as u64,
                 unread_since: c.unread.front().map(|u| u.at),
                 unread_ticket: c.unread.back().and_then(|u| u.ticket),
+                bundles: c.bundles,
             };
             if memo != c.memo {
                 c.memo = memo.clone();
@@ -983,6 +998,7 @@ impl Conversation {
                 unread_bytes: unread.iter().map(|u| u.bytes).sum(),
                 unread,
                 expires,
+                bundles: memo.bundles,
                 memo: memo.clone(),
             },
         );
@@ -1012,22 +1028,27 @@ impl Conversation {
         self.conns.get_mut(&conn).is_some_and(|c| c.frames.try_take(now, 1))
     }
 
-    /// One WebSocket message, whatever its kind.
+    /// One WebSocket message, whatever its kind: a frame or a bundle of
+    /// them, each handled as if it had come alone (and each taking a token).
     fn on_frame(&mut self, now: Millis, conn: ConnId, incoming: Incoming<'_>, store: &dyn ConversationStore) {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        let has_token = self.take_token(now, conn);
         let bytes = match incoming {
             Incoming::Binary => {
+                self.take_token(now, conn);
                 self.error(conn, ErrorCode::BadJson, "binary messages are not frames: send JSON as text", None);
                 self.strike(conn);
                 return;
             }
             // Length first: nothing larger than a frame is parsed at all.
-            Incoming::Oversized(len) => return self.refuse_oversized(conn, len),
+            Incoming::Oversized(len) => {
+                self.take_token(now, conn);
+                return self.refuse_oversized(conn, len);
+            }
             Incoming::Text(bytes) if bytes.len() > limits::MAX_FRAME_BYTES => {
-                return self.refuse_oversized(conn, bytes.len())
+                self.take_token(now, conn);
+                return self.refuse_oversized(conn, bytes.len());
             }
             Incoming::Text(bytes) => bytes,
         };
@@ -1041,7 +1062,36 @@ impl Conversation {
                 return;
             }
         }
-        let (frame, rx) = match ClientFrame::decode_rx(bytes) {
+        match ClientFrame::decode_bundle(bytes) {
+            Ok(frames) => {
+                for decoded in frames {
+                    // A frame of the bundle may have closed the connection.
+                    if !self.conns.contains_key(&conn) {
+                        return;
+                    }
+                    let has_token = self.take_token(now, conn);
+                    self.on_client_frame(now, conn, decoded, has_token, store);
+                }
+            }
+            Err(e) => {
+                self.take_token(now, conn);
+                self.frame(conn, ServerFrame::from_decode_error(&e));
+                self.strike(conn);
+            }
+        }
+    }
+
+    /// One decoded frame (or why it could not be decoded); `has_token`: the
+    /// connection's bucket had a token for it.
+    fn on_client_frame(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        decoded: Result<(ClientFrame, Option<Ticket>), DecodeError>,
+        has_token: bool,
+        store: &dyn ConversationStore,
+    ) {
+        let (frame, rx) = match decoded {
             Ok(f) => f,
             Err(e) => {
                 self.frame(conn, ServerFrame::from_decode_error(&e));
@@ -1068,7 +1118,13 @@ impl Conversation {
             return;
         }
         match frame {
-            ClientFrame::Hello { after, .. } => self.request(conn, Request::Hello { after }),
+            ClientFrame::Hello { after, bundles, .. } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.bundles = bundles;
+                    self.touched.insert(conn);
+                }
+                self.request(conn, Request::Hello { after })
+            }
             ClientFrame::Send { id, body, after } => self.on_send(now, conn, id, body, after, store),
             ClientFrame::Ack { seq, ranges } => self.on_ack(now, conn, seq, &ranges, store),
             ClientFrame::Sync {

@@ -23,8 +23,8 @@ fn chain() -> impl Strategy<Value = ChainHash> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (proptest::option::of(seq()), proptest::option::of(chain()))
-            .prop_map(|(after, chain)| ClientFrame::Hello { after, chain }),
+        (proptest::option::of(seq()), proptest::option::of(chain()), any::<bool>())
+            .prop_map(|(after, chain, bundles)| ClientFrame::Hello { after, chain, bundles }),
         (id(), body()).prop_map(|(id, body)| ClientFrame::Send { id, body, after: None }),
         (0u64..1000, proptest::collection::vec((1u64..50, 0u64..50), 0..5)).prop_map(|(seq, rs)| {
             // Ranges strictly above `seq`, ascending.

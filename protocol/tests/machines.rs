@@ -98,7 +98,7 @@ impl Server {
 }
 
 fn hello(after: Option<u64>) -> ClientFrame {
-    ClientFrame::Hello { after, chain: None }
+    ClientFrame::Hello { after, chain: None, bundles: false }
 }
 
 fn send(id: &str, body: &str) -> ClientFrame {
@@ -358,7 +358,7 @@ fn client_waits_for_the_pages_its_hello_asked_for() {
     let mut d = ready_device();
     d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS) }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS), bundles: true }]);
     d.frame(T0 + 3, welcome(6, chain_of(6)[5].chain, vec![]));
     let sent = d.take_sent();
     assert!(!sent.iter().any(|f| matches!(f, ClientFrame::Sync { .. })), "the hello's answer is on its way: {sent:?}");
@@ -591,7 +591,7 @@ fn welcome_at(head: u64, chain: ChainHash, cursors: Vec<Cursor>, start: Option<u
 fn ready_device() -> Dev {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None, bundles: true }]);
     d.frame(T0, fresh_welcome(0, ChainHash::GENESIS, 1));
     d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
@@ -765,7 +765,7 @@ fn client_detects_a_server_rolled_back_below_its_watermark() {
     d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
     let c3 = chain_of(3)[2].chain;
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3) }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3), bundles: true }]);
     d.frame(T0 + 3, welcome(2, chain_of(2)[1].chain, vec![]));
     assert_eq!(d.errors, vec![ClientError::Diverged { seq: 2, server_head: 2 }]);
 }
@@ -1933,7 +1933,7 @@ fn a_fresh_hello_does_not_vouch_for_an_earlier_servers_seq() {
     let t = d.c.poll_timeout().unwrap();
     d.input(t, ClientInput::Timeout);
     d.input(t, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None, bundles: true }]);
     let msgs = chain_of(8);
     let mut w = welcome(8, msgs[7].chain, vec![]);
     if let ServerFrame::Welcome { start, .. } = &mut w {

@@ -27,7 +27,7 @@ fn connect(edge: &Edge, conv: &str, user: &str, device: &str) -> Socket {
         let _ = tcp.set_nodelay(true);
         let _ = tcp.set_read_timeout(Some(Duration::from_millis(20)));
     }
-    send(&mut ws, &ClientFrame::Hello { after: None, chain: None });
+    send(&mut ws, &ClientFrame::Hello { after: None, chain: None, bundles: false });
     ws
 }
 
