@@ -4,7 +4,7 @@
 //! send->sent latency at a fixed rate, fan-out to 10 devices, simulator
 //! schedules per second. Prints a table and writes JSON.
 //!
-//! `cargo run --release -p ackline-tests --bin bench -- [--runs N] [--out FILE] [--quick] [--only ingest]`
+//! `cargo run --release -p ackline-tests --bin bench -- [--runs N] [--out FILE] [--quick] [--only ingest] [--single-only | --bundled-only]`
 //! (scripts/bench.sh runs it after building). Each figure is the median of N runs
 //! (default 3) with min and max.
 
@@ -270,9 +270,13 @@ fn main() {
         eprintln!("  {name}: {runs:.1?} {unit}");
         figures.push(Figure { name, unit, runs });
     };
-    // `--single-only`: no bundles (for an edge that predates them).
-    let framings: &[(Framing, &str)] = if args.iter().any(|a| a == "--single-only") {
+    // `--single-only`: no bundles (for an edge that predates them);
+    // `--bundled-only`: no single-frame comparison rows.
+    let has = |name: &str| args.iter().any(|a| a == name);
+    let framings: &[(Framing, &str)] = if has("--single-only") {
         &[(Framing::Single, "one frame per message")]
+    } else if has("--bundled-only") {
+        &[(Framing::Bundles, "bundled")]
     } else {
         &[(Framing::Bundles, "bundled"), (Framing::Single, "one frame per message")]
     };
