@@ -310,6 +310,10 @@ pub struct ServerConfig {
     pub max_retries: u32,
     /// How long cursor changes are coalesced into one `delivered` notice.
     pub delivered_delay: Millis,
+    /// How long a device's acknowledged cursor may wait before it is written:
+    /// the acks of that time become one cursor write (written at once when
+    /// the device's connection closes). 0 writes every advance at once.
+    pub cursor_delay: Millis,
     /// Latest-page size for `hello` without `after`.
     pub fresh_page: u32,
     /// Byte budget of one `batch` or `push` frame's messages.
@@ -354,6 +358,7 @@ impl ServerConfig {
             rto_max: 30_000,
             max_retries: 6,
             delivered_delay: 50,
+            cursor_delay: 20,
             fresh_page: 50,
             page_bytes: limits::PAGE_BYTES,
             rate_burst: 2_000,
@@ -469,6 +474,10 @@ pub struct Conversation {
     devices: BTreeMap<DeviceKey, Device>,
     dirty: BTreeSet<DeviceKey>,
     delivered_due: Option<Millis>,
+    /// Devices whose cursor advanced past what was last asked to be written.
+    unwritten: BTreeSet<DeviceKey>,
+    /// When the cursors in `unwritten` are written.
+    cursor_due: Option<Millis>,
     conns: BTreeMap<ConnId, Conn>,
     by_device: HashMap<DeviceKey, ConnId>,
     /// Connections whose memo may have changed during this call.
@@ -680,6 +689,8 @@ impl Conversation {
             devices,
             dirty: BTreeSet::new(),
             delivered_due: None,
+            unwritten: BTreeSet::new(),
+            cursor_due: None,
             conns: BTreeMap::new(),
             by_device: HashMap::new(),
             touched: BTreeSet::new(),
@@ -729,6 +740,7 @@ impl Conversation {
             .flat_map(|c| [c.resend_at, self.stall_deadline(c), c.expires])
             .flatten()
             .chain(self.delivered_due)
+            .chain(self.cursor_due)
             .chain(answers_at)
             .min()
     }
@@ -859,6 +871,10 @@ impl Conversation {
         if let Some(c) = self.conns.remove(&conn) {
             if self.by_device.get(&c.key) == Some(&conn) {
                 self.by_device.remove(&c.key);
+            }
+            // A closing connection's cursor is written now, not left waiting.
+            if self.unwritten.remove(&c.key) {
+                self.write_cursor(c.key);
             }
         }
         self.touched.remove(&conn);
@@ -1514,12 +1530,15 @@ impl Conversation {
             return;
         };
         if seq > d.through {
+            // Pushes go on from the new cursor at once; writing it may wait
+            // (`cursor_delay`), since nothing is announced before it is durable.
             d.through = seq;
-            let (user, device) = key.clone();
-            self.persist(
-                ServerWrite::Cursor(Cursor { user, device, through: seq }),
-                Effect::Cursor { key, through: seq },
-            );
+            self.unwritten.insert(key);
+            if self.cfg.cursor_delay == 0 {
+                self.write_cursors();
+            } else {
+                self.cursor_due.get_or_insert(now.saturating_add(self.cfg.cursor_delay));
+            }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.retries = 0;
                 c.resend_at = None;
@@ -1691,6 +1710,9 @@ impl Conversation {
     }
 
     fn on_timers(&mut self, now: Millis, store: &dyn ConversationStore) {
+        if self.cursor_due.is_some_and(|d| d <= now) {
+            self.write_cursors();
+        }
         if self.delivered_due.is_some_and(|d| d <= now) {
             self.delivered_due = None;
             self.announce_cursors();
@@ -1717,6 +1739,22 @@ impl Conversation {
             self.resend(now, conn, store);
         }
         self.serve_queue(now, store);
+    }
+
+    /// Asks for the write of every cursor that advanced since it was last
+    /// written (one write per device, however many acks moved it).
+    fn write_cursors(&mut self) {
+        self.cursor_due = None;
+        for key in std::mem::take(&mut self.unwritten) {
+            self.write_cursor(key);
+        }
+    }
+
+    fn write_cursor(&mut self, key: DeviceKey) {
+        // A device forgotten meanwhile is not written back.
+        let Some(through) = self.devices.get(&key).map(|d| d.through) else { return };
+        let (user, device) = key.clone();
+        self.persist(ServerWrite::Cursor(Cursor { user, device, through }), Effect::Cursor { key, through });
     }
 
     /// Sends the coalesced `delivered` notice: per user whose devices moved,

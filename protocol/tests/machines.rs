@@ -31,10 +31,16 @@ struct Server {
 }
 
 impl Server {
+    /// A server that writes each cursor advance at once (`cursor_delay` 0),
+    /// as these tests expect; `coalesced` keeps the configured delay.
     fn new(cfg: ServerConfig) -> Server {
         Server::with_store(cfg, Mem::default())
     }
-    fn with_store(cfg: ServerConfig, store: Mem) -> Server {
+    fn with_store(mut cfg: ServerConfig, store: Mem) -> Server {
+        cfg.cursor_delay = 0;
+        Server::coalesced(cfg, store)
+    }
+    fn coalesced(cfg: ServerConfig, store: Mem) -> Server {
         let conv = Conversation::new(cfg, 1, T0, &store).unwrap();
         Server {
             conv,
@@ -448,6 +454,43 @@ fn server_coalesces_delivered_notices_and_confirms_repeated_acks() {
     let f = s.take();
     assert_eq!(f.len(), 1);
     assert!(matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors, .. }) if cursors[0].through == 3));
+}
+
+#[test]
+fn server_writes_a_devices_cursor_once_per_cursor_delay_and_at_close() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.cursor_delay = 20;
+    let mut s = Server::coalesced(cfg, Mem::default());
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    for i in 0..4 {
+        s.send(T0, 1, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    s.take();
+    let cursor_writes = |s: &Server| s.writes.iter().filter(|w| matches!(w, ServerWrite::Cursor(c) if c.device == "b1")).count();
+    for seq in 1..=3 {
+        s.send(T0 + seq, 2, ClientFrame::Ack { seq, ranges: vec![] });
+        s.durable(T0 + seq);
+    }
+    assert_eq!(cursor_writes(&s), 0, "the acks wait for the cursor delay");
+    assert!(s.conv.poll_timeout().is_some_and(|t| t <= T0 + 1 + 20), "a timer for the write");
+    s.input(T0 + 21, ServerInput::Timeout);
+    s.durable(T0 + 21);
+    assert_eq!(cursor_writes(&s), 1, "three acks, one write");
+    assert!(matches!(s.writes.last(), Some(ServerWrite::Cursor(c)) if c.through == 3));
+    // Nothing is announced before the write is durable, and then once.
+    let due = s.conv.poll_timeout().unwrap();
+    s.input(due, ServerInput::Timeout);
+    assert!(s.take().iter().any(|(c, f)| c.0 == 1 && matches!(f, ServerFrame::Delivered { cursors, .. } if cursors.iter().any(|k| k.device == "b1" && k.through == 3))));
+    // A closing connection's pending cursor is written at once.
+    s.send(due, 2, ClientFrame::Ack { seq: 4, ranges: vec![] });
+    assert_eq!(cursor_writes(&s), 1);
+    s.input(due, ServerInput::Disconnected { conn: ConnId(2) });
+    assert_eq!(cursor_writes(&s), 2);
+    assert!(matches!(s.writes.last(), Some(ServerWrite::Cursor(c)) if c.through == 4));
 }
 
 // ---------------------------------------------------------------- client

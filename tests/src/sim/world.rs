@@ -164,9 +164,10 @@ enum Phase {
 pub(super) struct World {
     opts: Options,
     rng: Rng,
-    /// Decides when the frames of one step to one connection go as bundles
-    /// (a stream of its own, so that the other draws stay as they were).
-    bundle_rng: Rng,
+    /// Draws added after the seeds were pinned (when frames go as bundles,
+    /// the cursor write delay): a stream of its own, so that the other draws
+    /// stay as they were.
+    late_rng: Rng,
     now: Millis,
     mix: FaultMix,
     phase: Phase,
@@ -187,8 +188,10 @@ pub(super) struct World {
 impl World {
     pub(super) fn new(opts: Options) -> World {
         let mut rng = Rng::new(opts.seed);
+        let mut late_rng = Rng::new(opts.seed ^ 0x6275_6e64_6c65);
         let mix = opts.mix.clone().unwrap_or_else(|| FaultMix::draw(&mut rng));
         let mut scfg = ServerConfig::new("sim");
+        scfg.cursor_delay = *pick(&mut late_rng, &[0, 20, 300]);
         scfg.window = *pick(&mut rng, &[4, 16, 256]);
         scfg.fresh_page = *pick(&mut rng, &[3, 8, 50]) as u32;
         scfg.max_retries = *pick(&mut rng, &[2, 6]) as u32;
@@ -247,11 +250,10 @@ impl World {
             })
             .collect();
         let trace = opts.trace.then(Vec::new);
-        let bundle_rng = Rng::new(opts.seed ^ 0x6275_6e64_6c65);
         let mut w = World {
             opts,
             rng,
-            bundle_rng,
+            late_rng,
             now: EPOCH,
             mix,
             phase: Phase::Safety,
@@ -1236,7 +1238,7 @@ impl World {
         let Some(c) = self.conns.get(&conn).filter(|c| c.open) else { return };
         let dev = c.dev;
         let accepts = self.servers[k].conv.as_ref().is_some_and(|s| s.accepts_bundles(ConnId(conn)));
-        let messages = if frames.len() > 1 && accepts && self.bundle_rng.chance(500_000) {
+        let messages = if frames.len() > 1 && accepts && self.late_rng.chance(500_000) {
             protocol::pack_bundles(frames, limits::MAX_SERVER_FRAME_BYTES)
         } else {
             frames
@@ -1251,7 +1253,7 @@ impl World {
     /// of the time, else one message each.
     fn client_transmit(&mut self, dev: usize, frames: Vec<String>) {
         let Some(conn) = self.devs[dev].conn.filter(|c| self.conns.get(c).is_some_and(|c| c.open)) else { return };
-        let messages = if frames.len() > 1 && self.bundle_rng.chance(500_000) {
+        let messages = if frames.len() > 1 && self.late_rng.chance(500_000) {
             protocol::pack_bundles(frames, limits::MAX_FRAME_BYTES)
         } else {
             frames
