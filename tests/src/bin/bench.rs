@@ -50,7 +50,7 @@ fn send(ws: &mut Socket, frame: &ClientFrame) {
 /// Sends frames bundled: as few messages as the frame limit allows.
 fn send_bundled(ws: &mut Socket, frames: Vec<String>) {
     for text in pack_bundles(frames, limits::MAX_FRAME_BYTES) {
-        ws.send(Message::Text(text.into())).expect("send");
+        ws.send(Message::Text(text)).expect("send");
     }
 }
 

@@ -1338,9 +1338,7 @@ impl World {
     fn drain_client(&mut self, dev: usize) {
         // The frames of this step go out together at the end.
         let mut outgoing: Vec<String> = Vec::new();
-        loop {
-            let Some(c) = &mut self.devs[dev].client else { break };
-            let Some(out) = c.poll_output() else { break };
+        while let Some(out) = self.devs[dev].client.as_mut().and_then(Client::poll_output) {
             match out {
                 ClientOutput::Transmit(frame) => {
                     if let ClientFrame::Ack { seq, ranges } = &frame {
