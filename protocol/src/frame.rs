@@ -580,6 +580,78 @@ mod tests {
     }
 
     #[test]
+    fn a_bundle_is_decoded_element_by_element() {
+        let send = |id: &str| ClientFrame::Send { id: id.into(), body: "x".into(), after: None };
+        let text = format!(
+            " [ {}, 5, {{\"v\":2,\"type\":\"ping\"}}, {} ] ",
+            send("a").encode_rx(Some(7)),
+            send("b").encode()
+        );
+        let items = ClientFrame::decode_bundle(text.as_bytes()).unwrap();
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0], Ok((send("a"), Some(7))));
+        assert_eq!(items[1].as_ref().unwrap_err().code(), ErrorCode::BadJson);
+        assert_eq!(items[2].as_ref().unwrap_err().code(), ErrorCode::UnsupportedVersion);
+        assert_eq!(items[3], Ok((send("b"), None)));
+        // One object is a message of one frame, its error its own.
+        let one = ClientFrame::decode_bundle(send("c").encode().as_bytes()).unwrap();
+        assert_eq!(one, vec![Ok((send("c"), None))]);
+        let bad = ClientFrame::decode_bundle(br#"{"v":1,"type":"nope"}"#).unwrap();
+        assert_eq!(bad[0].as_ref().unwrap_err().code(), ErrorCode::UnknownFrame);
+    }
+
+    #[test]
+    fn a_message_is_refused_whole_only_when_it_cannot_be_split() {
+        let code = |s: &[u8]| ClientFrame::decode_bundle(s).unwrap_err().code();
+        assert_eq!(code(b"[]"), ErrorCode::BadFrame);
+        assert_eq!(code(b"[{}"), ErrorCode::BadJson);
+        assert_eq!(code(br#"[{"v":1,"type":"ping"}] x"#), ErrorCode::BadJson);
+        assert_eq!(code(b"5"), ErrorCode::BadJson);
+        assert_eq!(code(b"\"text\""), ErrorCode::BadJson);
+        assert_eq!(code(b""), ErrorCode::BadJson);
+        let ping = ClientFrame::Ping { nonce: 1 }.encode();
+        let big = format!("[{}]", vec![ping; limits::MAX_FRAME_BYTES / 20].join(","));
+        assert_eq!(code(big.as_bytes()), ErrorCode::FrameTooLarge);
+        // Server bundles have the server's (larger) limit.
+        let pong = ServerFrame::Pong { nonce: 1 }.encode();
+        let many = format!("[{}]", vec![pong; limits::MAX_FRAME_BYTES / 20].join(","));
+        assert!(ServerFrame::decode_bundle(many.as_bytes()).unwrap().iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn frames_are_packed_in_order_into_as_few_messages_as_fit() {
+        let frames: Vec<String> = (0..10).map(|i| ClientFrame::Ping { nonce: i }.encode()).collect();
+        let len = frames[0].len();
+        assert_eq!(pack_bundles(Vec::<String>::new(), 100), Vec::<String>::new());
+        // One frame alone is sent as it is, not as an array.
+        assert_eq!(pack_bundles(frames[..1].to_vec(), 10), frames[..1].to_vec());
+        // A frame larger than the cap goes alone.
+        assert_eq!(pack_bundles(frames[..2].to_vec(), len), frames[..2].to_vec());
+        // Three frames fit in 3 * len + 4 bytes (brackets and two commas).
+        let packed = pack_bundles(frames.clone(), 3 * len + 4);
+        assert_eq!(packed.len(), 4);
+        assert!(packed.iter().all(|m| m.len() <= 3 * len + 4));
+        assert_eq!(packed[0], format!("[{},{},{}]", frames[0], frames[1], frames[2]));
+        assert_eq!(packed[3], frames[9]);
+        let back: Vec<ClientFrame> = packed
+            .iter()
+            .flat_map(|m| ClientFrame::decode_bundle(m.as_bytes()).unwrap())
+            .map(|f| f.unwrap().0)
+            .collect();
+        let want: Vec<ClientFrame> = (0..10).map(|i| ClientFrame::Ping { nonce: i }).collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn hello_says_bundles_only_when_it_reads_them() {
+        let hello = |bundles| ClientFrame::Hello { after: None, chain: None, bundles };
+        assert_eq!(hello(false).encode(), r#"{"v":1,"type":"hello","after":null}"#);
+        assert_eq!(hello(true).encode(), r#"{"v":1,"type":"hello","after":null,"bundles":true}"#);
+        assert_eq!(ClientFrame::decode(br#"{"v":1,"type":"hello"}"#), Ok(hello(false)));
+        assert_eq!(ClientFrame::decode(br#"{"v":1,"type":"hello","bundles":true}"#), Ok(hello(true)));
+    }
+
+    #[test]
     fn error_frame_uses_stable_code() {
         let text = ServerFrame::Error {
             code: ErrorCode::RateLimited,

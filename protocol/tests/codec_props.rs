@@ -163,6 +163,41 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_bundles_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), text in jsonish()) {
+        let _ = ClientFrame::decode_bundle(&bytes);
+        let _ = ServerFrame::decode_bundle(&bytes);
+        let bundle = format!("[{text},{text}]");
+        let _ = ClientFrame::decode_bundle(bundle.as_bytes());
+        let _ = ServerFrame::decode_bundle(bundle.as_bytes());
+    }
+
+    #[test]
+    fn packed_frames_come_back_in_order(
+        client in proptest::collection::vec(client_frame(), 0..12),
+        server in proptest::collection::vec(server_frame(), 0..12),
+        cap in 1usize..2_000,
+    ) {
+        let packed = protocol::pack_bundles(client.iter().map(|f| f.encode()), cap);
+        let back: Vec<ClientFrame> = packed
+            .iter()
+            .flat_map(|m| ClientFrame::decode_bundle(m.as_bytes()).unwrap_or_default())
+            .filter_map(|f| f.ok().map(|(f, _)| f))
+            .collect();
+        prop_assert_eq!(back, client);
+        let packed = protocol::pack_bundles(server.iter().map(ServerFrame::encode), cap);
+        for m in &packed {
+            // Over the cap only when one frame alone is.
+            prop_assert!(m.len() <= cap || !m.starts_with('['));
+        }
+        let back: Vec<ServerFrame> = packed
+            .iter()
+            .flat_map(|m| ServerFrame::decode_bundle(m.as_bytes()).unwrap_or_default())
+            .filter_map(Result::ok)
+            .collect();
+        prop_assert_eq!(back, server);
+    }
+
+    #[test]
     fn ids_validate_like_the_decoder(s in ".{0,70}") {
         let frame = format!(r#"{{"v":1,"type":"send","id":{},"body":"x"}}"#, serde_json::to_string(&s).unwrap_or_default());
         prop_assert_eq!(validate_id(&s).is_ok(), ClientFrame::decode(frame.as_bytes()).is_ok());
