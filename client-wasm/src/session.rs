@@ -843,13 +843,13 @@ impl Inner {
 
     fn drain_outputs(&mut self) {
         let mut status_changed = false;
+        // The frames of this pump go out together, as few bundles as fit.
+        let mut outgoing: Vec<String> = Vec::new();
         while let Some(output) = self.core.poll_output() {
             match output {
                 ClientOutput::Transmit(frame) => {
-                    if let Some(ws) = &self.ws {
-                        // A socket that is not open yet or closing drops the frame;
-                        // the core resends whatever needs it after reconnecting.
-                        let _ = ws.send_with_str(&frame.encode_rx(self.core.read_ticket()));
+                    if self.ws.is_some() {
+                        outgoing.push(frame.encode_rx(self.core.read_ticket()));
                     }
                 }
                 ClientOutput::Persist { write, op } => self.writes.push_back((write, op)),
@@ -889,11 +889,29 @@ impl Inner {
                     self.record_error(&AcklineError::Core(e));
                     status_changed = true;
                 }
-                ClientOutput::Disconnect => self.detach_socket(),
+                ClientOutput::Disconnect => {
+                    self.transmit(std::mem::take(&mut outgoing));
+                    self.detach_socket()
+                }
             }
         }
+        self.transmit(outgoing);
         if status_changed {
             self.push_status();
+        }
+    }
+
+    /// Sends encoded frames in order, bundled (every server of this protocol
+    /// version reads bundles).
+    fn transmit(&self, frames: Vec<String>) {
+        let Some(ws) = &self.ws else { return };
+        if frames.is_empty() {
+            return;
+        }
+        for text in protocol::pack_bundles(frames, protocol::limits::MAX_FRAME_BYTES) {
+            // A socket that is not open yet or closing drops the frame; the
+            // core resends whatever needs it after reconnecting.
+            let _ = ws.send_with_str(&text);
         }
     }
 

@@ -13,7 +13,7 @@
 //! is still open is re-registered from its attachment (who is on it).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use protocol::{
     ConnId, ConnMemo, ServerConfig, ServerFrame, ServerInput, ServerOutput, ServerWrite, MAX_SEQ,
@@ -90,6 +90,20 @@ struct Peer {
     /// The core's memo for this connection (strikes, retries, unread answers).
     #[serde(default)]
     memo: ConnMemo,
+}
+
+/// The frames of one event, per connection, in the order the core sent them.
+#[derive(Default)]
+struct Outgoing(BTreeMap<ConnId, Vec<String>>);
+
+impl Outgoing {
+    fn push(&mut self, conn: ConnId, frame: String) {
+        self.0.entry(conn).or_default().push(frame);
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<String> {
+        self.0.remove(&conn).unwrap_or_default()
+    }
 }
 
 #[durable_object]
@@ -371,21 +385,26 @@ impl Conversation {
 
     /// Carries out outputs until the core has nothing more to say; the writes
     /// of each round are committed as one batch (all or nothing) and then
-    /// reported durable. Frames of the round may go out before the commit: the
-    /// core never sends one that depends on a write before it is durable, and
-    /// the output gate holds them until the commit is anyway.
+    /// reported durable. The frames for one connection are held until the
+    /// event is handled and then go out together, as bundles where the
+    /// client reads them (fewer, larger messages). Frames may go out before
+    /// the commit: the core never sends one that depends on a write before it
+    /// is durable, and the output gate holds them until the commit is anyway.
     fn drain(&self, core: &mut protocol::Conversation, store: &Store, now: u64, is_timeout: bool) -> Result<()> {
+        let mut outgoing = Outgoing::default();
         loop {
             let mut last_write = None;
             let mut batch: Vec<ServerWrite> = Vec::new();
             while let Some(output) = core.poll_output() {
                 match output {
-                    ServerOutput::Frame { conn, frame } => self.send(conn, &frame, is_timeout),
+                    ServerOutput::Frame { conn, frame } => outgoing.push(conn, self.encode(conn, &frame, is_timeout)),
                     ServerOutput::Persist { write, op } => {
                         batch.push(op);
                         last_write = Some(write);
                     }
                     ServerOutput::Close { conn, code, reason } => {
+                        // What the core sent before the close goes first.
+                        self.transmit(core, conn, outgoing.take(conn));
                         log_event("close", serde_json::json!({ "conn": conn.0, "code": code, "reason": reason }));
                         if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
                             let _ = ws.close(Some(code), Some(reason));
@@ -397,8 +416,32 @@ impl Conversation {
             store.commit(&batch).map_err(|e| worker::Error::from(e.to_string()))?;
             match last_write {
                 Some(through) => core.handle(now, ServerInput::Durable { through }, store),
-                None => return Ok(()),
+                None => break,
             }
+        }
+        for (conn, frames) in outgoing.0 {
+            self.transmit(core, conn, frames);
+        }
+        Ok(())
+    }
+
+    /// Sends a connection's frames, in order: bundled where its client reads
+    /// bundles, else one message each.
+    fn transmit(&self, core: &protocol::Conversation, conn: ConnId, frames: Vec<String>) {
+        if frames.is_empty() {
+            return;
+        }
+        let sockets = self.sockets.borrow();
+        let Some(ws) = sockets.get(&conn) else { return };
+        let messages = if core.accepts_bundles(conn) {
+            protocol::pack_bundles(frames, protocol::limits::MAX_SERVER_FRAME_BYTES)
+        } else {
+            frames
+        };
+        for text in messages {
+            // A socket that is closing cannot take frames; the core learns it is
+            // gone from websocket_close, and the client resyncs on reconnect.
+            let _ = ws.send_with_str(text);
         }
     }
 
@@ -415,7 +458,8 @@ impl Conversation {
         }
     }
 
-    fn send(&self, conn: ConnId, frame: &ServerFrame, is_timeout: bool) {
+    /// Logs what operators want to see of a frame, and encodes it.
+    fn encode(&self, conn: ConnId, frame: &ServerFrame, is_timeout: bool) -> String {
         match frame {
             ServerFrame::Error { code, message, .. } => log_event(
                 "frame_error",
@@ -431,11 +475,7 @@ impl Conversation {
             ),
             _ => {}
         }
-        if let Some(ws) = self.sockets.borrow().get(&conn) {
-            // A socket that is closing cannot take frames; the core learns it is
-            // gone from websocket_close, and the client resyncs on reconnect.
-            let _ = ws.send_with_str(frame.encode());
-        }
+        frame.encode()
     }
 
     async fn arm(&self, deadline: Option<u64>, now: u64) -> Result<()> {

@@ -11,6 +11,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod codec;
+pub use codec::pack as pack_bundles;
+
 use crate::chain::ChainHash;
 use crate::limits;
 
@@ -85,8 +88,7 @@ pub struct RateLimit {
 pub type Ticket = u64;
 
 /// Frames a client sends to the conversation it is connected to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     /// First frame on every connection.
     Hello {
@@ -95,8 +97,11 @@ pub enum ClientFrame {
         after: Option<Seq>,
         /// Chain value the device holds at `after`, so the server can detect a
         /// diverged history (for example a server restored from an old backup).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         chain: Option<ChainHash>,
+        /// The client understands bundles (a JSON array of frames in one
+        /// WebSocket message); the server then may send it bundles. Absent:
+        /// false, and every server frame comes as a message of its own.
+        bundles: bool,
     },
     /// Store a message. Retries reuse the same `id` and get the same seq back.
     Send {
@@ -109,7 +114,6 @@ pub enum ClientFrame {
         /// message only after that one (else `out_of_order`), so one device's
         /// messages get seqs in `send()` order. Absent: no earlier message is
         /// unconfirmed.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
     },
     /// Cumulative ack: the device has durably stored everything from where it
@@ -120,17 +124,14 @@ pub enum ClientFrame {
         /// Selective ack: inclusive `[first, last]` ranges above `seq` that the
         /// device has also durably stored (out-of-order pushes), so the server
         /// stops resending them. Optional; at most [`limits::MAX_ACK_RANGES`].
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ranges: Vec<[Seq; 2]>,
     },
     /// Ask for stored messages: `after` set means ascending from `after + 1`;
     /// only `before` set means the `limit` messages just below `before`.
     Sync {
         /// Exclusive lower bound.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<Seq>,
         /// Exclusive upper bound.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<Seq>,
         /// Page size, 1..=[`limits::MAX_PAGE`].
         limit: u32,
@@ -143,18 +144,12 @@ pub enum ClientFrame {
     /// Heartbeat; answered with `pong`.
     Ping {
         /// Echoed back in the `pong`.
-        #[serde(default)]
         nonce: u64,
     },
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
 /// Frames the server sends to a connected device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
     /// Answer to `hello`.
     Welcome {
@@ -173,13 +168,11 @@ pub enum ServerFrame {
         /// no longer has (a server restored from an older backup) and knows it
         /// at once, before it counts anything as delivered. (It names the seq:
         /// a late welcome may answer an earlier `hello`.)
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         after_chain: Option<ChainAt>,
         /// For a fresh device (`hello {after: null}`): the first seq of the
         /// page it gets to start from (head + 1 when there is nothing yet). A
         /// fresh client takes only the batch that starts there, not a late
         /// page of an earlier request.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         start: Option<Seq>,
         /// Stored-through cursors: per member user the furthest of that
         /// user's devices, plus the receiving device's own (at most
@@ -189,17 +182,14 @@ pub enum ServerFrame {
         /// client counts a message delivered only once it knows a cursor of
         /// that many users, so a `delivered` lost on the way cannot make it
         /// overlook a member. 0 (absent): unknown.
-        #[serde(default, skip_serializing_if = "is_zero")]
         members: u32,
         /// Server clock.
         now: Millis,
         /// The connection's frame budget; absent from servers that predate it
         /// (a client then does not pace itself).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         rate: Option<RateLimit>,
         /// Read ticket: echo it as `rx` to show this frame was read (see
         /// [`Ticket`]).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         ticket: Option<Ticket>,
     },
     /// A `send` was stored (or had been stored before: same seq).
@@ -227,11 +217,9 @@ pub enum ServerFrame {
         /// True when the server sends the next page right after this one
         /// without being asked (a streamed gap-fill): the request is still
         /// being answered, and the client should not ask again yet.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         follows: bool,
         /// Read ticket: echo it as `rx` to show this page was read (see
         /// [`Ticket`]).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         ticket: Option<Ticket>,
     },
     /// Devices stored further: drives the sender's delivered ticks.
@@ -240,7 +228,6 @@ pub enum ServerFrame {
         /// furthest; plus the receiving device's own when it moved.
         cursors: Vec<Cursor>,
         /// How many users are members, as in `welcome`.
-        #[serde(default, skip_serializing_if = "is_zero")]
         members: u32,
     },
     /// Something was wrong with a frame; the connection stays open unless closed
@@ -251,7 +238,6 @@ pub enum ServerFrame {
         /// Human-readable explanation.
         message: String,
         /// Client message id of the `send` this refers to, if any.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
     /// Answer to `ping`.
@@ -368,65 +354,6 @@ impl DecodeError {
     }
 }
 
-/// The frame envelope: version, the read-ticket echo (client frames only),
-/// plus the flattened, type-tagged frame.
-#[derive(Serialize, Deserialize)]
-struct Envelope<F> {
-    v: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rx: Option<Ticket>,
-    #[serde(flatten)]
-    frame: F,
-}
-
-/// Only the fields needed to classify a frame before decoding it fully, so a
-/// wrong version or unknown type gets its own error code.
-#[derive(Deserialize)]
-struct Header {
-    v: Option<serde_json::Value>,
-    #[serde(rename = "type")]
-    kind: Option<serde_json::Value>,
-}
-
-const CLIENT_TYPES: &[&str] = &["hello", "send", "ack", "sync", "read", "ping"];
-const SERVER_TYPES: &[&str] = &[
-    "welcome", "sent", "push", "batch", "delivered", "error", "pong",
-];
-
-fn decode_with<F: for<'de> Deserialize<'de>>(
-    bytes: &[u8],
-    known: &[&str],
-    max_len: usize,
-) -> Result<(F, Option<Ticket>), DecodeError> {
-    if bytes.len() > max_len {
-        return Err(DecodeError::TooLarge {
-            len: bytes.len(),
-            max: max_len,
-        });
-    }
-    // serde would happily read a struct from a JSON array; frames are objects only.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(DecodeError::NotJson("expected a JSON object".into()));
-    }
-    let header: Header =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let version = header.v.as_ref().and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(PROTOCOL_VERSION)) {
-        return Err(DecodeError::UnsupportedVersion(version));
-    }
-    let kind = header.kind.as_ref().and_then(|k| k.as_str()).map(str::to_owned);
-    let kind = match kind {
-        Some(k) if known.contains(&k.as_str()) => k,
-        other => return Err(DecodeError::UnknownType(other)),
-    };
-    serde_json::from_slice::<Envelope<F>>(bytes)
-        .map(|env| (env.frame, env.rx))
-        .map_err(|e| DecodeError::Invalid {
-            frame: kind,
-            reason: e.to_string(),
-        })
-}
-
 fn invalid(frame: &str, reason: impl Into<String>) -> DecodeError {
     DecodeError::Invalid {
         frame: frame.to_owned(),
@@ -452,6 +379,10 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One frame of a bundle: the frame, or why it was refused (the error it
+/// would have got alone).
+pub type BundleItem<F> = Result<F, DecodeError>;
+
 impl ClientFrame {
     /// Decodes and validates a client frame.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -461,7 +392,25 @@ impl ClientFrame {
     /// Decodes and validates a client frame, with its envelope's `rx` (the
     /// read ticket it echoes, if any).
     pub fn decode_rx(bytes: &[u8]) -> Result<(Self, Option<Ticket>), DecodeError> {
-        let (frame, rx): (ClientFrame, _) = decode_with(bytes, CLIENT_TYPES, limits::MAX_FRAME_BYTES)?;
+        if bytes.len() > limits::MAX_FRAME_BYTES {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: limits::MAX_FRAME_BYTES });
+        }
+        Self::decode_element(bytes)
+    }
+
+    /// Decodes one WebSocket message from a client: one frame object, or a
+    /// bundle (a JSON array of 1 or more frame objects), each element with
+    /// its `rx`, in order. `Err` refuses the message as a whole (over
+    /// [`limits::MAX_FRAME_BYTES`], not JSON, neither an object nor an
+    /// array, an empty array); a bad element is refused alone, with the
+    /// error it would get if it had come by itself.
+    #[allow(clippy::type_complexity)]
+    pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<BundleItem<(Self, Option<Ticket>)>>, DecodeError> {
+        Ok(codec::split(bytes, limits::MAX_FRAME_BYTES)?.into_iter().map(Self::decode_element).collect())
+    }
+
+    fn decode_element(bytes: &[u8]) -> Result<(Self, Option<Ticket>), DecodeError> {
+        let (frame, rx) = codec::decode_client(bytes)?;
         if rx.is_some_and(|t| t > MAX_SEQ) {
             return Err(invalid("envelope", format!("rx must be at most {MAX_SEQ}")));
         }
@@ -532,13 +481,13 @@ impl ClientFrame {
 
     /// Encodes the frame as its JSON text.
     pub fn encode(&self) -> String {
-        encode(self, None)
+        codec::encode_client(self, None)
     }
 
     /// Encodes the frame with `rx`: the ticket of the latest `welcome` or
     /// `batch` read on this connection.
     pub fn encode_rx(&self, rx: Option<Ticket>) -> String {
-        encode(self, rx)
+        codec::encode_client(self, rx)
     }
 }
 
@@ -546,12 +495,22 @@ impl ServerFrame {
     /// Decodes a server frame (used by clients).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         // Server frames may carry full pages, which are larger than client frames.
-        decode_with(bytes, SERVER_TYPES, limits::MAX_SERVER_FRAME_BYTES).map(|(frame, _)| frame)
+        if bytes.len() > limits::MAX_SERVER_FRAME_BYTES {
+            return Err(DecodeError::TooLarge { len: bytes.len(), max: limits::MAX_SERVER_FRAME_BYTES });
+        }
+        codec::decode_server(bytes)
+    }
+
+    /// Decodes one WebSocket message from the server: one frame or a bundle
+    /// (see [`ClientFrame::decode_bundle`]; the limit is
+    /// [`limits::MAX_SERVER_FRAME_BYTES`]).
+    pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<BundleItem<Self>>, DecodeError> {
+        Ok(codec::split(bytes, limits::MAX_SERVER_FRAME_BYTES)?.into_iter().map(codec::decode_server).collect())
     }
 
     /// Encodes the frame as its JSON text.
     pub fn encode(&self) -> String {
-        encode(self, None)
+        codec::encode_server(self)
     }
 
     /// The read ticket this frame carries, if any.
@@ -577,33 +536,8 @@ impl ServerFrame {
     }
 }
 
-fn encode<F: Serialize>(frame: &F, rx: Option<Ticket>) -> String {
-    // Serializing these plain structs cannot fail: no maps with non-string keys,
-    // no custom serializers that error.
-    let text = serde_json::to_string(&Envelope {
-        v: PROTOCOL_VERSION,
-        rx,
-        frame,
-    })
-    .unwrap_or_else(|e| unreachable!("frame serialization failed: {e}"));
-    escape_replacement_char(text)
-}
-
 /// U+REPLACEMENT CHARACTER.
 pub const REPLACEMENT_CHAR: char = '\u{FFFD}';
-
-/// Writes U+FFFD as the JSON escape `\ufffd`. A runtime that receives a text
-/// message with invalid UTF-8 hands it on with U+FFFD in place of the bad
-/// bytes, so a literal U+FFFD in a frame is taken as invalid UTF-8 (close
-/// 1007); the escaped form carries the same character through. In JSON text
-/// U+FFFD can only occur inside strings, where the escape is equivalent.
-fn escape_replacement_char(text: String) -> String {
-    if text.contains(REPLACEMENT_CHAR) {
-        text.replace(REPLACEMENT_CHAR, "\\ufffd")
-    } else {
-        text
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -643,6 +577,78 @@ mod tests {
         assert_eq!(code(&big), ErrorCode::BodyTooLarge);
         let huge = "x".repeat(limits::MAX_FRAME_BYTES + 1);
         assert_eq!(code(&huge), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn a_bundle_is_decoded_element_by_element() {
+        let send = |id: &str| ClientFrame::Send { id: id.into(), body: "x".into(), after: None };
+        let text = format!(
+            " [ {}, 5, {{\"v\":2,\"type\":\"ping\"}}, {} ] ",
+            send("a").encode_rx(Some(7)),
+            send("b").encode()
+        );
+        let items = ClientFrame::decode_bundle(text.as_bytes()).unwrap();
+        assert_eq!(items.len(), 4);
+        assert_eq!(items[0], Ok((send("a"), Some(7))));
+        assert_eq!(items[1].as_ref().unwrap_err().code(), ErrorCode::BadJson);
+        assert_eq!(items[2].as_ref().unwrap_err().code(), ErrorCode::UnsupportedVersion);
+        assert_eq!(items[3], Ok((send("b"), None)));
+        // One object is a message of one frame, its error its own.
+        let one = ClientFrame::decode_bundle(send("c").encode().as_bytes()).unwrap();
+        assert_eq!(one, vec![Ok((send("c"), None))]);
+        let bad = ClientFrame::decode_bundle(br#"{"v":1,"type":"nope"}"#).unwrap();
+        assert_eq!(bad[0].as_ref().unwrap_err().code(), ErrorCode::UnknownFrame);
+    }
+
+    #[test]
+    fn a_message_is_refused_whole_only_when_it_cannot_be_split() {
+        let code = |s: &[u8]| ClientFrame::decode_bundle(s).unwrap_err().code();
+        assert_eq!(code(b"[]"), ErrorCode::BadFrame);
+        assert_eq!(code(b"[{}"), ErrorCode::BadJson);
+        assert_eq!(code(br#"[{"v":1,"type":"ping"}] x"#), ErrorCode::BadJson);
+        assert_eq!(code(b"5"), ErrorCode::BadJson);
+        assert_eq!(code(b"\"text\""), ErrorCode::BadJson);
+        assert_eq!(code(b""), ErrorCode::BadJson);
+        let ping = ClientFrame::Ping { nonce: 1 }.encode();
+        let big = format!("[{}]", vec![ping; limits::MAX_FRAME_BYTES / 20].join(","));
+        assert_eq!(code(big.as_bytes()), ErrorCode::FrameTooLarge);
+        // Server bundles have the server's (larger) limit.
+        let pong = ServerFrame::Pong { nonce: 1 }.encode();
+        let many = format!("[{}]", vec![pong; limits::MAX_FRAME_BYTES / 20].join(","));
+        assert!(ServerFrame::decode_bundle(many.as_bytes()).unwrap().iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn frames_are_packed_in_order_into_as_few_messages_as_fit() {
+        let frames: Vec<String> = (0..10).map(|i| ClientFrame::Ping { nonce: i }.encode()).collect();
+        let len = frames[0].len();
+        assert_eq!(pack_bundles(Vec::<String>::new(), 100), Vec::<String>::new());
+        // One frame alone is sent as it is, not as an array.
+        assert_eq!(pack_bundles(frames[..1].to_vec(), 10), frames[..1].to_vec());
+        // A frame larger than the cap goes alone.
+        assert_eq!(pack_bundles(frames[..2].to_vec(), len), frames[..2].to_vec());
+        // Three frames fit in 3 * len + 4 bytes (brackets and two commas).
+        let packed = pack_bundles(frames.clone(), 3 * len + 4);
+        assert_eq!(packed.len(), 4);
+        assert!(packed.iter().all(|m| m.len() <= 3 * len + 4));
+        assert_eq!(packed[0], format!("[{},{},{}]", frames[0], frames[1], frames[2]));
+        assert_eq!(packed[3], frames[9]);
+        let back: Vec<ClientFrame> = packed
+            .iter()
+            .flat_map(|m| ClientFrame::decode_bundle(m.as_bytes()).unwrap())
+            .map(|f| f.unwrap().0)
+            .collect();
+        let want: Vec<ClientFrame> = (0..10).map(|i| ClientFrame::Ping { nonce: i }).collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn hello_says_bundles_only_when_it_reads_them() {
+        let hello = |bundles| ClientFrame::Hello { after: None, chain: None, bundles };
+        assert_eq!(hello(false).encode(), r#"{"v":1,"type":"hello","after":null}"#);
+        assert_eq!(hello(true).encode(), r#"{"v":1,"type":"hello","after":null,"bundles":true}"#);
+        assert_eq!(ClientFrame::decode(br#"{"v":1,"type":"hello"}"#), Ok(hello(false)));
+        assert_eq!(ClientFrame::decode(br#"{"v":1,"type":"hello","bundles":true}"#), Ok(hello(true)));
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub use client::{
 };
 pub use frame::{
     ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
-    StoredMessage, Ticket, MAX_SEQ, PROTOCOL_VERSION,
+    StoredMessage, Ticket, MAX_SEQ, PROTOCOL_VERSION, pack_bundles,
 };
 pub use ranges::RangeSet;
 pub use server::{

@@ -121,6 +121,10 @@ pub struct ConnMemo {
     /// The ticket of the newest of them.
     #[serde(default)]
     pub unread_ticket: Option<Ticket>,
+    /// The client's `hello` said it reads bundles (see
+    /// [`Conversation::accepts_bundles`]).
+    #[serde(default)]
+    pub bundles: bool,
 }
 
 /// One device's durable record, as the store holds it.
@@ -306,6 +310,10 @@ pub struct ServerConfig {
     pub max_retries: u32,
     /// How long cursor changes are coalesced into one `delivered` notice.
     pub delivered_delay: Millis,
+    /// How long a device's acknowledged cursor may wait before it is written:
+    /// the acks of that time become one cursor write (written at once when
+    /// the device's connection closes). 0 writes every advance at once.
+    pub cursor_delay: Millis,
     /// Latest-page size for `hello` without `after`.
     pub fresh_page: u32,
     /// Byte budget of one `batch` or `push` frame's messages.
@@ -350,6 +358,7 @@ impl ServerConfig {
             rto_max: 30_000,
             max_retries: 6,
             delivered_delay: 50,
+            cursor_delay: 20,
             fresh_page: 50,
             page_bytes: limits::PAGE_BYTES,
             rate_burst: 2_000,
@@ -432,6 +441,8 @@ struct Conn {
     unread: VecDeque<Unread>,
     unread_bytes: usize,
     expires: Option<Millis>,
+    /// The client reads bundles (its `hello` said so).
+    bundles: bool,
     /// The memo last handed to the shell.
     memo: ConnMemo,
 }
@@ -463,6 +474,10 @@ pub struct Conversation {
     devices: BTreeMap<DeviceKey, Device>,
     dirty: BTreeSet<DeviceKey>,
     delivered_due: Option<Millis>,
+    /// Devices whose cursor advanced past what was last asked to be written.
+    unwritten: BTreeSet<DeviceKey>,
+    /// When the cursors in `unwritten` are written.
+    cursor_due: Option<Millis>,
     conns: BTreeMap<ConnId, Conn>,
     by_device: HashMap<DeviceKey, ConnId>,
     /// Connections whose memo may have changed during this call.
@@ -674,6 +689,8 @@ impl Conversation {
             devices,
             dirty: BTreeSet::new(),
             delivered_due: None,
+            unwritten: BTreeSet::new(),
+            cursor_due: None,
             conns: BTreeMap::new(),
             by_device: HashMap::new(),
             touched: BTreeSet::new(),
@@ -723,8 +740,17 @@ impl Conversation {
             .flat_map(|c| [c.resend_at, self.stall_deadline(c), c.expires])
             .flatten()
             .chain(self.delivered_due)
+            .chain(self.cursor_due)
             .chain(answers_at)
             .min()
+    }
+
+    /// Whether the client on `conn` reads bundles (its `hello` said
+    /// `bundles: true`): the shell may then coalesce the frames it sends
+    /// there ([`crate::pack_bundles`]); otherwise each goes as a message of
+    /// its own.
+    pub fn accepts_bundles(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.bundles)
     }
 
     /// Monitoring numbers.
@@ -846,6 +872,10 @@ impl Conversation {
             if self.by_device.get(&c.key) == Some(&conn) {
                 self.by_device.remove(&c.key);
             }
+            // A closing connection's cursor is written now, not left waiting.
+            if self.unwritten.remove(&c.key) {
+                self.write_cursor(c.key);
+            }
         }
         self.touched.remove(&conn);
         self.answer_queue.retain(|c| *c != conn);
@@ -875,6 +905,7 @@ impl Conversation {
                 unread_bytes: c.unread_bytes as u64,
                 unread_since: c.unread.front().map(|u| u.at),
                 unread_ticket: c.unread.back().and_then(|u| u.ticket),
+                bundles: c.bundles,
             };
             if memo != c.memo {
                 c.memo = memo.clone();
@@ -983,6 +1014,7 @@ impl Conversation {
                 unread_bytes: unread.iter().map(|u| u.bytes).sum(),
                 unread,
                 expires,
+                bundles: memo.bundles,
                 memo: memo.clone(),
             },
         );
@@ -1012,22 +1044,27 @@ impl Conversation {
         self.conns.get_mut(&conn).is_some_and(|c| c.frames.try_take(now, 1))
     }
 
-    /// One WebSocket message, whatever its kind.
+    /// One WebSocket message, whatever its kind: a frame or a bundle of
+    /// them, each handled as if it had come alone (and each taking a token).
     fn on_frame(&mut self, now: Millis, conn: ConnId, incoming: Incoming<'_>, store: &dyn ConversationStore) {
         if !self.conns.contains_key(&conn) {
             return;
         }
-        let has_token = self.take_token(now, conn);
         let bytes = match incoming {
             Incoming::Binary => {
+                self.take_token(now, conn);
                 self.error(conn, ErrorCode::BadJson, "binary messages are not frames: send JSON as text", None);
                 self.strike(conn);
                 return;
             }
             // Length first: nothing larger than a frame is parsed at all.
-            Incoming::Oversized(len) => return self.refuse_oversized(conn, len),
+            Incoming::Oversized(len) => {
+                self.take_token(now, conn);
+                return self.refuse_oversized(conn, len);
+            }
             Incoming::Text(bytes) if bytes.len() > limits::MAX_FRAME_BYTES => {
-                return self.refuse_oversized(conn, bytes.len())
+                self.take_token(now, conn);
+                return self.refuse_oversized(conn, bytes.len());
             }
             Incoming::Text(bytes) => bytes,
         };
@@ -1041,7 +1078,36 @@ impl Conversation {
                 return;
             }
         }
-        let (frame, rx) = match ClientFrame::decode_rx(bytes) {
+        match ClientFrame::decode_bundle(bytes) {
+            Ok(frames) => {
+                for decoded in frames {
+                    // A frame of the bundle may have closed the connection.
+                    if !self.conns.contains_key(&conn) {
+                        return;
+                    }
+                    let has_token = self.take_token(now, conn);
+                    self.on_client_frame(now, conn, decoded, has_token, store);
+                }
+            }
+            Err(e) => {
+                self.take_token(now, conn);
+                self.frame(conn, ServerFrame::from_decode_error(&e));
+                self.strike(conn);
+            }
+        }
+    }
+
+    /// One decoded frame (or why it could not be decoded); `has_token`: the
+    /// connection's bucket had a token for it.
+    fn on_client_frame(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        decoded: Result<(ClientFrame, Option<Ticket>), DecodeError>,
+        has_token: bool,
+        store: &dyn ConversationStore,
+    ) {
+        let (frame, rx) = match decoded {
             Ok(f) => f,
             Err(e) => {
                 self.frame(conn, ServerFrame::from_decode_error(&e));
@@ -1068,7 +1134,13 @@ impl Conversation {
             return;
         }
         match frame {
-            ClientFrame::Hello { after, .. } => self.request(conn, Request::Hello { after }),
+            ClientFrame::Hello { after, bundles, .. } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.bundles = bundles;
+                    self.touched.insert(conn);
+                }
+                self.request(conn, Request::Hello { after })
+            }
             ClientFrame::Send { id, body, after } => self.on_send(now, conn, id, body, after, store),
             ClientFrame::Ack { seq, ranges } => self.on_ack(now, conn, seq, &ranges, store),
             ClientFrame::Sync {
@@ -1458,12 +1530,15 @@ impl Conversation {
             return;
         };
         if seq > d.through {
+            // Pushes go on from the new cursor at once; writing it may wait
+            // (`cursor_delay`), since nothing is announced before it is durable.
             d.through = seq;
-            let (user, device) = key.clone();
-            self.persist(
-                ServerWrite::Cursor(Cursor { user, device, through: seq }),
-                Effect::Cursor { key, through: seq },
-            );
+            self.unwritten.insert(key);
+            if self.cfg.cursor_delay == 0 {
+                self.write_cursors();
+            } else {
+                self.cursor_due.get_or_insert(now.saturating_add(self.cfg.cursor_delay));
+            }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.retries = 0;
                 c.resend_at = None;
@@ -1635,6 +1710,9 @@ impl Conversation {
     }
 
     fn on_timers(&mut self, now: Millis, store: &dyn ConversationStore) {
+        if self.cursor_due.is_some_and(|d| d <= now) {
+            self.write_cursors();
+        }
         if self.delivered_due.is_some_and(|d| d <= now) {
             self.delivered_due = None;
             self.announce_cursors();
@@ -1661,6 +1739,22 @@ impl Conversation {
             self.resend(now, conn, store);
         }
         self.serve_queue(now, store);
+    }
+
+    /// Asks for the write of every cursor that advanced since it was last
+    /// written (one write per device, however many acks moved it).
+    fn write_cursors(&mut self) {
+        self.cursor_due = None;
+        for key in std::mem::take(&mut self.unwritten) {
+            self.write_cursor(key);
+        }
+    }
+
+    fn write_cursor(&mut self, key: DeviceKey) {
+        // A device forgotten meanwhile is not written back.
+        let Some(through) = self.devices.get(&key).map(|d| d.through) else { return };
+        let (user, device) = key.clone();
+        self.persist(ServerWrite::Cursor(Cursor { user, device, through }), Effect::Cursor { key, through });
     }
 
     /// Sends the coalesced `delivered` notice: per user whose devices moved,

@@ -23,8 +23,8 @@ fn chain() -> impl Strategy<Value = ChainHash> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (proptest::option::of(seq()), proptest::option::of(chain()))
-            .prop_map(|(after, chain)| ClientFrame::Hello { after, chain }),
+        (proptest::option::of(seq()), proptest::option::of(chain()), any::<bool>())
+            .prop_map(|(after, chain, bundles)| ClientFrame::Hello { after, chain, bundles }),
         (id(), body()).prop_map(|(id, body)| ClientFrame::Send { id, body, after: None }),
         (0u64..1000, proptest::collection::vec((1u64..50, 0u64..50), 0..5)).prop_map(|(seq, rs)| {
             // Ranges strictly above `seq`, ascending.
@@ -160,6 +160,41 @@ proptest! {
     fn server_frames_round_trip(frame in server_frame()) {
         let text = frame.encode();
         prop_assert_eq!(ServerFrame::decode(text.as_bytes()), Ok(frame));
+    }
+
+    #[test]
+    fn arbitrary_bundles_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), text in jsonish()) {
+        let _ = ClientFrame::decode_bundle(&bytes);
+        let _ = ServerFrame::decode_bundle(&bytes);
+        let bundle = format!("[{text},{text}]");
+        let _ = ClientFrame::decode_bundle(bundle.as_bytes());
+        let _ = ServerFrame::decode_bundle(bundle.as_bytes());
+    }
+
+    #[test]
+    fn packed_frames_come_back_in_order(
+        client in proptest::collection::vec(client_frame(), 0..12),
+        server in proptest::collection::vec(server_frame(), 0..12),
+        cap in 1usize..2_000,
+    ) {
+        let packed = protocol::pack_bundles(client.iter().map(|f| f.encode()), cap);
+        let back: Vec<ClientFrame> = packed
+            .iter()
+            .flat_map(|m| ClientFrame::decode_bundle(m.as_bytes()).unwrap_or_default())
+            .filter_map(|f| f.ok().map(|(f, _)| f))
+            .collect();
+        prop_assert_eq!(back, client);
+        let packed = protocol::pack_bundles(server.iter().map(ServerFrame::encode), cap);
+        for m in &packed {
+            // Over the cap only when one frame alone is.
+            prop_assert!(m.len() <= cap || !m.starts_with('['));
+        }
+        let back: Vec<ServerFrame> = packed
+            .iter()
+            .flat_map(|m| ServerFrame::decode_bundle(m.as_bytes()).unwrap_or_default())
+            .filter_map(Result::ok)
+            .collect();
+        prop_assert_eq!(back, server);
     }
 
     #[test]

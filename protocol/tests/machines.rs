@@ -31,10 +31,16 @@ struct Server {
 }
 
 impl Server {
+    /// A server that writes each cursor advance at once (`cursor_delay` 0),
+    /// as these tests expect; `coalesced` keeps the configured delay.
     fn new(cfg: ServerConfig) -> Server {
         Server::with_store(cfg, Mem::default())
     }
-    fn with_store(cfg: ServerConfig, store: Mem) -> Server {
+    fn with_store(mut cfg: ServerConfig, store: Mem) -> Server {
+        cfg.cursor_delay = 0;
+        Server::coalesced(cfg, store)
+    }
+    fn coalesced(cfg: ServerConfig, store: Mem) -> Server {
         let conv = Conversation::new(cfg, 1, T0, &store).unwrap();
         Server {
             conv,
@@ -98,7 +104,7 @@ impl Server {
 }
 
 fn hello(after: Option<u64>) -> ClientFrame {
-    ClientFrame::Hello { after, chain: None }
+    ClientFrame::Hello { after, chain: None, bundles: false }
 }
 
 fn send(id: &str, body: &str) -> ClientFrame {
@@ -358,7 +364,7 @@ fn client_waits_for_the_pages_its_hello_asked_for() {
     let mut d = ready_device();
     d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS) }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS), bundles: true }]);
     d.frame(T0 + 3, welcome(6, chain_of(6)[5].chain, vec![]));
     let sent = d.take_sent();
     assert!(!sent.iter().any(|f| matches!(f, ClientFrame::Sync { .. })), "the hello's answer is on its way: {sent:?}");
@@ -448,6 +454,43 @@ fn server_coalesces_delivered_notices_and_confirms_repeated_acks() {
     let f = s.take();
     assert_eq!(f.len(), 1);
     assert!(matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors, .. }) if cursors[0].through == 3));
+}
+
+#[test]
+fn server_writes_a_devices_cursor_once_per_cursor_delay_and_at_close() {
+    let mut cfg = ServerConfig::new("c");
+    cfg.cursor_delay = 20;
+    let mut s = Server::coalesced(cfg, Mem::default());
+    s.connect(T0, 1, "ann", "a1");
+    s.connect(T0, 2, "bob", "b1");
+    s.send(T0, 1, hello(Some(0)));
+    s.send(T0, 2, hello(Some(0)));
+    for i in 0..4 {
+        s.send(T0, 1, send(&format!("m{i}"), "x"));
+    }
+    s.durable(T0);
+    s.take();
+    let cursor_writes = |s: &Server| s.writes.iter().filter(|w| matches!(w, ServerWrite::Cursor(c) if c.device == "b1")).count();
+    for seq in 1..=3 {
+        s.send(T0 + seq, 2, ClientFrame::Ack { seq, ranges: vec![] });
+        s.durable(T0 + seq);
+    }
+    assert_eq!(cursor_writes(&s), 0, "the acks wait for the cursor delay");
+    assert!(s.conv.poll_timeout().is_some_and(|t| t <= T0 + 1 + 20), "a timer for the write");
+    s.input(T0 + 21, ServerInput::Timeout);
+    s.durable(T0 + 21);
+    assert_eq!(cursor_writes(&s), 1, "three acks, one write");
+    assert!(matches!(s.writes.last(), Some(ServerWrite::Cursor(c)) if c.through == 3));
+    // Nothing is announced before the write is durable, and then once.
+    let due = s.conv.poll_timeout().unwrap();
+    s.input(due, ServerInput::Timeout);
+    assert!(s.take().iter().any(|(c, f)| c.0 == 1 && matches!(f, ServerFrame::Delivered { cursors, .. } if cursors.iter().any(|k| k.device == "b1" && k.through == 3))));
+    // A closing connection's pending cursor is written at once.
+    s.send(due, 2, ClientFrame::Ack { seq: 4, ranges: vec![] });
+    assert_eq!(cursor_writes(&s), 1);
+    s.input(due, ServerInput::Disconnected { conn: ConnId(2) });
+    assert_eq!(cursor_writes(&s), 2);
+    assert!(matches!(s.writes.last(), Some(ServerWrite::Cursor(c)) if c.through == 4));
 }
 
 // ---------------------------------------------------------------- client
@@ -591,7 +634,7 @@ fn welcome_at(head: u64, chain: ChainHash, cursors: Vec<Cursor>, start: Option<u
 fn ready_device() -> Dev {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None, bundles: true }]);
     d.frame(T0, fresh_welcome(0, ChainHash::GENESIS, 1));
     d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
     d.durable(T0);
@@ -765,7 +808,7 @@ fn client_detects_a_server_rolled_back_below_its_watermark() {
     d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
     d.input(T0 + 2, ClientInput::Connected);
     let c3 = chain_of(3)[2].chain;
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3) }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3), bundles: true }]);
     d.frame(T0 + 3, welcome(2, chain_of(2)[1].chain, vec![]));
     assert_eq!(d.errors, vec![ClientError::Diverged { seq: 2, server_head: 2 }]);
 }
@@ -1933,7 +1976,7 @@ fn a_fresh_hello_does_not_vouch_for_an_earlier_servers_seq() {
     let t = d.c.poll_timeout().unwrap();
     d.input(t, ClientInput::Timeout);
     d.input(t, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None }]);
+    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None, bundles: true }]);
     let msgs = chain_of(8);
     let mut w = welcome(8, msgs[7].chain, vec![]);
     if let ServerFrame::Welcome { start, .. } = &mut w {

@@ -58,7 +58,7 @@ impl Device {
             catching_up: after.is_some(),
             acked: after.unwrap_or(0),
         };
-        d.ws.send(&ClientFrame::Hello { after, chain: None });
+        d.ws.send(&ClientFrame::Hello { after, chain: None, bundles: false });
         d.ws.set_read_timeout(Duration::from_secs(10));
         loop {
             let frame = d.ws.recv();

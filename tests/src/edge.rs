@@ -221,6 +221,28 @@ impl Edge {
         total
     }
 
+    /// CPU time (user + system) the edge's workerd processes have used so
+    /// far, in seconds (from /proc/<pid>/stat of the processes of wrangler's
+    /// process group named `workerd`): what an operator pays for.
+    pub fn workerd_cpu_seconds(&self) -> f64 {
+        let Some(group) = self.child.as_ref().map(Child::id) else { return 0.0 };
+        let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+        let mut ticks = 0u64;
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            // After the comm: state ppid pgrp ... utime (14th field) stime (15th).
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let pgrp = fields.get(2).and_then(|p| p.parse::<u32>().ok());
+            if pgrp != Some(group) || !head.contains("workerd") {
+                continue;
+            }
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            ticks += field(11) + field(12);
+        }
+        ticks as f64 / clock_ticks_per_second() as f64
+    }
+
     /// The edge's log so far (wrangler's and workerd's output).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -554,4 +576,16 @@ impl Ws {
             }
         }
     }
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(100)
 }

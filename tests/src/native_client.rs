@@ -6,7 +6,8 @@
 //! - **Network**: a tungstenite WebSocket, non-blocking after the handshake,
 //!   opened with the same URL and token as [`crate::edge::Edge::connect`]
 //!   (tokens from [`crate::edge::token_for`], or [`Options::tokens`]). Every `Transmit` is encoded
-//!   with the core's current read ticket ([`ClientFrame::encode_rx`]). A
+//!   with the core's current read ticket ([`ClientFrame::encode_rx`]), and the frames of one
+//!   settle go out bundled ([`protocol::pack_bundles`]), as in the browser. A
 //!   close the shell sees (the server's close frame, a reset, a failed
 //!   connect or refused upgrade) is reported as `Disconnected`; a
 //!   `Disconnect` the core asked for is not.
@@ -197,6 +198,8 @@ pub struct NativeClient {
     socket: Option<Socket>,
     /// The socket's write buffer could not be flushed at once.
     unflushed: bool,
+    /// Frames the core transmitted, not yet sent (one bundle per settle).
+    outgoing: Vec<String>,
     /// The socket broke while sending: reported once the outputs are drained.
     broken: Option<(u16, String)>,
     /// The core asked for a socket (with a fresh token?).
@@ -261,6 +264,7 @@ impl NativeClient {
             due: VecDeque::new(),
             socket: None,
             unflushed: false,
+            outgoing: Vec::new(),
             broken: None,
             connect_wanted: None,
             token: None,
@@ -509,6 +513,7 @@ impl NativeClient {
             while let Some(out) = self.core.poll_output() {
                 self.on_output(now, out);
             }
+            self.send_outgoing();
             if self.flush_due(now) {
                 continue;
             }
@@ -529,7 +534,7 @@ impl NativeClient {
         match out {
             ClientOutput::Transmit(frame) => {
                 let text = frame.encode_rx(self.core.read_ticket());
-                self.send_text(text);
+                self.outgoing.push(text);
             }
             ClientOutput::Persist { write, op } => {
                 self.disk.write(write, op);
@@ -540,6 +545,7 @@ impl NativeClient {
             ClientOutput::Status { id, status } => self.on_status(now, id, status),
             ClientOutput::Error(e) => self.log.errors.push((now, e)),
             ClientOutput::Disconnect => {
+                self.send_outgoing();
                 self.log.disconnects += 1;
                 if let Some(mut socket) = self.socket.take() {
                     let _ = socket.close(None);
@@ -632,6 +638,18 @@ impl NativeClient {
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
         Ok(socket)
+    }
+
+    /// Sends the frames the core transmitted since the last call, bundled
+    /// like the browser client does.
+    fn send_outgoing(&mut self) {
+        let frames = std::mem::take(&mut self.outgoing);
+        if frames.is_empty() {
+            return;
+        }
+        for text in protocol::pack_bundles(frames, protocol::limits::MAX_FRAME_BYTES) {
+            self.send_text(text);
+        }
     }
 
     fn send_text(&mut self, text: String) {

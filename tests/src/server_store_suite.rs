@@ -555,6 +555,9 @@ pub fn core_rebuilds_from_the_store<B: Backend>(b: &mut B) -> Outcome {
     let want: Vec<(String, Seq)> = (1..=3).map(|i| (format!("m{i}"), i)).collect();
     ensure_eq!(sent, want, "sent confirmations");
     drive(&mut core, b, T0 + 3, text(2, r#"{"v":1,"type":"ack","seq":2}"#))?;
+    // The cursor is written once its coalescing delay has passed.
+    let cursor_delay = ServerConfig::new("suite").cursor_delay;
+    drive(&mut core, b, T0 + 3 + cursor_delay, ServerInput::Timeout)?;
     let ran = core.stats();
     ensure_eq!((ran.head, ran.durable_head, ran.devices, ran.members), (3, 3, 2, 2), "the running core");
     let chain = read(b.last(), "last")?.map(|m| m.chain);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ackline_tests::device::Device;
 use ackline_tests::edge::{fresh_storage, Edge};
-use protocol::{limits, ErrorCode, ServerFrame};
+use protocol::{limits, ClientFrame, ErrorCode, ServerFrame};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -24,7 +24,9 @@ fn malformed_and_oversized_frames_get_error_frames() {
     let mut eve = Device::join(&edge, "room", "eve", "eve-1", Some(0));
     let cases: Vec<(String, ErrorCode)> = vec![
         ("{not json".into(), ErrorCode::BadJson),
-        ("[1,2,3]".into(), ErrorCode::BadJson),
+        // A bundle whose one element is not an object, and an empty bundle.
+        ("[1]".into(), ErrorCode::BadJson),
+        ("[]".into(), ErrorCode::BadFrame),
         (r#"{"v":9,"type":"send","id":"a","body":"b"}"#.into(), ErrorCode::UnsupportedVersion),
         (r#"{"v":1,"type":"delete_everything"}"#.into(), ErrorCode::UnknownFrame),
         (r#"{"v":1,"type":"send","id":5,"body":"x"}"#.into(), ErrorCode::BadFrame),
@@ -61,6 +63,59 @@ fn malformed_and_oversized_frames_get_error_frames() {
     assert!(eve.is_open(), "the connection stays open after errors");
     eve.send("ok-1", "still here");
     eve.pump_until(LONG, |d| d.sent.contains_key("ok-1"));
+}
+
+#[test]
+fn a_bundle_is_handled_frame_by_frame_and_bad_elements_alone_are_refused() {
+    let edge = Edge::start(&fresh_storage("bundles"));
+    let mut eve = Device::join(&edge, "room", "eve", "eve-1", Some(0));
+    let send = |id: &str| ClientFrame::Send { id: id.into(), body: format!("body of {id}"), after: None }.encode();
+    let bundle = format!(
+        "[{},1,{},{},{}]",
+        send("b1"),
+        r#"{"v":9,"type":"send","id":"x","body":"y"}"#,
+        format!(r#"{{"v":1,"type":"send","id":"big","body":"{}"}}"#, "y".repeat(limits::MAX_BODY_BYTES + 1)),
+        send("b2")
+    );
+    eve.send_text(&bundle);
+    eve.pump_until(LONG, |d| d.sent.contains_key("b1") && d.sent.contains_key("b2") && d.errors.len() >= 3);
+    let errors: Vec<(ErrorCode, Option<String>)> = eve
+        .errors
+        .drain(..)
+        .map(|e| match e {
+            ServerFrame::Error { code, id, .. } => (code, id),
+            other => panic!("not an error frame: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (ErrorCode::BadJson, None),
+            (ErrorCode::UnsupportedVersion, None),
+            (ErrorCode::BodyTooLarge, Some("big".into()))
+        ],
+        "each bad element gets the error it would get alone, in order"
+    );
+    assert!(eve.sent["b1"] < eve.sent["b2"], "elements are handled in order");
+    // The whole message counts against the frame limit.
+    let many: Vec<String> = (0..2_000).map(|i| send(&format!("m{i}"))).collect();
+    eve.send_text(&format!("[{}]", many.join(",")));
+    assert_eq!(last_error(&mut eve), ErrorCode::FrameTooLarge);
+    assert!(eve.is_open());
+}
+
+#[test]
+fn a_bundle_takes_one_rate_token_per_frame() {
+    let edge = Edge::start_with_vars(&fresh_storage("bundle-rate"), &[("ACKLINE_RATE_PER_SEC", "10")]);
+    let mut eve = Device::join(&edge, "room", "eve", "eve-1", Some(0));
+    // A burst of 20 tokens (the hello took one): a bundle of 30 pings gets
+    // about 19 pongs and then rate_limited errors, like 30 messages would.
+    let pings: Vec<String> = (0..30).map(|i| ClientFrame::Ping { nonce: i }.encode()).collect();
+    eve.send_text(&format!("[{}]", pings.join(",")));
+    eve.pump_until(LONG, |d| d.errors.len() >= 8);
+    eve.pump_for(Duration::from_millis(300));
+    assert!((8..=12).contains(&eve.errors.len()), "{} refused", eve.errors.len());
+    assert!(eve.errors.iter().all(|e| matches!(e, ServerFrame::Error { code: ErrorCode::RateLimited, .. })));
 }
 
 #[test]

@@ -132,7 +132,7 @@ fn a_greedy_reader_does_not_delay_a_bystander() {
     let edge = Edge::start(&fresh_storage("greedy-reader"));
     let (_ann, mut bob) = room_with_history(&edge);
     let mut carol = edge.connect("room", "carol", "carol-1");
-    carol.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    carol.send(&ClientFrame::Hello { after: Some(0), chain: None, bundles: false });
     let sync = ClientFrame::Sync { after: Some(0), before: None, limit: limits::MAX_PAGE };
     let mut latencies = Vec::new();
     let start = Instant::now();
@@ -289,7 +289,7 @@ fn an_unacking_device_is_given_up_across_evictions() {
     let mut ann = Device::join(&edge, "room", "ann", "ann-1", Some(0));
     // A raw socket that never acks the push it gets.
     let mut mute = edge.connect("room", "mute", "mute-1");
-    mute.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    mute.send(&ClientFrame::Hello { after: Some(0), chain: None, bundles: false });
     ann.send("p1", "are you there");
     ann.pump_until(LONG, |d| d.sent.contains_key("p1"));
     let starts = core_starts(&edge);
@@ -385,7 +385,7 @@ fn frames_text_and_acks_are_checked_as_documented() {
 
     // Invalid UTF-8 in a text message: close 1007 (RFC 6455 7.4.1).
     let mut raw = edge.connect("room", "mal", "mal-1");
-    raw.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    raw.send(&ClientFrame::Hello { after: Some(0), chain: None, bundles: false });
     raw.send_raw_text_frame(b"{\"v\":1,\"type\":\"send\",\"id\":\"u\",\"body\":\"\xff\xfe\"}".to_vec());
     assert_eq!(raw.expect_close(|_| {}), close::INVALID_PAYLOAD);
     let page = history_of_room(&edge);
@@ -402,7 +402,7 @@ fn a_socket_is_closed_when_its_token_expires() {
         TEST_SECRET,
     );
     let mut ws = edge.connect_with_token("room", &token).expect("upgraded");
-    ws.send(&ClientFrame::Hello { after: Some(0), chain: None });
+    ws.send(&ClientFrame::Hello { after: Some(0), chain: None, bundles: false });
     // Accepted within the leeway (a refused token would be closed with 4401).
     assert!(matches!(ws.recv(), ServerFrame::Welcome { .. }), "welcomed within the leeway");
     let start = Instant::now();

@@ -21,7 +21,7 @@ fn sent_seq(frame: &ServerFrame) -> Option<u64> {
 }
 
 fn welcome_head(ws: &mut ackline_tests::edge::Ws) -> u64 {
-    ws.send(&ClientFrame::Hello { after: None, chain: None });
+    ws.send(&ClientFrame::Hello { after: None, chain: None, bundles: false });
     ws.recv_until(|f| match f {
         ServerFrame::Welcome { head, .. } => Some(*head),
         _ => None,

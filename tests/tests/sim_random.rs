@@ -37,7 +37,7 @@ fn run_seeds(default_count: u64) {
     run_range(base_seed(), count);
 }
 
-fn run_range(base: u64, count: u64) {
+fn run_range(base: u64, count: u64) -> sim::Batch {
     let started = Instant::now();
     let batch = sim::run_many((base..base + count).collect(), threads(), Bugs::default());
     let secs = started.elapsed().as_secs_f64();
@@ -63,11 +63,14 @@ fn run_range(base: u64, count: u64) {
         panic!("{v}");
     }
     assert_eq!(batch.passed, count, "every seed must run and pass");
+    batch
 }
 
 #[test]
 fn fixed_seeds() {
-    run_range(FIXED_SEEDS.start, FIXED_SEEDS.end - FIXED_SEEDS.start);
+    let batch = run_range(FIXED_SEEDS.start, FIXED_SEEDS.end - FIXED_SEEDS.start);
+    // The checker covers bundles only if the runs send some, both ways.
+    assert!(batch.faults.bundles > 1_000, "too few bundles sent: {}", batch.faults.bundles);
 }
 
 #[test]

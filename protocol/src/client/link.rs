@@ -103,7 +103,7 @@ impl Client {
             None => (None, None),
         };
         self.hello_from = after.zip(chain);
-        self.transmit(ClientFrame::Hello { after, chain });
+        self.transmit(ClientFrame::Hello { after, chain, bundles: true });
     }
 
     /// The socket closed (or never opened): decide what comes next.

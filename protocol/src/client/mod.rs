@@ -252,7 +252,9 @@ pub enum ClientInput {
         /// `navigator.onLine`, or true for "worth trying now".
         online: bool,
     },
-    /// A frame arrived (the WebSocket message's bytes).
+    /// A WebSocket message arrived (its bytes): one frame, or a bundle of
+    /// frames (a JSON array), which are taken in order as if each had come
+    /// alone.
     Frame(Vec<u8>),
     /// Every write up to and including `through` is durable.
     Durable {
@@ -791,8 +793,16 @@ impl Client {
             ClientInput::Network { online } => self.on_network(now, online),
             ClientInput::Frame(bytes) => {
                 self.last_rx = now;
-                match ServerFrame::decode(&bytes) {
-                    Ok(frame) => self.on_frame(now, frame),
+                // One frame or a bundle of them, each taken as if alone.
+                match ServerFrame::decode_bundle(&bytes) {
+                    Ok(frames) => {
+                        for decoded in frames {
+                            match decoded {
+                                Ok(frame) => self.on_frame(now, frame),
+                                Err(e) => self.out.push_back(ClientOutput::Error(ClientError::Decode(e))),
+                            }
+                        }
+                    }
                     Err(e) => self.out.push_back(ClientOutput::Error(ClientError::Decode(e))),
                 }
             }

@@ -193,6 +193,8 @@ pub struct FaultCounts {
     pub connects: u64,
     /// Runs with several conversations (each device in all of them).
     pub multi_conversation_runs: u64,
+    /// Messages that carried several frames (bundles), both ways.
+    pub bundles: u64,
 }
 
 impl AddAssign<&FaultCounts> for FaultCounts {
@@ -217,6 +219,7 @@ impl AddAssign<&FaultCounts> for FaultCounts {
         self.resets += o.resets;
         self.server_write_failures += o.server_write_failures;
         self.refused_flushes += o.refused_flushes;
+        self.bundles += o.bundles;
         self.clock_jumps += o.clock_jumps;
         self.connects += o.connects;
         self.multi_conversation_runs += o.multi_conversation_runs;
@@ -231,7 +234,7 @@ impl fmt::Display for FaultCounts {
              server evictions {}, device crashes/reloads {}, long offline {}, late joins {}, \
              crashes right after a write {}, pending writes lost {}; server closed {} unresponsive \
              and {} replaced connections; pushes tampered {}, chain mismatches caught {}; sends refused {}; \
-             rollbacks {} (devices reset {}), server write failures {}, device flushes refused {}, clock jumps {}; connects asked {}; runs with 3 conversations {}",
+             rollbacks {} (devices reset {}), server write failures {}, device flushes refused {}, clock jumps {}; connects asked {}; runs with 3 conversations {}; bundles sent {}",
             self.dropped,
             self.duplicated,
             self.disconnects,
@@ -254,7 +257,8 @@ impl fmt::Display for FaultCounts {
             self.refused_flushes,
             self.clock_jumps,
             self.connects,
-            self.multi_conversation_runs
+            self.multi_conversation_runs,
+            self.bundles
         )
     }
 }

@@ -164,6 +164,10 @@ enum Phase {
 pub(super) struct World {
     opts: Options,
     rng: Rng,
+    /// Draws added after the seeds were pinned (when frames go as bundles,
+    /// the cursor write delay): a stream of its own, so that the other draws
+    /// stay as they were.
+    late_rng: Rng,
     now: Millis,
     mix: FaultMix,
     phase: Phase,
@@ -184,8 +188,10 @@ pub(super) struct World {
 impl World {
     pub(super) fn new(opts: Options) -> World {
         let mut rng = Rng::new(opts.seed);
+        let mut late_rng = Rng::new(opts.seed ^ 0x6275_6e64_6c65);
         let mix = opts.mix.clone().unwrap_or_else(|| FaultMix::draw(&mut rng));
         let mut scfg = ServerConfig::new("sim");
+        scfg.cursor_delay = *pick(&mut late_rng, &[0, 20, 300]);
         scfg.window = *pick(&mut rng, &[4, 16, 256]);
         scfg.fresh_page = *pick(&mut rng, &[3, 8, 50]) as u32;
         scfg.max_retries = *pick(&mut rng, &[2, 6]) as u32;
@@ -247,6 +253,7 @@ impl World {
         let mut w = World {
             opts,
             rng,
+            late_rng,
             now: EPOCH,
             mix,
             phase: Phase::Safety,
@@ -1100,13 +1107,17 @@ impl World {
         }
     }
 
-    /// Alters the first message of a push (as a faulty middlebox or a
-    /// corrupted cache would); other frames pass unchanged.
+    /// Alters the first message of the first push in a message (as a faulty
+    /// middlebox or a corrupted cache would); other messages pass unchanged.
     fn tamper(&mut self, dev: usize, bytes: Vec<u8>) -> Vec<u8> {
-        let Ok(ServerFrame::Push { mut messages }) = ServerFrame::decode(&bytes) else {
+        let Ok(Ok(mut frames)) = ServerFrame::decode_bundle(&bytes).map(|f| f.into_iter().collect::<Result<Vec<_>, _>>())
+        else {
             return bytes;
         };
-        let Some(m) = messages.first_mut() else {
+        let Some(m) = frames.iter_mut().find_map(|f| match f {
+            ServerFrame::Push { messages } => messages.first_mut(),
+            _ => None,
+        }) else {
             return bytes;
         };
         // Each message at most once: a flaky middlebox, not a hostile server
@@ -1118,7 +1129,8 @@ impl World {
         self.counts.tampered += 1;
         let seq = m.seq;
         self.log(|| format!("FAULT tampered push of seq {seq}"));
-        ServerFrame::Push { messages }.encode().into_bytes()
+        // The same message again: one frame, or one bundle of them.
+        protocol::pack_bundles(frames.iter().map(ServerFrame::encode), usize::MAX).concat().into_bytes()
     }
 
     /// The name of server `conv` in traces: "server", or "server N" when
@@ -1160,6 +1172,8 @@ impl World {
     }
 
     fn drain_server_outputs(&mut self, k: usize) {
+        // Each connection's frames of this step go out together at the end.
+        let mut outgoing: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         loop {
             let Some(conv) = &mut self.servers[k].conv else { return };
             let Some(out) = conv.poll_output() else { break };
@@ -1180,7 +1194,7 @@ impl World {
                     let text = frame.encode();
                     let name = self.server_name(k);
                     self.log(|| format!("{name} -> dev{dev} conn{} {text}", conn.0));
-                    self.net(dev, false, conn.0, text.into_bytes());
+                    outgoing.entry(conn.0).or_default().push(text);
                 }
                 ServerOutput::Persist { write, op } => {
                     let name = self.server_name(k);
@@ -1193,6 +1207,8 @@ impl World {
                     self.schedule_server_flush(k);
                 }
                 ServerOutput::Close { conn, code, reason } => {
+                    let frames = outgoing.remove(&conn.0).unwrap_or_default();
+                    self.server_transmit(k, conn.0, frames);
                     let name = self.server_name(k);
                     self.log(|| format!("{name} closes conn{} {code} {reason}", conn.0));
                     match code {
@@ -1210,6 +1226,41 @@ impl World {
                     }
                 }
             }
+        }
+        for (conn, frames) in outgoing {
+            self.server_transmit(k, conn, frames);
+        }
+    }
+
+    /// Puts a connection's frames of one step on the network: as bundles
+    /// half of the time when its client reads them, else one message each.
+    fn server_transmit(&mut self, k: usize, conn: u64, frames: Vec<String>) {
+        let Some(c) = self.conns.get(&conn).filter(|c| c.open) else { return };
+        let dev = c.dev;
+        let accepts = self.servers[k].conv.as_ref().is_some_and(|s| s.accepts_bundles(ConnId(conn)));
+        let messages = if frames.len() > 1 && accepts && self.late_rng.chance(500_000) {
+            protocol::pack_bundles(frames, limits::MAX_SERVER_FRAME_BYTES)
+        } else {
+            frames
+        };
+        for text in messages {
+            self.counts.bundles += u64::from(text.starts_with('['));
+            self.net(dev, false, conn, text.into_bytes());
+        }
+    }
+
+    /// Puts a device's frames of one step on its connection: as bundles half
+    /// of the time, else one message each.
+    fn client_transmit(&mut self, dev: usize, frames: Vec<String>) {
+        let Some(conn) = self.devs[dev].conn.filter(|c| self.conns.get(c).is_some_and(|c| c.open)) else { return };
+        let messages = if frames.len() > 1 && self.late_rng.chance(500_000) {
+            protocol::pack_bundles(frames, limits::MAX_FRAME_BYTES)
+        } else {
+            frames
+        };
+        for text in messages {
+            self.counts.bundles += u64::from(text.starts_with('['));
+            self.net(dev, true, conn, text.into_bytes());
         }
     }
 
@@ -1285,9 +1336,9 @@ impl World {
     }
 
     fn drain_client(&mut self, dev: usize) {
-        loop {
-            let Some(c) = &mut self.devs[dev].client else { return };
-            let Some(out) = c.poll_output() else { break };
+        // The frames of this step go out together at the end.
+        let mut outgoing: Vec<String> = Vec::new();
+        while let Some(out) = self.devs[dev].client.as_mut().and_then(Client::poll_output) {
             match out {
                 ClientOutput::Transmit(frame) => {
                     if let ClientFrame::Ack { seq, ranges } = &frame {
@@ -1299,11 +1350,7 @@ impl World {
                     let rx = self.devs[dev].client.as_ref().and_then(|c| c.read_ticket());
                     let text = frame.encode_rx(rx);
                     self.log(|| format!("dev{dev} -> server {text}"));
-                    if let Some(conn) = self.devs[dev].conn {
-                        if self.conns.get(&conn).is_some_and(|c| c.open) {
-                            self.net(dev, true, conn, text.into_bytes());
-                        }
-                    }
+                    outgoing.push(text);
                 }
                 ClientOutput::Persist { write, op } => {
                     self.log(|| format!("dev{dev} persist #{} {}", write.0, short(&op)));
@@ -1416,6 +1463,7 @@ impl World {
                     }
                 }
                 ClientOutput::Disconnect => {
+                    self.client_transmit(dev, std::mem::take(&mut outgoing));
                     self.log(|| format!("dev{dev} gives up its connection"));
                     if let Some(conn) = self.devs[dev].conn.take() {
                         self.close_conn(conn, true, false);
@@ -1423,6 +1471,7 @@ impl World {
                 }
             }
         }
+        self.client_transmit(dev, outgoing);
     }
 
     /// The conversation whose server stores (or stored) message `id`.
