@@ -325,6 +325,9 @@ struct Inner {
     /// Set by the core's `Diverged` (the inbox is frozen), cleared by `resetInbox()`.
     divergence: Option<Divergence>,
     last_error: Option<ErrorInfo>,
+    /// State and outbox size of the last `status` event: a message's own
+    /// status change alone fires `status` only when the outbox size changed.
+    last_status: Option<(LinkState, usize)>,
     events: Vec<AppEvent>,
     /// The core asked for a socket (with a fresh token?); `pump` opens it.
     connect_wanted: Option<bool>,
@@ -387,6 +390,7 @@ impl Session {
                 reset_waiters: Vec::new(),
                 divergence: None,
                 last_error: None,
+                last_status: None,
                 events: Vec::new(),
                 connect_wanted: None,
                 initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
@@ -874,6 +878,7 @@ impl Inner {
     }
 
     fn push_status(&mut self) {
+        self.last_status = Some((self.state, self.core.outbox_len()));
         let status = to_js(&StatusEvent {
             conversation: &self.cfg.conversation,
             state: self.state,
@@ -918,7 +923,8 @@ impl Inner {
                     }
                 }
                 ClientOutput::Status { id, status } => {
-                    status_changed = true;
+                    // `status` reports the outbox size: news only when it changed.
+                    status_changed |= self.last_status != Some((self.state, self.core.outbox_len()));
                     self.on_status(&id, status);
                 }
                 ClientOutput::Error(e) => {
