@@ -314,8 +314,8 @@ struct Inner {
     writer_running: bool,
     /// `send()` promises by client message id (several when a tab asked again).
     sends: HashMap<String, Vec<(Function, Function)>>,
-    /// Seq and time of own messages the server confirmed (restored or in
-    /// this session): a send relayed again after a takeover resolves from it.
+    /// Seq and time of own messages the server confirmed in this session: a
+    /// send relayed again after a takeover resolves from it.
     confirmed: HashMap<String, (u64, u64)>,
     /// `history()` promises waiting for the core's answer to `load_older`
     /// (a page, or a failure: never neither).
@@ -331,7 +331,8 @@ struct Inner {
     events: Vec<AppEvent>,
     /// The core asked for a socket (with a fresh token?); `pump` opens it.
     connect_wanted: Option<bool>,
-    /// Outbox entries without a seq when the page loaded.
+    /// Outbox entries when the page loaded (all unconfirmed until the server
+    /// answers their resend).
     initial_pending: Vec<protocol::OutboxEntry>,
     /// Messages given to `send` whose outbox write is not durable yet: their
     /// `pending` event waits for the core's `Status { Pending }`, which follows
@@ -393,8 +394,11 @@ impl Session {
                 last_status: None,
                 events: Vec::new(),
                 connect_wanted: None,
-                initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
-                confirmed: snapshot.outbox.iter().filter_map(|e| Some((e.id.clone(), (e.seq?, e.at.unwrap_or(0))))).collect(),
+                // A restored entry counts as unconfirmed (as in the core, which
+                // sends it again): its seq is not persisted, and one an older
+                // version stored may be from a server since restored.
+                initial_pending: snapshot.outbox.clone(),
+                confirmed: HashMap::new(),
                 not_yet_durable: HashMap::new(),
             })),
             listeners,
@@ -420,14 +424,7 @@ impl Session {
         let conv = inner.cfg.conversation.clone();
         let list = js_sys::Array::new();
         for e in &inner.initial_pending {
-            if e.seq.is_none() {
-                list.push(&to_js(&PendingEvent {
-                    conversation: &conv,
-                    id: &e.id,
-                    body: &e.body,
-                    created: e.created,
-                }));
-            }
+            list.push(&to_js(&PendingEvent { conversation: &conv, id: &e.id, body: &e.body, created: e.created }));
         }
         list.into()
     }
@@ -465,7 +462,7 @@ impl Session {
 
     /// Queues a message under the id another tab (or this one) chose (see
     /// `tabs.rs`); resolves like `send`. Idempotent on the id: already
-    /// confirmed (restored or in this session) resolves at once, already
+    /// confirmed in this session resolves at once, already
     /// queued waits for its confirmation, and a `retry` (asked again after a
     /// takeover) also looks for the id among the newest stored messages.
     pub async fn send_with_id(&self, id: String, body: String, retry: bool) -> Result<JsValue, JsValue> {
