@@ -435,24 +435,6 @@ impl Client {
     }
 }
 
-impl Client {
-    /// Confirms read answers at once (a ping carries the ticket) when a
-    /// quarter of the server's answer budget is unconfirmed and storage
-    /// keeps up ([`ClientConfig::read_ahead`]): the server streams the next
-    /// pages of a gap-fill while this device stores the earlier ones,
-    /// instead of waiting for the ack that follows their storage. Acks still
-    /// vouch only for what is durable.
-    pub(super) fn echo_reads(&mut self, now: Millis) {
-        if self.unechoed < limits::ANSWER_BUDGET / 4 || self.read_ticket.is_none() {
-            return;
-        }
-        let backlog = self.inbox.as_ref().map_or(0, |i| i.written.saturating_sub(i.durable));
-        if backlog <= self.cfg.read_ahead {
-            self.ping(now);
-        }
-    }
-}
-
 /// True when every message in `page` extends its predecessor's chain
 /// (and the first extends `prev`, when known) and seqs are contiguous.
 pub(super) fn chain_ok(page: &[StoredMessage], prev: Option<ChainHash>) -> bool {

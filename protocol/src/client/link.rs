@@ -192,7 +192,7 @@ impl Client {
         self.timers.set(Timer::Reconnect, now.saturating_add(wait));
     }
 
-    pub(super) fn ping(&mut self, now: Millis) {
+    fn ping(&mut self, now: Millis) {
         self.last_ping = now;
         self.transmit(ClientFrame::Ping { nonce: now });
     }

@@ -132,13 +132,6 @@ pub struct ClientConfig {
     /// carries every cursor, repairing a lost `delivered` notice. Doubles
     /// while nothing changes, up to [`ClientConfig::rto_max`] * 10.
     pub status_refresh: Millis,
-    /// Most messages held written but not yet durable while answers are
-    /// still confirmed as soon as they are read: up to here a ping carries
-    /// the read ticket at once, so a streamed gap-fill keeps coming while
-    /// earlier pages are being stored; beyond it the echo waits for the next
-    /// ack (after storage), which bounds what a slow disk makes the client
-    /// hold in memory.
-    pub read_ahead: u64,
     /// Test-only deliberate mistakes (inert without the `sim-bugs` feature).
     #[doc(hidden)]
     pub bugs: Bugs,
@@ -168,7 +161,6 @@ impl ClientConfig {
             refresh_token: false,
             max_buffer: 4_096,
             status_refresh: 20_000,
-            read_ahead: 4_000,
             bugs: Bugs::default(),
         }
     }
@@ -519,9 +511,6 @@ pub struct Client {
     /// Ticket of the newest `welcome` or `batch` read on this connection,
     /// echoed as `rx` on every frame (the server's proof of reading).
     read_ticket: Option<Ticket>,
-    /// Bytes of answers read since the last frame sent (which echoed the
-    /// ticket): the server counts them against its answer budget.
-    unechoed: usize,
     /// Head announced by `welcome`/`batch`: catch up to it with pages.
     head_auth: Seq,
     /// Counts connections (see [`inbox::Held::conn`]).
@@ -576,7 +565,6 @@ impl Client {
             fresh_start: None,
             cursors: BTreeMap::new(),
             read_ticket: None,
-            unechoed: 0,
             head_auth: 0,
             conn_epoch: 0,
             gap_since: None,
@@ -810,12 +798,7 @@ impl Client {
             ClientInput::Frame(bytes) => {
                 self.last_rx = now;
                 match ServerFrame::decode(&bytes) {
-                    Ok(frame) => {
-                        if frame.ticket().is_some() {
-                            self.unechoed = self.unechoed.saturating_add(bytes.len());
-                        }
-                        self.on_frame(now, frame)
-                    }
+                    Ok(frame) => self.on_frame(now, frame),
                     Err(e) => self.out.push_back(ClientOutput::Error(ClientError::Decode(e))),
                 }
             }
@@ -922,8 +905,6 @@ impl Client {
     }
 
     fn transmit(&mut self, frame: ClientFrame) {
-        // Every frame carries the read ticket.
-        self.unechoed = 0;
         self.out.push_back(ClientOutput::Transmit(frame));
     }
 
@@ -1062,7 +1043,6 @@ impl Client {
         self.plan_sync(now);
         self.maybe_ack(now);
         self.plan_refresh(now);
-        self.echo_reads(now);
     }
 }
 
