@@ -114,6 +114,17 @@ export interface Divergence {
   serverHead: number;
 }
 
+/** Committed IndexedDB requests of one object store. */
+export interface WriteCounts { puts: number; deletes: number; }
+
+/** What `storeStats()` returns: IndexedDB writes this tab committed, per store. */
+export interface StoreStats {
+  messages: WriteCounts;
+  outbox: WriteCounts;
+  conversations: WriteCounts;
+  meta: WriteCounts;
+}
+
 /** A page of `history()`: ascending messages, and whether older ones exist. */
 export type HistoryPage = Message[] & { more: boolean };
 
@@ -281,6 +292,14 @@ impl Ackline {
     #[wasm_bindgen(getter, js_name = isLeader)]
     pub fn is_leader(&self) -> bool {
         self.state.tabs.is_leader()
+    }
+
+    /// IndexedDB writes this tab committed since `open`, per object store:
+    /// `{ messages, outbox, conversations, meta }`, each `{ puts, deletes }`
+    /// (records put; delete requests). Only the leading tab writes.
+    #[wasm_bindgen(js_name = storeStats, unchecked_return_type = "StoreStats")]
+    pub fn store_stats(&self) -> JsValue {
+        errors::to_js(&self.state.tabs.store_stats())
     }
 
     /// Listens to client events: `status` (connection state, outbox size, last

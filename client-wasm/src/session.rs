@@ -183,6 +183,11 @@ struct StatusEvent<'a> {
 /// Events for JS listeners, collected under the borrow and fired after it.
 enum AppEvent {
     Conversation(&'static str, JsValue),
+    /// Consecutive conversation events as a JSON array of `[name, value]`
+    /// pairs without its closing `]`: parsed by the engine in one call when
+    /// fired (and relayed to other tabs as one string), which is far cheaper
+    /// than building each object field by field from wasm.
+    ConversationJson(String),
     Client(&'static str, JsValue),
     Resolve(Function, JsValue),
     Reject(Function, JsValue),
@@ -218,15 +223,21 @@ pub struct Listeners {
     /// When set, events go to this hook instead of the functions (the tab
     /// layer relays a leader's events to every tab, see `tabs.rs`).
     tap: Option<Tap>,
+    /// When set, runs of events as JSON (see [`Listeners::fire_json`]) go here.
+    tap_json: Option<TapJson>,
 }
 
 /// Where tapped [`Listeners`] send their events: `(event name, value)`.
 pub type Tap = Rc<dyn Fn(&str, &JsValue)>;
 
+/// Where tapped [`Listeners`] send runs of events: a JSON array of
+/// `[name, value]` pairs.
+pub type TapJson = Rc<dyn Fn(&str)>;
+
 impl Listeners {
-    /// Listeners whose events all go to `tap`.
-    pub fn tapped(tap: Tap) -> Listeners {
-        Listeners { map: RefCell::default(), tap: Some(tap) }
+    /// Listeners whose events all go to `tap` (runs of events to `tap_json`).
+    pub fn tapped(tap: Tap, tap_json: Option<TapJson>) -> Listeners {
+        Listeners { map: RefCell::default(), tap: Some(tap), tap_json }
     }
 
     pub fn add(&self, event: &str, f: Function) {
@@ -251,6 +262,33 @@ impl Listeners {
             }
         }
     }
+
+    /// Fires a run of events given as a JSON array of `[name, value]` pairs,
+    /// in order.
+    pub fn fire_json(&self, json: &str) {
+        if let Some(tap) = &self.tap_json {
+            tap(json);
+            return;
+        }
+        for_each_json_event(json, |name, value| self.fire(name, value));
+    }
+}
+
+/// Calls `f(name, value)` for each `[name, value]` pair of a JSON array.
+pub(crate) fn for_each_json_event(json: &str, mut f: impl FnMut(&str, &JsValue)) {
+    let pairs = match js_sys::JSON::parse(json).and_then(|v| v.dyn_into::<js_sys::Array>()) {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            web_sys::console::error_2(&"ackline: events lost (bad JSON)".into(), &e);
+            return;
+        }
+    };
+    pairs.for_each(&mut |pair, _, _| {
+        let pair = js_sys::Array::from(&pair);
+        if let Some(name) = pair.get(0).as_string() {
+            f(&name, &pair.get(1));
+        }
+    });
 }
 
 #[wasm_bindgen]
@@ -276,8 +314,8 @@ struct Inner {
     writer_running: bool,
     /// `send()` promises by client message id (several when a tab asked again).
     sends: HashMap<String, Vec<(Function, Function)>>,
-    /// Seq and time of own messages the server confirmed (restored or in
-    /// this session): a send relayed again after a takeover resolves from it.
+    /// Seq and time of own messages the server confirmed in this session: a
+    /// send relayed again after a takeover resolves from it.
     confirmed: HashMap<String, (u64, u64)>,
     /// `history()` promises waiting for the core's answer to `load_older`
     /// (a page, or a failure: never neither).
@@ -287,10 +325,14 @@ struct Inner {
     /// Set by the core's `Diverged` (the inbox is frozen), cleared by `resetInbox()`.
     divergence: Option<Divergence>,
     last_error: Option<ErrorInfo>,
+    /// State and outbox size of the last `status` event: a message's own
+    /// status change alone fires `status` only when the outbox size changed.
+    last_status: Option<(LinkState, usize)>,
     events: Vec<AppEvent>,
     /// The core asked for a socket (with a fresh token?); `pump` opens it.
     connect_wanted: Option<bool>,
-    /// Outbox entries without a seq when the page loaded.
+    /// Outbox entries when the page loaded (all unconfirmed until the server
+    /// answers their resend).
     initial_pending: Vec<protocol::OutboxEntry>,
     /// Messages given to `send` whose outbox write is not durable yet: their
     /// `pending` event waits for the core's `Status { Pending }`, which follows
@@ -349,10 +391,14 @@ impl Session {
                 reset_waiters: Vec::new(),
                 divergence: None,
                 last_error: None,
+                last_status: None,
                 events: Vec::new(),
                 connect_wanted: None,
-                initial_pending: snapshot.outbox.iter().filter(|e| e.seq.is_none()).cloned().collect(),
-                confirmed: snapshot.outbox.iter().filter_map(|e| Some((e.id.clone(), (e.seq?, e.at.unwrap_or(0))))).collect(),
+                // A restored entry counts as unconfirmed (as in the core, which
+                // sends it again): its seq is not persisted, and one an older
+                // version stored may be from a server since restored.
+                initial_pending: snapshot.outbox.clone(),
+                confirmed: HashMap::new(),
                 not_yet_durable: HashMap::new(),
             })),
             listeners,
@@ -378,14 +424,7 @@ impl Session {
         let conv = inner.cfg.conversation.clone();
         let list = js_sys::Array::new();
         for e in &inner.initial_pending {
-            if e.seq.is_none() {
-                list.push(&to_js(&PendingEvent {
-                    conversation: &conv,
-                    id: &e.id,
-                    body: &e.body,
-                    created: e.created,
-                }));
-            }
+            list.push(&to_js(&PendingEvent { conversation: &conv, id: &e.id, body: &e.body, created: e.created }));
         }
         list.into()
     }
@@ -423,7 +462,7 @@ impl Session {
 
     /// Queues a message under the id another tab (or this one) chose (see
     /// `tabs.rs`); resolves like `send`. Idempotent on the id: already
-    /// confirmed (restored or in this session) resolves at once, already
+    /// confirmed in this session resolves at once, already
     /// queued waits for its confirmation, and a `retry` (asked again after a
     /// takeover) also looks for the id among the newest stored messages.
     pub async fn send_with_id(&self, id: String, body: String, retry: bool) -> Result<JsValue, JsValue> {
@@ -793,6 +832,10 @@ impl Session {
         for event in events {
             match event {
                 AppEvent::Conversation(name, value) => self.listeners.fire(name, &value),
+                AppEvent::ConversationJson(mut json) => {
+                    json.push(']');
+                    self.listeners.fire_json(&json);
+                }
                 AppEvent::Client(name, value) => self.client_listeners.fire(name, &value),
                 AppEvent::Resolve(f, value) | AppEvent::Reject(f, value) => {
                     let _ = f.call1(&JsValue::NULL, &value);
@@ -832,6 +875,7 @@ impl Inner {
     }
 
     fn push_status(&mut self) {
+        self.last_status = Some((self.state, self.core.outbox_len()));
         let status = to_js(&StatusEvent {
             conversation: &self.cfg.conversation,
             state: self.state,
@@ -854,8 +898,8 @@ impl Inner {
                 }
                 ClientOutput::Persist { write, op } => self.writes.push_back((write, op)),
                 ClientOutput::Message(m) => {
-                    let value = to_js(&AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device, &self.core));
-                    self.events.push(AppEvent::Conversation("message", value));
+                    let message = AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device, &self.core);
+                    push_json_event(&mut self.events, "message", &message);
                 }
                 ClientOutput::History { .. } => {
                     for (resolve, _) in self.history_waiters.drain(..) {
@@ -876,7 +920,8 @@ impl Inner {
                     }
                 }
                 ClientOutput::Status { id, status } => {
-                    status_changed = true;
+                    // `status` reports the outbox size: news only when it changed.
+                    status_changed |= self.last_status != Some((self.state, self.core.outbox_len()));
                     self.on_status(&id, status);
                 }
                 ClientOutput::Error(e) => {
@@ -921,10 +966,11 @@ impl Inner {
             // The core reports Pending only after `Durable` covering the outbox
             // write, which the writer feeds after the transaction's `complete`.
             if let Some(queued) = self.not_yet_durable.remove(id) {
-                self.events.push(AppEvent::Conversation(
+                push_json_event(
+                    &mut self.events,
                     "pending",
-                    to_js(&PendingEvent { conversation: &conv, id, body: &queued.body, created: queued.created }),
-                ));
+                    &PendingEvent { conversation: &conv, id, body: &queued.body, created: queued.created },
+                );
             }
         }
         let (name, seq, at, code) = match &status {
@@ -933,10 +979,7 @@ impl Inner {
             MessageStatus::Delivered { seq } => ("delivered", Some(*seq), None, None),
             MessageStatus::Failed { code } => ("failed", None, None, Some(ErrorCode::from(*code))),
         };
-        self.events.push(AppEvent::Conversation(
-            "update",
-            to_js(&UpdateEvent { conversation: &conv, id, status: name, seq, at, code }),
-        ));
+        push_json_event(&mut self.events, "update", &UpdateEvent { conversation: &conv, id, status: name, seq, at, code });
         match status {
             MessageStatus::Sent { seq, at } => {
                 self.confirmed.insert(id.to_owned(), (seq, at));
@@ -973,6 +1016,24 @@ impl Inner {
             s.pump();
         });
         self.core_timer = Some((deadline, timer));
+    }
+}
+
+/// Queues a conversation event as JSON, appended to the previous event when
+/// that one is JSON too (a run of events becomes one parse).
+fn push_json_event<T: Serialize>(events: &mut Vec<AppEvent>, name: &'static str, value: &T) {
+    // Plain structs of strings and numbers: serializing cannot fail. Seqs
+    // and times stay below 2^53 (the store refuses larger ones).
+    let Ok(item) = serde_json::to_string(&(name, value)) else {
+        web_sys::console::error_1(&format!("ackline: '{name}' event not serializable").into());
+        return;
+    };
+    match events.last_mut() {
+        Some(AppEvent::ConversationJson(json)) => {
+            json.push(',');
+            json.push_str(&item);
+        }
+        _ => events.push(AppEvent::ConversationJson(format!("[{item}"))),
     }
 }
 
@@ -1047,12 +1108,12 @@ async fn run_writer(weak: WeakSession) {
             (inner.store.clone(), inner.cfg.conversation.clone(), batch)
         };
         drop(session);
-        let ops: Vec<ClientWrite> = batch.iter().map(|(_, op)| op.clone()).collect();
+        let (ids, ops): (Vec<WriteId>, Vec<ClientWrite>) = batch.into_iter().unzip();
         let result = store.apply_all(&conv, &ops).await;
         let Some(session) = weak.upgrade() else { return };
         match result {
             Ok(()) => {
-                if let Some((through, _)) = batch.last() {
+                if let Some(through) = ids.last() {
                     let mut inner = session.inner.borrow_mut();
                     inner.core.handle(now(), ClientInput::Durable { through: *through });
                     inner.resolve_resets(*through);
@@ -1065,7 +1126,7 @@ async fn run_writer(weak: WeakSession) {
                 session.record_error(&AcklineError::Store(e));
                 {
                     let mut inner = session.inner.borrow_mut();
-                    for item in batch.into_iter().rev() {
+                    for item in ids.into_iter().zip(ops).rev() {
                         inner.writes.push_front(item);
                     }
                 }

@@ -253,6 +253,47 @@ struct MetaRow {
     value: String,
 }
 
+/// Largest integer a JavaScript number holds exactly (2^53 - 1).
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// IndexedDB requests this connection made that committed, per object store
+/// (`IdbStore::stats`): how many records a client writes per message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// The `messages` store.
+    pub messages: WriteCounts,
+    /// The `outbox` store.
+    pub outbox: WriteCounts,
+    /// The `conversations` store (inbox records).
+    pub conversations: WriteCounts,
+    /// The `meta` store (the device id).
+    pub meta: WriteCounts,
+}
+
+/// Committed `put`s and `delete`s of one object store (a range delete, as
+/// `resetInbox` makes, counts as one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WriteCounts {
+    /// Records put.
+    pub puts: u64,
+    /// Delete requests.
+    pub deletes: u64,
+}
+
+impl StoreStats {
+    fn add(&mut self, other: &StoreStats) {
+        for (a, b) in [
+            (&mut self.messages, &other.messages),
+            (&mut self.outbox, &other.outbox),
+            (&mut self.conversations, &other.conversations),
+            (&mut self.meta, &other.meta),
+        ] {
+            a.puts += b.puts;
+            a.deletes += b.deletes;
+        }
+    }
+}
+
 fn seq_key(conversation: &str, seq: f64) -> JsValue {
     Array::of2(&JsValue::from_str(conversation), &JsValue::from_f64(seq)).into()
 }
@@ -279,6 +320,11 @@ impl Tx {
 
     fn store(&self, name: &str) -> Result<ObjectStore, StoreError> {
         self.raw.object_store(name).map(ObjectStore::from).map_err(|e| from_js(&e))
+    }
+
+    /// The raw object store, for the puts of a batch parsed from JSON.
+    fn raw_store(&self, name: &str) -> Result<web_sys::IdbObjectStore, StoreError> {
+        self.raw.object_store(name).map_err(|e| from_js(&e))
     }
 
     fn abort(&self) {
@@ -312,6 +358,8 @@ enum State {
 pub struct IdbStore {
     db: IdbDatabase,
     state: Rc<Cell<State>>,
+    /// Committed writes (see [`StoreStats`]).
+    stats: Cell<StoreStats>,
     _on_version_change: Closure<dyn FnMut()>,
     _on_close: Closure<dyn FnMut()>,
 }
@@ -446,25 +494,34 @@ fn conversation_v3(row: &Object) -> Result<(), JsValue> {
     set_field(row, "oldest", &JsValue::NULL)
 }
 
-/// Queues the requests of one core write in `tx` (which spans [`WRITE_SCOPE`]).
-fn queue_write(tx: &Tx, conversation: &str, op: &ClientWrite) -> Result<(), StoreError> {
+/// Queues the requests of one core write in `tx` (which spans [`WRITE_SCOPE`]),
+/// counting them in `tally`; an inbox record only when `keep_record` (no later
+/// write of the same transaction replaces it).
+fn queue_write(
+    tx: &Tx,
+    conversation: &str,
+    op: &ClientWrite,
+    keep_record: bool,
+    tally: &mut StoreStats,
+) -> Result<(), StoreError> {
     match op {
         ClientWrite::Inbox { messages, state } => {
-            let store = tx.store(MESSAGES)?;
-            for m in messages {
-                let row = to_js(&MessageRow {
-                    conversation,
-                    seq: m.seq,
-                    user: &m.user,
-                    device: &m.device,
-                    id: &m.id,
-                    body: &m.body,
-                    at: m.at,
-                    chain: &m.chain,
-                })?;
-                store.put(&row, None).map_err(from_idb)?;
+            if !messages.is_empty() {
+                // One JSON string for the whole batch, parsed by the engine in
+                // one call: building each record field by field from wasm
+                // (serde-wasm-bindgen) cost more than IndexedDB itself.
+                let rows = message_rows_json(conversation, messages)?;
+                let rows: Array = js_sys::JSON::parse(&rows)
+                    .map_err(|e| from_js(&e))?
+                    .dyn_into()
+                    .map_err(|_| StoreError::Failed("message rows are not an array".into()))?;
+                let store = tx.raw_store(MESSAGES)?;
+                for row in rows.iter() {
+                    store.put(&row).map_err(|e| from_js(&e))?;
+                }
+                tally.messages.puts += u64::from(rows.length());
             }
-            if let Some(state) = state {
+            if let Some(state) = state.as_ref().filter(|_| keep_record) {
                 let row = to_js(&InboxRow {
                     conversation,
                     base: state.base,
@@ -473,6 +530,7 @@ fn queue_write(tx: &Tx, conversation: &str, op: &ClientWrite) -> Result<(), Stor
                     oldest: state.oldest.as_ref(),
                 })?;
                 tx.store(CONVERSATIONS)?.put(&row, None).map_err(from_idb)?;
+                tally.conversations.puts += 1;
             }
         }
         ClientWrite::PutOutbox(entry) => {
@@ -485,18 +543,48 @@ fn queue_write(tx: &Tx, conversation: &str, op: &ClientWrite) -> Result<(), Stor
                 at: entry.at,
             })?;
             tx.store(OUTBOX)?.put(&row, None).map_err(from_idb)?;
+            tally.outbox.puts += 1;
         }
         ClientWrite::RemoveOutbox { id } => {
             // Deleting a missing key succeeds. The key names no conversation: ids are
             // ULIDs, unique across conversations.
             tx.store(OUTBOX)?.delete(JsValue::from_str(id)).map_err(from_idb)?;
+            tally.outbox.deletes += 1;
         }
         ClientWrite::ClearInbox => {
             tx.store(MESSAGES)?.delete(all_of(conversation)?).map_err(from_idb)?;
             tx.store(CONVERSATIONS)?.delete(JsValue::from_str(conversation)).map_err(from_idb)?;
+            // One range delete counts as one request.
+            tally.messages.deletes += 1;
+            tally.conversations.deletes += 1;
         }
     }
     Ok(())
+}
+
+/// The `messages` records of `messages` as one JSON array. Seqs and times
+/// must stay exact as JavaScript numbers (they are keys).
+fn message_rows_json(conversation: &str, messages: &[StoredMessage]) -> Result<String, StoreError> {
+    if let Some(m) = messages.iter().find(|m| m.seq > MAX_SAFE_INTEGER || m.at > MAX_SAFE_INTEGER) {
+        return Err(StoreError::Failed(format!(
+            "cannot store message {}: seq or time above 2^53 - 1",
+            m.seq
+        )));
+    }
+    let rows: Vec<MessageRow<'_>> = messages
+        .iter()
+        .map(|m| MessageRow {
+            conversation,
+            seq: m.seq,
+            user: &m.user,
+            device: &m.device,
+            id: &m.id,
+            body: &m.body,
+            at: m.at,
+            chain: &m.chain,
+        })
+        .collect();
+    serde_json::to_string(&rows).map_err(|e| StoreError::Failed(format!("cannot store messages: {e}")))
 }
 
 /// Every `[conversation, number]` key of one conversation.
@@ -594,7 +682,7 @@ impl IdbStore {
             Closure::<dyn FnMut()>::new(move || state.set(State::Lost))
         };
         db.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(IdbStore { db, state, _on_version_change: on_version_change, _on_close: on_close })
+        Ok(IdbStore { db, state, stats: Cell::default(), _on_version_change: on_version_change, _on_close: on_close })
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -655,6 +743,9 @@ impl IdbStore {
                     let id = make();
                     let row = to_js(&MetaRow { key: DEVICE_ID_KEY.into(), value: id.clone() })?;
                     meta.put(&row, None).map_err(from_idb)?;
+                    let mut stats = self.stats.get();
+                    stats.meta.puts += 1;
+                    self.stats.set(stats);
                     Ok(id)
                 }
             }
@@ -692,7 +783,30 @@ impl IdbStore {
         if ops.is_empty() {
             return self.check();
         }
-        self.write(&WRITE_SCOPE, |tx| ops.iter().try_for_each(|op| queue_write(tx, conversation, op))).await
+        // The transaction is all or nothing: an inbox record that a later
+        // write of the same batch replaces (or clears) need not be written.
+        let mut record_written_later = false;
+        let mut keep_record = vec![false; ops.len()];
+        for (keep, op) in keep_record.iter_mut().zip(ops).rev() {
+            *keep = !record_written_later;
+            if matches!(op, ClientWrite::Inbox { state: Some(_), .. } | ClientWrite::ClearInbox) {
+                record_written_later = true;
+            }
+        }
+        let mut tally = StoreStats::default();
+        self.write(&WRITE_SCOPE, |tx| {
+            ops.iter().zip(&keep_record).try_for_each(|(op, keep)| queue_write(tx, conversation, op, *keep, &mut tally))
+        })
+        .await?;
+        let mut stats = self.stats.get();
+        stats.add(&tally);
+        self.stats.set(stats);
+        Ok(())
+    }
+
+    /// The writes this connection committed so far, per object store.
+    pub fn stats(&self) -> StoreStats {
+        self.stats.get()
     }
 
     /// What the client of `conversation` needs on start, read in one transaction:

@@ -26,7 +26,7 @@ use wasm_bindgen::JsCast;
 use web_sys::{BroadcastChannel, MessageEvent};
 
 use crate::errors::{js_message, AcklineError};
-use crate::session::{now, Listeners, Session, SessionConfig, TokenSource};
+use crate::session::{for_each_json_event, now, Listeners, Session, SessionConfig, TokenSource};
 use crate::store::IdbStore;
 
 /// Who and where, for the sessions this tab starts when it leads.
@@ -89,6 +89,10 @@ pub(crate) struct Tabs {
     release: RefCell<Option<Function>>,
     abort: Option<web_sys::AbortController>,
     closed: Cell<bool>,
+    /// Another tab of this database was heard from (it announces itself on
+    /// joining and to every new leader): until then a leader relays nothing,
+    /// as posting every event to an empty channel costs more than the event.
+    others: Cell<bool>,
     last_id: Cell<Option<(u64, u128)>>,
     /// The channel's and the lock's callbacks, alive as long as the tab.
     handlers: RefCell<Vec<Handler>>,
@@ -165,6 +169,7 @@ impl Tabs {
             release: RefCell::default(),
             abort,
             closed: Cell::new(false),
+            others: Cell::new(false),
             last_id: Cell::new(None),
             handlers: RefCell::default(),
         });
@@ -183,6 +188,9 @@ impl Tabs {
         if let Some(ch) = &tabs.channel {
             ch.set_onmessage(Some(on_msg.as_ref().unchecked_ref()));
         }
+        // Before any request of ours: a leader relays events once it knows
+        // another tab listens.
+        tabs.post(&obj(&[("k", "hi".into()), ("tab", tabs.tab.clone().into())]));
         // The lock: held until `close()` or the page goes away.
         let granted = Rc::new(Cell::new(false));
         let weak = Rc::downgrade(&tabs);
@@ -273,6 +281,8 @@ impl Tabs {
         if self.closed.get() {
             return;
         }
+        // Any message comes from another tab (a channel does not hear itself).
+        self.others.set(true);
         let kind = get(&msg, "k").as_string().unwrap_or_default();
         match kind.as_str() {
             "req" if self.leads() => self.spawn_handle(msg),
@@ -281,11 +291,18 @@ impl Tabs {
                 let conv = get(&msg, "conv").as_string().unwrap_or_default();
                 self.deliver(&conv, &get(&msg, "name").as_string().unwrap_or_default(), get(&msg, "value"));
             }
+            "evj" if !self.leads() => {
+                let conv = get(&msg, "conv").as_string().unwrap_or_default();
+                let json = get(&msg, "json").as_string().unwrap_or_default();
+                for_each_json_event(&json, |name, value| self.deliver(&conv, name, value.clone()));
+            }
             "cev" if !self.leads() => {
                 self.deliver_client(&get(&msg, "name").as_string().unwrap_or_default(), get(&msg, "value"));
             }
             "leader" if !self.leads() => {
-                // A new leader: ask again what is unanswered, then catch up.
+                // A new leader: say we listen, ask again what is unanswered,
+                // then catch up.
+                self.post(&obj(&[("k", "hi".into()), ("tab", self.tab.clone().into())]));
                 let reqs: Vec<JsValue> = self.requests.borrow().values().map(|r| r.msg.clone()).collect();
                 for msg in reqs {
                     let _ = Reflect::set(&msg, &"retry".into(), &true.into());
@@ -443,23 +460,34 @@ impl Tabs {
         };
         let weak = self.me.clone();
         let c = conv.to_owned();
-        let listeners = Rc::new(Listeners::tapped(Rc::new(move |name: &str, value: &JsValue| {
-            if let Some(t) = weak.upgrade() {
-                t.relay_event(&c, name, value);
-            }
-        })));
+        let tap_json = {
+            let (weak, c) = (weak.clone(), c.clone());
+            Rc::new(move |json: &str| {
+                if let Some(t) = weak.upgrade() {
+                    t.relay_events_json(&c, json);
+                }
+            })
+        };
+        let listeners = Rc::new(Listeners::tapped(
+            Rc::new(move |name: &str, value: &JsValue| {
+                if let Some(t) = weak.upgrade() {
+                    t.relay_event(&c, name, value);
+                }
+            }),
+            Some(tap_json),
+        ));
         let weak = self.me.clone();
         let client = Rc::new(Listeners::tapped(Rc::new(move |name: &str, value: &JsValue| {
             if let Some(t) = weak.upgrade() {
                 if t.leads() {
                     // A closing leader's `closed` status is its own tab's only.
-                    if !t.closed.get() {
+                    if !t.closed.get() && t.others.get() {
                         t.post(&obj(&[("k", "cev".into()), ("name", name.into()), ("value", value.clone())]));
                     }
                     t.deliver_client(name, value.clone());
                 }
             }
-        })));
+        }), None));
         let started = Session::start(cfg, self.store.clone(), listeners, client).await;
         self.opening.borrow_mut().retain(|x| x != conv);
         let session = started?;
@@ -476,8 +504,22 @@ impl Tabs {
         if !self.leads() || self.closed.get() {
             return;
         }
-        self.post(&obj(&[("k", "ev".into()), ("conv", conv.into()), ("name", name.into()), ("value", value.clone())]));
+        if self.others.get() {
+            self.post(&obj(&[("k", "ev".into()), ("conv", conv.into()), ("name", name.into()), ("value", value.clone())]));
+        }
         self.deliver(conv, name, value.clone());
+    }
+
+    /// A run of a leader session's events (a JSON array of `[name, value]`
+    /// pairs): to every other tab as one message, and to this one.
+    fn relay_events_json(&self, conv: &str, json: &str) {
+        if !self.leads() || self.closed.get() {
+            return;
+        }
+        if self.others.get() {
+            self.post(&obj(&[("k", "evj".into()), ("conv", conv.into()), ("json", json.into())]));
+        }
+        for_each_json_event(json, |name, value| self.deliver(conv, name, value.clone()));
     }
 
     fn deliver_client(&self, name: &str, value: JsValue) {
@@ -650,6 +692,12 @@ impl Tabs {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leads()
+    }
+
+    /// The IndexedDB writes this tab's connection committed (the leader
+    /// writes for every tab; a follower's stay at zero).
+    pub(crate) fn store_stats(&self) -> crate::store::StoreStats {
+        self.store.stats()
     }
 
     /// Stops everything: the leader's sessions close and the lock goes to

@@ -649,3 +649,34 @@ async fn open_blocked_by_an_old_connection() {
     store.close();
     delete_db(&name).await; // would hang if the orphan connection stayed open
 }
+
+/// `stats()` counts committed requests per object store; an inbox record that
+/// a later write of the same batch replaces is not written, and one that a
+/// later `ClearInbox` removes is gone.
+#[wasm_bindgen_test]
+async fn stats_count_committed_writes_and_superseded_records_are_skipped() {
+    let name = db_name("stats");
+    let store = IdbStore::open(&name).await.unwrap();
+    let (a, b) = (messages(1, 2), messages(3, 3));
+    let ab: Vec<StoredMessage> = a.iter().chain(&b).cloned().collect();
+    let ops = [put("o1", 1), inbox(&a, Some(state(&a))), inbox(&b, Some(state(&ab))), remove("o1")];
+    store.apply_all("c", &ops).await.unwrap();
+    let s = store.stats();
+    assert_eq!((s.messages.puts, s.conversations.puts), (3, 1), "{s:?}");
+    assert_eq!((s.outbox.puts, s.outbox.deletes), (1, 1), "{s:?}");
+    assert_eq!(store.load_snapshot("c").await.unwrap().inbox, Some(state(&ab)), "the last record is the one stored");
+    // A failed write counts nothing.
+    let mut bad = messages(4, 4);
+    bad[0].seq = u64::MAX;
+    assert!(store.apply("c", &inbox(&bad, None)).await.is_err());
+    assert_eq!(store.stats(), s);
+    // A record followed by a clear is cleared; one after the clear stays.
+    store.apply_all("c", &[inbox(&a, Some(state(&a))), ClientWrite::ClearInbox]).await.unwrap();
+    assert_eq!(store.load_snapshot("c").await.unwrap(), ClientSnapshot::default());
+    store.apply_all("c", &[ClientWrite::ClearInbox, inbox(&a, Some(state(&a)))]).await.unwrap();
+    assert_eq!(store.load_snapshot("c").await.unwrap().inbox, Some(state(&a)));
+    let s = store.stats();
+    assert_eq!((s.messages.deletes, s.conversations.deletes, s.conversations.puts), (2, 2, 2), "{s:?}");
+    store.close();
+    delete_db(&name).await;
+}

@@ -134,20 +134,21 @@ impl Outbox {
     }
 
     /// Records the server's `sent`: the entry leaves the in-flight set, and
-    /// the first time also gets its seq. Returns the updated entry when the
-    /// seq is news.
-    pub fn confirm(&mut self, order: u64, seq: Seq, at: Millis) -> Option<OutboxEntry> {
-        let o = self.entries.get_mut(&order)?;
+    /// the first time also gets its seq. Returns true when the seq is news.
+    pub fn confirm(&mut self, order: u64, seq: Seq, at: Millis) -> bool {
+        let Some(o) = self.entries.get_mut(&order) else {
+            return false;
+        };
         self.in_flight.remove(&order);
         o.retry_at = None;
         if o.entry.seq.is_some() {
-            return None;
+            return false;
         }
         self.ready.remove(&order);
         o.entry.seq = Some(seq);
         o.entry.at = Some(at);
         self.by_seq.insert(seq, order);
-        Some(o.entry.clone())
+        true
     }
 
     /// Pushes back the retransmission of an entry in flight to
@@ -174,29 +175,22 @@ impl Outbox {
 
     /// Forgets every confirmation (after the server's history diverged: the
     /// seqs it gave may be gone). The entries are sent again; a server that
-    /// still has one answers with its seq. Returns the entries changed.
-    pub fn unconfirm_all(&mut self) -> Vec<OutboxEntry> {
-        let orders: Vec<u64> = std::mem::take(&mut self.by_seq).into_values().collect();
-        let mut changed = Vec::with_capacity(orders.len());
+    /// still has one answers with its seq.
+    pub fn unconfirm_all(&mut self) {
+        let orders: Vec<u64> = self.by_seq.values().copied().collect();
         for order in orders {
-            if let Some(o) = self.entries.get_mut(&order) {
-                o.entry.seq = None;
-                o.entry.at = None;
-                o.transmits = 0;
-                o.retry_at = None;
-                self.ready.insert(order);
-                changed.push(o.entry.clone());
-            }
+            self.unconfirm(order);
         }
-        changed
     }
 
     /// Forgets the confirmations above `head` (a server whose durable head
     /// is below them cannot hold them: it was restored from an older
-    /// backup); returns the changed entries.
-    pub fn unconfirm_above(&mut self, head: Seq) -> Vec<OutboxEntry> {
+    /// backup).
+    pub fn unconfirm_above(&mut self, head: Seq) {
         let orders: Vec<u64> = self.by_seq.range(head.saturating_add(1)..).map(|(_, o)| *o).collect();
-        orders.into_iter().filter_map(|o| self.unconfirm(o)).collect()
+        for order in orders {
+            self.unconfirm(order);
+        }
     }
 
     /// The entry the server confirmed at `seq`, if any: its order and id.
@@ -206,16 +200,20 @@ impl Outbox {
     }
 
     /// Forgets one confirmation (the server's history holds another message
-    /// at that seq): the entry is sent again. Returns it when it changed.
-    pub fn unconfirm(&mut self, order: u64) -> Option<OutboxEntry> {
-        let o = self.entries.get_mut(&order)?;
-        let seq = o.entry.seq.take()?;
+    /// at that seq): the entry is sent again. Returns true when it changed.
+    pub fn unconfirm(&mut self, order: u64) -> bool {
+        let Some(o) = self.entries.get_mut(&order) else {
+            return false;
+        };
+        let Some(seq) = o.entry.seq.take() else {
+            return false;
+        };
         o.entry.at = None;
         o.transmits = 0;
         o.retry_at = None;
         self.by_seq.remove(&seq);
         self.ready.insert(order);
-        Some(o.entry.clone())
+        true
     }
 
     /// The nearest entry before `order` that the server has not confirmed.
@@ -320,7 +318,7 @@ mod tests {
         assert!(o.due(50, 2, usize::MAX, |_| 100).is_empty(), "window full, no deadline passed");
         // a confirmed: c may go; b's deadline passed: it goes again.
         let a = o.order_of("a").unwrap();
-        assert_eq!(o.confirm(a, 1, 7).map(|e| e.seq), Some(Some(1)));
+        assert!(o.confirm(a, 1, 7));
         let ids: Vec<String> = o.due(100, 2, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(o.next_retry(), Some(200));
@@ -363,8 +361,8 @@ mod tests {
         o.due(0, 8, usize::MAX, |_| 100);
         for (id, seq) in [("a", 5), ("b", 6), ("c", 9)] {
             let k = o.order_of(id).unwrap();
-            assert!(o.confirm(k, seq, 0).is_some());
-            assert!(o.confirm(k, seq, 0).is_none(), "a duplicate sent is not news");
+            assert!(o.confirm(k, seq, 0));
+            assert!(!o.confirm(k, seq, 0), "a duplicate sent is not news");
         }
         let gone: Vec<String> = o.take_delivered(6).into_iter().map(|g| g.entry.id).collect();
         assert_eq!(gone, ["a", "b"]);

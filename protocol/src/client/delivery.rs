@@ -27,15 +27,17 @@ impl Client {
             return; // already delivered and forgotten, or not ours
         };
         let displaced = self.outbox.confirmed_at(seq).map(|(o, _)| o).filter(|o| *o != order);
-        if let Some(lost) = displaced.and_then(|o| self.outbox.unconfirm(o)) {
+        if let Some(lost) = displaced {
             // The server holds this message at `seq`: the one we had there
             // was lost (a server restored from an older backup). Send it again.
-            self.persist(ClientWrite::PutOutbox(lost), Effect::None);
+            self.outbox.unconfirm(lost);
         }
-        let Some(entry) = self.outbox.confirm(order, seq, at) else {
+        // The seq is not persisted: the message itself (pushed back to this
+        // device) stores it in the inbox, and an entry restored without it
+        // is sent again and answered with the same seq (idempotent send).
+        if !self.outbox.confirm(order, seq, at) {
             return; // a duplicate `sent`
-        };
-        self.persist(ClientWrite::PutOutbox(entry), Effect::None);
+        }
         self.out.push_back(ClientOutput::Status {
             id: id.to_owned(),
             status: MessageStatus::Sent { seq, at },
@@ -109,8 +111,8 @@ impl Client {
                 Some((order, confirmed_id)) if !*ours || confirmed_id != id => Some(order),
                 _ => None,
             };
-            if let Some(entry) = lost.and_then(|order| self.outbox.unconfirm(order)) {
-                self.persist(ClientWrite::PutOutbox(entry), Effect::None);
+            if let Some(order) = lost {
+                self.outbox.unconfirm(order);
             }
         }
     }

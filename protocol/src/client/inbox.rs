@@ -368,9 +368,7 @@ impl Client {
             // A server that lost or rewrote history may have lost our own
             // messages too, even confirmed ones: send every undelivered one
             // again (one the server still has is answered with its seq).
-            for entry in self.outbox.unconfirm_all() {
-                self.persist(ClientWrite::PutOutbox(entry), Effect::None);
-            }
+            self.outbox.unconfirm_all();
         }
     }
 

@@ -319,16 +319,12 @@ impl Client {
             // an older backup) is unproven, and cursors through it would
             // claim a delivery. Send those again; a server that still has
             // them answers with their seq.
-            for entry in self.outbox.unconfirm_all() {
-                self.persist(ClientWrite::PutOutbox(entry), Effect::None);
-            }
+            self.outbox.unconfirm_all();
         }
         // A seq above this server's head holds none of ours (a stale welcome
         // may be lower than a `sent` of its own connection: then the resend
         // is answered with the same seq again).
-        for entry in self.outbox.unconfirm_above(head) {
-            self.persist(ClientWrite::PutOutbox(entry), Effect::None);
-        }
+        self.outbox.unconfirm_above(head);
         // Only now, with our own seqs checked against this server's history.
         self.merge_cursors(cursors);
         if self.inbox.is_none() {

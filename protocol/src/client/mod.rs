@@ -620,7 +620,13 @@ impl Client {
             // back. New ids and times continue after the newest restored one.
             let mut outbox = restored.outbox;
             outbox.sort_by(|a, b| a.id.cmp(&b.id));
-            for entry in outbox {
+            for mut entry in outbox {
+                // A restored entry is sent again, confirmed or not: the seq of
+                // a confirmation is not persisted (older versions did persist
+                // it, but a server restored from a backup may have lost it
+                // since); the server answers a resend with the seq it has.
+                entry.seq = None;
+                entry.at = None;
                 if let Ok(u) = ulid::Ulid::from_string(&entry.id) {
                     c.last_id = c.last_id.max(Some((u.timestamp_ms(), u.random())));
                 }
