@@ -286,7 +286,10 @@ mod tests {
         for code in ErrorCode::ALL {
             let s = code.as_str();
             assert!(seen.insert(s), "{s} twice");
-            assert!(!s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+            assert!(
+                !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
         }
     }
 
@@ -294,7 +297,11 @@ mod tests {
     fn the_typescript_union_lists_every_code_in_order() {
         let union: Vec<&str> = TS_ERROR_CODES
             .lines()
-            .filter_map(|l| l.trim().strip_prefix("| \"").and_then(|l| l.strip_suffix('"')))
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("| \"")
+                    .and_then(|l| l.strip_suffix('"'))
+            })
             .collect();
         let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(union, all);
@@ -302,10 +309,16 @@ mod tests {
 
     /// The `"..."` strings of the first `fn <name>` body in `source`.
     fn returned_strings<'a>(source: &'a str, name: &str) -> Vec<&'a str> {
-        let start = source.find(&format!("fn {name}(")).unwrap_or_else(|| panic!("no fn {name}"));
+        let start = source
+            .find(&format!("fn {name}("))
+            .unwrap_or_else(|| panic!("no fn {name}"));
         let body = &source[start..];
         let end = body.find("\n    }\n").expect("end of fn");
-        body[..end].split("=> \"").skip(1).filter_map(|s| s.split('"').next()).collect()
+        body[..end]
+            .split("=> \"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .collect()
     }
 
     #[wasm_bindgen_test]
@@ -314,14 +327,21 @@ mod tests {
         // here unnoticed; reading their code tables from source catches it.
         let client = returned_strings(include_str!("../../protocol/src/client/mod.rs"), "code");
         let wire = returned_strings(include_str!("../../protocol/src/frame.rs"), "as_str");
-        assert!(client.contains(&"diverged") && wire.contains(&"rate_limited"), "{client:?} {wire:?}");
+        assert!(
+            client.contains(&"diverged") && wire.contains(&"rate_limited"),
+            "{client:?} {wire:?}"
+        );
         let ours: HashSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         for code in client.iter().chain(&wire) {
-            assert!(ours.contains(code), "{code} is missing from error_codes! in client-wasm/src/errors.rs");
+            assert!(
+                ours.contains(code),
+                "{code} is missing from error_codes! in client-wasm/src/errors.rs"
+            );
         }
         // And they map to themselves, not to a fallback.
         for code in &wire {
-            let parsed: protocol::ErrorCode = serde_json::from_str(&format!("\"{code}\"")).expect("a wire code");
+            let parsed: protocol::ErrorCode =
+                serde_json::from_str(&format!("\"{code}\"")).expect("a wire code");
             assert_eq!(ErrorCode::from(parsed).as_str(), *code);
         }
     }
@@ -332,14 +352,32 @@ mod tests {
             (AcklineError::Closed, "closed"),
             (AcklineError::BadUrl("x"), "bad_url"),
             (AcklineError::Store(StoreError::Blocked), "store_blocked"),
-            (AcklineError::Core(ClientError::Diverged { seq: 3, server_head: 2 }), "diverged"),
-            (AcklineError::Refused { id: "x".into(), code: protocol::ErrorCode::BodyTooLarge }, "body_too_large"),
+            (
+                AcklineError::Core(ClientError::Diverged {
+                    seq: 3,
+                    server_head: 2,
+                }),
+                "diverged",
+            ),
+            (
+                AcklineError::Refused {
+                    id: "x".into(),
+                    code: protocol::ErrorCode::BodyTooLarge,
+                },
+                "body_too_large",
+            ),
         ];
         for (err, code) in cases {
             let message = err.to_string();
             let js: JsValue = err.into();
             assert!(js.is_instance_of::<js_sys::Error>());
-            assert_eq!(js_sys::Reflect::get(&js, &"code".into()).unwrap().as_string().as_deref(), Some(code));
+            assert_eq!(
+                js_sys::Reflect::get(&js, &"code".into())
+                    .unwrap()
+                    .as_string()
+                    .as_deref(),
+                Some(code)
+            );
             assert_eq!(js_message(&js), message);
         }
     }

@@ -198,8 +198,12 @@ fn socket_base(url: &str) -> Result<String, AcklineError> {
         .strip_prefix("https://")
         .map(|r| format!("wss://{r}"))
         .or_else(|| url.strip_prefix("http://").map(|r| format!("ws://{r}")))
-        .or_else(|| (url.starts_with("ws://") || url.starts_with("wss://")).then(|| url.to_owned()));
-    rest.ok_or(AcklineError::BadUrl("url must start with http://, https://, ws:// or wss://"))
+        .or_else(|| {
+            (url.starts_with("ws://") || url.starts_with("wss://")).then(|| url.to_owned())
+        });
+    rest.ok_or(AcklineError::BadUrl(
+        "url must start with http://, https://, ws:// or wss://",
+    ))
 }
 
 struct ClientState {
@@ -221,14 +225,19 @@ impl Ackline {
     /// Opens the local database and prepares a client. Rejects with
     /// `code` `store_unavailable`, `store_blocked`, `bad_url` or `bad_token`.
     #[wasm_bindgen(unchecked_return_type = "Ackline")]
-    pub async fn open(#[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue) -> Result<Ackline, JsValue> {
-        let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).unwrap_or(JsValue::UNDEFINED);
+    pub async fn open(
+        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
+    ) -> Result<Ackline, JsValue> {
+        let get =
+            |name: &str| js_sys::Reflect::get(&options, &name.into()).unwrap_or(JsValue::UNDEFINED);
         let url = get("url")
             .as_string()
             .ok_or(AcklineError::BadOptions("options.url (string) is required"))?;
         let socket_base = socket_base(&url)?;
         let token_value = get("token");
-        let db_name = get("dbName").as_string().unwrap_or_else(|| "ackline".to_owned());
+        let db_name = get("dbName")
+            .as_string()
+            .unwrap_or_else(|| "ackline".to_owned());
         // A callback's token is fetched while IndexedDB opens (both take a
         // while on a page load; neither needs the other).
         let (token, first) = if let Some(t) = token_value.as_string() {
@@ -236,12 +245,19 @@ impl Ackline {
         } else if let Some(f) = token_value.dyn_ref::<Function>() {
             (TokenSource::Callback(f.clone()), session::ask_token(f))
         } else {
-            return Err(AcklineError::BadOptions("options.token must be a string or a function").into());
+            return Err(
+                AcklineError::BadOptions("options.token must be a string or a function").into(),
+            );
         };
         let store = IdbStore::open(&db_name).await;
         let identity = token_identity(&session::token_from(first).await?)?;
         let store = store?;
-        let who = Identity { socket_base, token, user: identity.sub.clone(), device: identity.device.clone() };
+        let who = Identity {
+            socket_base,
+            token,
+            user: identity.sub.clone(),
+            device: identity.device.clone(),
+        };
         let tabs = Tabs::join(&db_name, Rc::new(store), who, Rc::new(Listeners::default())).await;
         let state = Rc::new_cyclic(|weak: &std::rc::Weak<ClientState>| {
             let weak = weak.clone();
@@ -254,13 +270,23 @@ impl Ackline {
                 }
             });
             if let Some(window) = web_sys::window() {
-                let _ = window.add_event_listener_with_callback("online", wake.as_ref().unchecked_ref());
-                let _ = window.add_event_listener_with_callback("offline", wake.as_ref().unchecked_ref());
+                let _ = window
+                    .add_event_listener_with_callback("online", wake.as_ref().unchecked_ref());
+                let _ = window
+                    .add_event_listener_with_callback("offline", wake.as_ref().unchecked_ref());
                 if let Some(doc) = window.document() {
-                    let _ = doc.add_event_listener_with_callback("visibilitychange", wake.as_ref().unchecked_ref());
+                    let _ = doc.add_event_listener_with_callback(
+                        "visibilitychange",
+                        wake.as_ref().unchecked_ref(),
+                    );
                 }
             }
-            ClientState { tabs, user: identity.sub, device: identity.device, _wake: Some(wake) }
+            ClientState {
+                tabs,
+                user: identity.sub,
+                device: identity.device,
+                _wake: Some(wake),
+            }
         });
         Ok(Ackline { state })
     }
@@ -284,7 +310,10 @@ impl Ackline {
     #[wasm_bindgen(unchecked_return_type = "Conversation")]
     pub async fn conversation(&self, id: String) -> Result<Conversation, JsValue> {
         let conv = self.state.tabs.conversation(&id).await?;
-        Ok(Conversation { tabs: self.state.tabs.clone(), conv })
+        Ok(Conversation {
+            tabs: self.state.tabs.clone(),
+            conv,
+        })
     }
 
     /// True while this tab leads the tabs sharing its database (it holds the
@@ -372,14 +401,27 @@ impl Conversation {
     /// messages exist. Rejects with `offline` when a fetch is needed without
     /// a connection, `history_mismatch` when the server's page does not chain.
     #[wasm_bindgen(unchecked_return_type = "Promise<HistoryPage>")]
-    pub fn history(&self, #[wasm_bindgen(unchecked_param_type = "{ before?: number; limit?: number }")] options: JsValue) -> Promise {
-        let get = |name: &str| js_sys::Reflect::get(&options, &name.into()).ok().and_then(|v| v.as_f64());
+    pub fn history(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "{ before?: number; limit?: number }")]
+        options: JsValue,
+    ) -> Promise {
+        let get = |name: &str| {
+            js_sys::Reflect::get(&options, &name.into())
+                .ok()
+                .and_then(|v| v.as_f64())
+        };
         let before = get("before").map_or(protocol::MAX_SEQ, |b| b.max(0.0) as u64);
-        let limit = get("limit").map_or(50, |l| l.clamp(1.0, f64::from(protocol::limits::MAX_PAGE)) as u32);
+        let limit = get("limit").map_or(50, |l| {
+            l.clamp(1.0, f64::from(protocol::limits::MAX_PAGE)) as u32
+        });
         let p = self.tabs.request(
             "history",
             &self.conv.id,
-            &[("before", JsValue::from_f64(before as f64)), ("limit", JsValue::from(limit))],
+            &[
+                ("before", JsValue::from_f64(before as f64)),
+                ("limit", JsValue::from(limit)),
+            ],
         );
         wasm_bindgen_futures::future_to_promise(async move {
             let res = wasm_bindgen_futures::JsFuture::from(p).await?;
@@ -427,7 +469,10 @@ impl Conversation {
 /// union), in a stable order.
 #[wasm_bindgen(js_name = errorCodes, unchecked_return_type = "AcklineErrorCode[]")]
 pub fn error_codes() -> js_sys::Array {
-    ErrorCode::ALL.iter().map(|c| JsValue::from_str(c.as_str())).collect()
+    ErrorCode::ALL
+        .iter()
+        .map(|c| JsValue::from_str(c.as_str()))
+        .collect()
 }
 
 /// The protocol version this client speaks.
@@ -445,7 +490,10 @@ mod tests {
 
     #[wasm_bindgen_test]
     fn base64url_reads_jwt_parts() {
-        assert_eq!(base64url_decode("eyJzdWIiOiJhbm4ifQ").as_deref(), Some(&br#"{"sub":"ann"}"#[..]));
+        assert_eq!(
+            base64url_decode("eyJzdWIiOiJhbm4ifQ").as_deref(),
+            Some(&br#"{"sub":"ann"}"#[..])
+        );
         assert_eq!(base64url_decode("").as_deref(), Some(&b""[..]));
         // Every length remainder, unpadded and padded.
         assert_eq!(base64url_decode("YQ").as_deref(), Some(&b"a"[..]));

@@ -20,8 +20,8 @@ use std::rc::{Rc, Weak};
 use gloo_timers::callback::Timeout;
 use js_sys::Function;
 use protocol::{
-    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientWrite, LinkStatus, MessageStatus, Millis,
-    StoredMessage, WriteId,
+    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientWrite, LinkStatus,
+    MessageStatus, Millis, StoredMessage, WriteId,
 };
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -99,7 +99,13 @@ impl<'a> AppMessage<'a> {
             body: &m.body,
             at: m.at,
             mine,
-            status: mine.then(|| if core.is_queued(&m.id) { "sent" } else { "delivered" }),
+            status: mine.then(|| {
+                if core.is_queued(&m.id) {
+                    "sent"
+                } else {
+                    "delivered"
+                }
+            }),
         }
     }
 }
@@ -159,7 +165,10 @@ pub(crate) struct ErrorInfo {
 
 impl From<&AcklineError> for ErrorInfo {
     fn from(e: &AcklineError) -> ErrorInfo {
-        ErrorInfo { code: e.code(), message: e.to_string() }
+        ErrorInfo {
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -237,11 +246,19 @@ pub type TapJson = Rc<dyn Fn(&str)>;
 impl Listeners {
     /// Listeners whose events all go to `tap` (runs of events to `tap_json`).
     pub fn tapped(tap: Tap, tap_json: Option<TapJson>) -> Listeners {
-        Listeners { map: RefCell::default(), tap: Some(tap), tap_json }
+        Listeners {
+            map: RefCell::default(),
+            tap: Some(tap),
+            tap_json,
+        }
     }
 
     pub fn add(&self, event: &str, f: Function) {
-        self.map.borrow_mut().entry(event.to_owned()).or_default().push(f);
+        self.map
+            .borrow_mut()
+            .entry(event.to_owned())
+            .or_default()
+            .push(f);
     }
 
     pub fn remove(&self, event: &str, f: &Function) {
@@ -424,7 +441,12 @@ impl Session {
         let conv = inner.cfg.conversation.clone();
         let list = js_sys::Array::new();
         for e in &inner.initial_pending {
-            list.push(&to_js(&PendingEvent { conversation: &conv, id: &e.id, body: &e.body, created: e.created }));
+            list.push(&to_js(&PendingEvent {
+                conversation: &conv,
+                id: &e.id,
+                body: &e.body,
+                created: e.created,
+            }));
         }
         list.into()
     }
@@ -447,7 +469,13 @@ impl Session {
                 Ok(id) => {
                     // No `pending` event yet: it fires once the outbox write
                     // committed (see `on_status`).
-                    inner.not_yet_durable.insert(id.clone(), QueuedMessage { body: body.clone(), created });
+                    inner.not_yet_durable.insert(
+                        id.clone(),
+                        QueuedMessage {
+                            body: body.clone(),
+                            created,
+                        },
+                    );
                     inner.sends.entry(id).or_default().push((resolve, reject));
                 }
                 Err(e) => reject_now = Some((reject, AcklineError::Core(e).into())),
@@ -465,7 +493,12 @@ impl Session {
     /// confirmed in this session resolves at once, already
     /// queued waits for its confirmation, and a `retry` (asked again after a
     /// takeover) also looks for the id among the newest stored messages.
-    pub async fn send_with_id(&self, id: String, body: String, retry: bool) -> Result<JsValue, JsValue> {
+    pub async fn send_with_id(
+        &self,
+        id: String,
+        body: String,
+        retry: bool,
+    ) -> Result<JsValue, JsValue> {
         let id = id.to_ascii_uppercase();
         let done = |seq: u64, at: u64| to_js(&SendResult { id: &id, seq, at });
         let (store, conv, device, queued, watermark) = {
@@ -476,7 +509,13 @@ impl Session {
             if let Some((seq, at)) = inner.confirmed.get(&id) {
                 return Ok(done(*seq, *at));
             }
-            (inner.store.clone(), inner.cfg.conversation.clone(), inner.cfg.device.clone(), inner.core.is_queued(&id), inner.core.watermark())
+            (
+                inner.store.clone(),
+                inner.cfg.conversation.clone(),
+                inner.cfg.device.clone(),
+                inner.core.is_queued(&id),
+                inner.core.watermark(),
+            )
         };
         if retry && !queued {
             let from = watermark.unwrap_or(0).saturating_sub(1_000);
@@ -497,7 +536,13 @@ impl Session {
             match inner.core.send_with_id(created, &id, body.clone()) {
                 Ok(id) => {
                     if !was_queued {
-                        inner.not_yet_durable.insert(id.clone(), QueuedMessage { body: body.clone(), created });
+                        inner.not_yet_durable.insert(
+                            id.clone(),
+                            QueuedMessage {
+                                body: body.clone(),
+                                created,
+                            },
+                        );
                     }
                     inner.sends.entry(id).or_default().push((resolve, reject));
                 }
@@ -523,7 +568,12 @@ impl Session {
         let through = inner.core.watermark().unwrap_or(0);
         let list = js_sys::Array::new();
         for m in page.iter().filter(|m| m.seq <= through) {
-            list.push(&to_js(&AppMessage::new(&conv, m, &inner.cfg.device, &inner.core)));
+            list.push(&to_js(&AppMessage::new(
+                &conv,
+                m,
+                &inner.cfg.device,
+                &inner.core,
+            )));
         }
         Ok(list)
     }
@@ -577,7 +627,12 @@ impl Session {
         let inner = self.inner.borrow();
         let list = js_sys::Array::new();
         for m in &page {
-            list.push(&to_js(&AppMessage::new(&conv, m, &inner.cfg.device, &inner.core)));
+            list.push(&to_js(&AppMessage::new(
+                &conv,
+                m,
+                &inner.cfg.device,
+                &inner.core,
+            )));
         }
         // Seqs are contiguous from 1: anything above 1 has older messages.
         let more = page.first().is_some_and(|m| m.seq > 1);
@@ -600,7 +655,12 @@ impl Session {
             inner.drain_outputs();
             // The core asked for exactly one ClearInbox just now: the promise
             // follows that write.
-            let clear = inner.writes.iter().rev().find(|(_, op)| matches!(op, ClientWrite::ClearInbox)).map(|(w, _)| *w);
+            let clear = inner
+                .writes
+                .iter()
+                .rev()
+                .find(|(_, op)| matches!(op, ClientWrite::ClearInbox))
+                .map(|(w, _)| *w);
             match clear {
                 Some(write) => inner.reset_waiters.push((write, resolve, reject)),
                 None => {
@@ -616,9 +676,11 @@ impl Session {
     pub fn divergence(&self) -> JsValue {
         let inner = self.inner.borrow();
         match inner.divergence {
-            Some(Divergence { seq, server_head }) => {
-                to_js(&DivergedEvent { conversation: &inner.cfg.conversation, seq, server_head })
-            }
+            Some(Divergence { seq, server_head }) => to_js(&DivergedEvent {
+                conversation: &inner.cfg.conversation,
+                seq,
+                server_head,
+            }),
             None => JsValue::NULL,
         }
     }
@@ -631,7 +693,13 @@ impl Session {
             inner.core.handle(now(), ClientInput::Network { online });
             if !online {
                 inner.detach_socket();
-                inner.core.handle(now(), ClientInput::Disconnected { code: 1000, reason: "set offline".into() });
+                inner.core.handle(
+                    now(),
+                    ClientInput::Disconnected {
+                        code: 1000,
+                        reason: "set offline".into(),
+                    },
+                );
             }
         }
         self.pump();
@@ -660,8 +728,16 @@ impl Session {
         inner.core_timer = None;
         let err: JsValue = AcklineError::Closed.into();
         inner.not_yet_durable.clear();
-        let sends: Vec<_> = inner.sends.drain().flat_map(|(_, list)| list.into_iter().map(|(_, reject)| reject)).collect();
-        let mut waiters: Vec<_> = inner.history_waiters.drain(..).map(|(_, reject)| reject).collect();
+        let sends: Vec<_> = inner
+            .sends
+            .drain()
+            .flat_map(|(_, list)| list.into_iter().map(|(_, reject)| reject))
+            .collect();
+        let mut waiters: Vec<_> = inner
+            .history_waiters
+            .drain(..)
+            .map(|(_, reject)| reject)
+            .collect();
         waiters.extend(inner.reset_waiters.drain(..).map(|(_, _, reject)| reject));
         drop(inner);
         self.fire_events();
@@ -684,7 +760,13 @@ impl Session {
                 return;
             }
             if inner.held_offline {
-                inner.core.handle(now(), ClientInput::Disconnected { code: 1006, reason: "set offline".into() });
+                inner.core.handle(
+                    now(),
+                    ClientInput::Disconnected {
+                        code: 1006,
+                        reason: "set offline".into(),
+                    },
+                );
                 drop(inner);
                 self.pump();
                 return;
@@ -700,7 +782,9 @@ impl Session {
                 TokenSource::Fixed(t) => Ok(t),
                 TokenSource::Callback(f) => resolve_token(&f).await,
             };
-            let Some(session) = weak.upgrade() else { return };
+            let Some(session) = weak.upgrade() else {
+                return;
+            };
             match token {
                 Ok(token) => session.open_socket(&token),
                 Err(e) => {
@@ -712,10 +796,13 @@ impl Session {
     }
 
     fn connect_failed(&self, reason: &str) {
-        self.inner
-            .borrow_mut()
-            .core
-            .handle(now(), ClientInput::Disconnected { code: 1006, reason: reason.into() });
+        self.inner.borrow_mut().core.handle(
+            now(),
+            ClientInput::Disconnected {
+                code: 1006,
+                reason: reason.into(),
+            },
+        );
         self.pump();
     }
 
@@ -725,13 +812,23 @@ impl Session {
             if inner.closed || inner.ws.is_some() {
                 return;
             }
-            let sep = if inner.cfg.socket_url.contains('?') { '&' } else { '?' };
-            format!("{}{sep}access_token={}", inner.cfg.socket_url, js_sys::encode_uri_component(token))
+            let sep = if inner.cfg.socket_url.contains('?') {
+                '&'
+            } else {
+                '?'
+            };
+            format!(
+                "{}{sep}access_token={}",
+                inner.cfg.socket_url,
+                js_sys::encode_uri_component(token)
+            )
         };
         let ws = match WebSocket::new(&url) {
             Ok(ws) => ws,
             Err(_) => {
-                self.record_error(&AcklineError::BadUrl("cannot open a WebSocket to the configured url"));
+                self.record_error(&AcklineError::BadUrl(
+                    "cannot open a WebSocket to the configured url",
+                ));
                 self.connect_failed("bad url");
                 return;
             }
@@ -749,7 +846,10 @@ impl Session {
             let weak = weak.clone();
             move |event: JsValue| {
                 let Some(s) = weak.upgrade() else { return };
-                let Some(text) = event.dyn_ref::<MessageEvent>().and_then(|e| e.data().as_string()) else {
+                let Some(text) = event
+                    .dyn_ref::<MessageEvent>()
+                    .and_then(|e| e.data().as_string())
+                else {
                     return;
                 };
                 s.on_frame(text);
@@ -776,12 +876,18 @@ impl Session {
     }
 
     fn on_open(&self) {
-        self.inner.borrow_mut().core.handle(now(), ClientInput::Connected);
+        self.inner
+            .borrow_mut()
+            .core
+            .handle(now(), ClientInput::Connected);
         self.pump();
     }
 
     fn on_frame(&self, text: String) {
-        self.inner.borrow_mut().core.handle(now(), ClientInput::Frame(text.into_bytes()));
+        self.inner
+            .borrow_mut()
+            .core
+            .handle(now(), ClientInput::Frame(text.into_bytes()));
         self.pump();
     }
 
@@ -790,7 +896,9 @@ impl Session {
         {
             let mut inner = self.inner.borrow_mut();
             inner.detach_socket();
-            inner.core.handle(now(), ClientInput::Disconnected { code, reason });
+            inner
+                .core
+                .handle(now(), ClientInput::Disconnected { code, reason });
         }
         self.pump();
     }
@@ -801,7 +909,6 @@ impl Session {
         inner.record_error(error);
         inner.push_status();
     }
-
 
     /// Carries out the core's outputs, starts the writer, re-arms the timer and
     /// fires app events. Call after every input.
@@ -859,17 +966,25 @@ impl Inner {
 
     /// Settles the `resetInbox()` promises whose write is durable now.
     fn resolve_resets(&mut self, through: WriteId) {
-        let (done, waiting): (Vec<_>, Vec<_>) = self.reset_waiters.drain(..).partition(|(w, _, _)| *w <= through);
+        let (done, waiting): (Vec<_>, Vec<_>) = self
+            .reset_waiters
+            .drain(..)
+            .partition(|(w, _, _)| *w <= through);
         self.reset_waiters = waiting;
         for (_, resolve, _) in done {
-            self.events.push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
+            self.events
+                .push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
         }
     }
 
     /// Keeps `error` as the last error and queues its `error` event.
     fn record_error(&mut self, error: &AcklineError) {
         let info = ErrorInfo::from(error);
-        let event = to_js(&ErrorEvent { conversation: &self.cfg.conversation, code: info.code, message: &info.message });
+        let event = to_js(&ErrorEvent {
+            conversation: &self.cfg.conversation,
+            code: info.code,
+            message: &info.message,
+        });
         self.events.push(AppEvent::Client("error", event));
         self.last_error = Some(info);
     }
@@ -898,12 +1013,14 @@ impl Inner {
                 }
                 ClientOutput::Persist { write, op } => self.writes.push_back((write, op)),
                 ClientOutput::Message(m) => {
-                    let message = AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device, &self.core);
+                    let message =
+                        AppMessage::new(&self.cfg.conversation, &m, &self.cfg.device, &self.core);
                     push_json_event(&mut self.events, "message", &message);
                 }
                 ClientOutput::History { .. } => {
                     for (resolve, _) in self.history_waiters.drain(..) {
-                        self.events.push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
+                        self.events
+                            .push(AppEvent::Resolve(resolve, JsValue::UNDEFINED));
                     }
                 }
                 ClientOutput::HistoryFailed(e) => {
@@ -921,14 +1038,19 @@ impl Inner {
                 }
                 ClientOutput::Status { id, status } => {
                     // `status` reports the outbox size: news only when it changed.
-                    status_changed |= self.last_status != Some((self.state, self.core.outbox_len()));
+                    status_changed |=
+                        self.last_status != Some((self.state, self.core.outbox_len()));
                     self.on_status(&id, status);
                 }
                 ClientOutput::Error(e) => {
                     if let ClientError::Diverged { seq, server_head } = e {
                         let divergence = Divergence { seq, server_head };
                         self.divergence = Some(divergence);
-                        let event = to_js(&DivergedEvent { conversation: &self.cfg.conversation, seq, server_head });
+                        let event = to_js(&DivergedEvent {
+                            conversation: &self.cfg.conversation,
+                            seq,
+                            server_head,
+                        });
                         self.events.push(AppEvent::Conversation("diverged", event));
                     }
                     self.record_error(&AcklineError::Core(e));
@@ -969,7 +1091,12 @@ impl Inner {
                 push_json_event(
                     &mut self.events,
                     "pending",
-                    &PendingEvent { conversation: &conv, id, body: &queued.body, created: queued.created },
+                    &PendingEvent {
+                        conversation: &conv,
+                        id,
+                        body: &queued.body,
+                        created: queued.created,
+                    },
                 );
             }
         }
@@ -979,17 +1106,34 @@ impl Inner {
             MessageStatus::Delivered { seq } => ("delivered", Some(*seq), None, None),
             MessageStatus::Failed { code } => ("failed", None, None, Some(ErrorCode::from(*code))),
         };
-        push_json_event(&mut self.events, "update", &UpdateEvent { conversation: &conv, id, status: name, seq, at, code });
+        push_json_event(
+            &mut self.events,
+            "update",
+            &UpdateEvent {
+                conversation: &conv,
+                id,
+                status: name,
+                seq,
+                at,
+                code,
+            },
+        );
         match status {
             MessageStatus::Sent { seq, at } => {
                 self.confirmed.insert(id.to_owned(), (seq, at));
                 for (resolve, _) in self.sends.remove(id).unwrap_or_default() {
-                    self.events.push(AppEvent::Resolve(resolve, to_js(&SendResult { id, seq, at })));
+                    self.events.push(AppEvent::Resolve(
+                        resolve,
+                        to_js(&SendResult { id, seq, at }),
+                    ));
                 }
             }
             MessageStatus::Failed { code } => {
                 for (_, reject) in self.sends.remove(id).unwrap_or_default() {
-                    let err = AcklineError::Refused { id: id.to_owned(), code };
+                    let err = AcklineError::Refused {
+                        id: id.to_owned(),
+                        code,
+                    };
                     self.events.push(AppEvent::Reject(reject, err.into()));
                 }
             }
@@ -1002,7 +1146,11 @@ impl Inner {
             self.core_timer = None;
             return;
         };
-        if self.core_timer.as_ref().is_some_and(|(armed, _)| *armed == deadline) {
+        if self
+            .core_timer
+            .as_ref()
+            .is_some_and(|(armed, _)| *armed == deadline)
+        {
             return;
         }
         let delay = deadline.saturating_sub(now()).min(u64::from(u32::MAX)) as u32;
@@ -1061,14 +1209,19 @@ pub(crate) async fn resolve_token(f: &Function) -> Result<String, AcklineError> 
 /// Calls the app's token callback: its value, or a promise of it (already
 /// on its way, so the caller can do other work before awaiting it).
 pub(crate) fn ask_token(f: &Function) -> Result<JsValue, AcklineError> {
-    f.call0(&JsValue::NULL).map_err(|e| AcklineError::TokenFailed(js_message(&e)))
+    f.call0(&JsValue::NULL)
+        .map_err(|e| AcklineError::TokenFailed(js_message(&e)))
 }
 
 /// The token a callback gave ([`ask_token`]), its promise awaited.
-pub(crate) async fn token_from(asked: Result<JsValue, AcklineError>) -> Result<String, AcklineError> {
+pub(crate) async fn token_from(
+    asked: Result<JsValue, AcklineError>,
+) -> Result<String, AcklineError> {
     let failed = |e: JsValue| AcklineError::TokenFailed(js_message(&e));
     let value = match asked?.dyn_into::<js_sys::Promise>() {
-        Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise).await.map_err(failed)?,
+        Ok(promise) => wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .map_err(failed)?,
         Err(value) => value,
     };
     value
@@ -1097,7 +1250,9 @@ impl WeakSession {
 /// reports each batch durable to the core when its transaction completed.
 async fn run_writer(weak: WeakSession) {
     loop {
-        let Some(session) = weak.upgrade() else { return };
+        let Some(session) = weak.upgrade() else {
+            return;
+        };
         let (store, conv, batch) = {
             let mut inner = session.inner.borrow_mut();
             if inner.writes.is_empty() || inner.closed {
@@ -1110,12 +1265,16 @@ async fn run_writer(weak: WeakSession) {
         drop(session);
         let (ids, ops): (Vec<WriteId>, Vec<ClientWrite>) = batch.into_iter().unzip();
         let result = store.apply_all(&conv, &ops).await;
-        let Some(session) = weak.upgrade() else { return };
+        let Some(session) = weak.upgrade() else {
+            return;
+        };
         match result {
             Ok(()) => {
                 if let Some(through) = ids.last() {
                     let mut inner = session.inner.borrow_mut();
-                    inner.core.handle(now(), ClientInput::Durable { through: *through });
+                    inner
+                        .core
+                        .handle(now(), ClientInput::Durable { through: *through });
                     inner.resolve_resets(*through);
                 }
                 session.pump();

@@ -56,17 +56,24 @@ use std::cell::{Cell, RefCell};
 use std::future::IntoFuture;
 use std::rc::Rc;
 
-use idb::{CursorDirection, Factory, IndexParams, KeyPath, KeyRange, ObjectStore, ObjectStoreParams, Query};
+use idb::{
+    CursorDirection, Factory, IndexParams, KeyPath, KeyRange, ObjectStore, ObjectStoreParams, Query,
+};
 use js_sys::{Array, Object, Promise, Reflect};
-use protocol::{ChainHash, ClientSnapshot, ClientWrite, InboxState, Millis, OutboxEntry, Seq, StoredMessage};
+use protocol::{
+    ChainHash, ClientSnapshot, ClientWrite, InboxState, Millis, OutboxEntry, Seq, StoredMessage,
+};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{DomException, IdbDatabase, IdbOpenDbRequest, IdbTransaction, IdbTransactionMode, IdbVersionChangeEvent};
+use web_sys::{
+    DomException, IdbDatabase, IdbOpenDbRequest, IdbTransaction, IdbTransactionMode,
+    IdbVersionChangeEvent,
+};
 
-pub use crate::errors::ErrorCode;
 use crate::errors::AcklineError;
+pub use crate::errors::ErrorCode;
 
 /// Current schema version. Opening runs the upgrade steps from the stored version.
 pub const DB_VERSION: u32 = 3;
@@ -159,7 +166,9 @@ fn from_idb(e: idb::Error) -> StoreError {
     use idb::Error as E;
     match &e {
         E::DomException(d) => from_dom(d),
-        E::IndexedDbNotFound(_) => StoreError::Unavailable("IndexedDB is not available in this context".into()),
+        E::IndexedDbNotFound(_) => {
+            StoreError::Unavailable("IndexedDB is not available in this context".into())
+        }
         E::AddFailed(v)
         | E::UpdateFailed(v)
         | E::DeleteFailed(v)
@@ -298,8 +307,15 @@ fn seq_key(conversation: &str, seq: f64) -> JsValue {
     Array::of2(&JsValue::from_str(conversation), &JsValue::from_f64(seq)).into()
 }
 
-fn key_range(lower: &JsValue, upper: &JsValue, lower_open: bool, upper_open: bool) -> Result<Query, StoreError> {
-    KeyRange::bound(lower, upper, Some(lower_open), Some(upper_open)).map(Query::from).map_err(from_idb)
+fn key_range(
+    lower: &JsValue,
+    upper: &JsValue,
+    lower_open: bool,
+    upper_open: bool,
+) -> Result<Query, StoreError> {
+    KeyRange::bound(lower, upper, Some(lower_open), Some(upper_open))
+        .map(Query::from)
+        .map_err(from_idb)
 }
 
 /// One transaction plus a future settled by its `complete` (Ok) or `abort` (Err).
@@ -315,11 +331,17 @@ impl Tx {
             raw.set_oncomplete(Some(&resolve));
             raw.set_onabort(Some(&reject));
         });
-        Tx { raw, done: JsFuture::from(done) }
+        Tx {
+            raw,
+            done: JsFuture::from(done),
+        }
     }
 
     fn store(&self, name: &str) -> Result<ObjectStore, StoreError> {
-        self.raw.object_store(name).map(ObjectStore::from).map_err(|e| from_js(&e))
+        self.raw
+            .object_store(name)
+            .map(ObjectStore::from)
+            .map_err(|e| from_js(&e))
     }
 
     /// The raw object store, for the puts of a batch parsed from JSON.
@@ -366,7 +388,10 @@ pub struct IdbStore {
 
 impl std::fmt::Debug for IdbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdbStore").field("name", &self.db.name()).field("state", &self.state.get()).finish()
+        f.debug_struct("IdbStore")
+            .field("name", &self.db.name())
+            .field("state", &self.state.get())
+            .finish()
     }
 }
 
@@ -382,7 +407,9 @@ fn upgrade(req: &IdbOpenDbRequest, old: f64, slot: &Slot) -> Result<(), StoreErr
         .map_err(|e| from_js(&e))?
         .dyn_into()
         .map_err(|_| StoreError::Failed("upgrade: result is not a database".into()))?;
-    let tx = req.transaction().ok_or_else(|| StoreError::Failed("upgrade: no version change transaction".into()))?;
+    let tx = req
+        .transaction()
+        .ok_or_else(|| StoreError::Failed("upgrade: no version change transaction".into()))?;
     let db = idb::Database::from(db);
     if old < 1.0 {
         let mut params = ObjectStoreParams::new();
@@ -398,7 +425,8 @@ fn upgrade(req: &IdbOpenDbRequest, old: f64, slot: &Slot) -> Result<(), StoreErr
     if old < 2.0 {
         let mut params = ObjectStoreParams::new();
         params.key_path(Some(KeyPath::new_single("conversation")));
-        db.create_object_store(CONVERSATIONS, params).map_err(from_idb)?;
+        db.create_object_store(CONVERSATIONS, params)
+            .map_err(from_idb)?;
     }
     if old < 3.0 {
         let raw_outbox = tx.object_store(OUTBOX).map_err(|e| from_js(&e))?;
@@ -408,7 +436,11 @@ fn upgrade(req: &IdbOpenDbRequest, old: f64, slot: &Slot) -> Result<(), StoreErr
             outbox.delete_index(BY_CONVERSATION).map_err(from_idb)?;
         }
         outbox
-            .create_index(BY_CONVERSATION, KeyPath::new_array(["conversation", "created"]), Some(IndexParams::new()))
+            .create_index(
+                BY_CONVERSATION,
+                KeyPath::new_array(["conversation", "created"]),
+                Some(IndexParams::new()),
+            )
             .map_err(from_idb)?;
         if old >= 1.0 {
             migrate_records(&tx, raw_outbox, slot, outbox_v3)?;
@@ -548,12 +580,18 @@ fn queue_write(
         ClientWrite::RemoveOutbox { id } => {
             // Deleting a missing key succeeds. The key names no conversation: ids are
             // ULIDs, unique across conversations.
-            tx.store(OUTBOX)?.delete(JsValue::from_str(id)).map_err(from_idb)?;
+            tx.store(OUTBOX)?
+                .delete(JsValue::from_str(id))
+                .map_err(from_idb)?;
             tally.outbox.deletes += 1;
         }
         ClientWrite::ClearInbox => {
-            tx.store(MESSAGES)?.delete(all_of(conversation)?).map_err(from_idb)?;
-            tx.store(CONVERSATIONS)?.delete(JsValue::from_str(conversation)).map_err(from_idb)?;
+            tx.store(MESSAGES)?
+                .delete(all_of(conversation)?)
+                .map_err(from_idb)?;
+            tx.store(CONVERSATIONS)?
+                .delete(JsValue::from_str(conversation))
+                .map_err(from_idb)?;
             // One range delete counts as one request.
             tally.messages.deletes += 1;
             tally.conversations.deletes += 1;
@@ -565,7 +603,10 @@ fn queue_write(
 /// The `messages` records of `messages` as one JSON array. Seqs and times
 /// must stay exact as JavaScript numbers (they are keys).
 fn message_rows_json(conversation: &str, messages: &[StoredMessage]) -> Result<String, StoreError> {
-    if let Some(m) = messages.iter().find(|m| m.seq > MAX_SAFE_INTEGER || m.at > MAX_SAFE_INTEGER) {
+    if let Some(m) = messages
+        .iter()
+        .find(|m| m.seq > MAX_SAFE_INTEGER || m.at > MAX_SAFE_INTEGER)
+    {
         return Err(StoreError::Failed(format!(
             "cannot store message {}: seq or time above 2^53 - 1",
             m.seq
@@ -584,12 +625,18 @@ fn message_rows_json(conversation: &str, messages: &[StoredMessage]) -> Result<S
             chain: &m.chain,
         })
         .collect();
-    serde_json::to_string(&rows).map_err(|e| StoreError::Failed(format!("cannot store messages: {e}")))
+    serde_json::to_string(&rows)
+        .map_err(|e| StoreError::Failed(format!("cannot store messages: {e}")))
 }
 
 /// Every `[conversation, number]` key of one conversation.
 fn all_of(conversation: &str) -> Result<Query, StoreError> {
-    key_range(&seq_key(conversation, f64::NEG_INFINITY), &seq_key(conversation, f64::INFINITY), false, false)
+    key_range(
+        &seq_key(conversation, f64::NEG_INFINITY),
+        &seq_key(conversation, f64::INFINITY),
+        false,
+        false,
+    )
 }
 
 impl IdbStore {
@@ -600,10 +647,12 @@ impl IdbStore {
     /// left to finish on its own and its connection closed as soon as it opens.
     pub async fn open(name: &str) -> Result<IdbStore, StoreError> {
         let factory: web_sys::IdbFactory = Factory::new().map_err(from_idb)?.into();
-        let req = factory.open_with_u32(name, DB_VERSION).map_err(|e| match from_js(&e) {
-            StoreError::Failed(m) => StoreError::Unavailable(m),
-            other => other,
-        })?;
+        let req = factory
+            .open_with_u32(name, DB_VERSION)
+            .map_err(|e| match from_js(&e) {
+                StoreError::Failed(m) => StoreError::Unavailable(m),
+                other => other,
+            })?;
 
         let upgrade_error: Slot = Rc::default();
         let on_upgrade = {
@@ -622,7 +671,9 @@ impl IdbStore {
         let settled = Promise::new(&mut |resolve, reject| {
             req.set_onsuccess(Some(&resolve));
             req.set_onerror(Some(&reject));
-            let blocked: js_sys::Function = reject.bind1(&JsValue::NULL, &JsValue::from_str(BLOCKED)).unchecked_into();
+            let blocked: js_sys::Function = reject
+                .bind1(&JsValue::NULL, &JsValue::from_str(BLOCKED))
+                .unchecked_into();
             req.set_onblocked(Some(&blocked));
         });
         let outcome = JsFuture::from(settled).await;
@@ -682,7 +733,13 @@ impl IdbStore {
             Closure::<dyn FnMut()>::new(move || state.set(State::Lost))
         };
         db.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(IdbStore { db, state, stats: Cell::default(), _on_version_change: on_version_change, _on_close: on_close })
+        Ok(IdbStore {
+            db,
+            state,
+            stats: Cell::default(),
+            _on_version_change: on_version_change,
+            _on_close: on_close,
+        })
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -690,7 +747,9 @@ impl IdbStore {
             State::Open => Ok(()),
             State::Closed => Err(StoreError::Failed("the store was closed".into())),
             State::VersionChanged => Err(StoreError::VersionChange),
-            State::Lost => Err(StoreError::Unavailable("the browser closed the database connection".into())),
+            State::Lost => Err(StoreError::Unavailable(
+                "the browser closed the database connection".into(),
+            )),
         }
     }
 
@@ -708,7 +767,11 @@ impl IdbStore {
         self.check()?;
         let names: Array = stores.iter().map(|s| JsValue::from_str(s)).collect();
         let options = Object::new();
-        let _ = Reflect::set(&options, &JsValue::from_str("durability"), &JsValue::from_str("strict"));
+        let _ = Reflect::set(
+            &options,
+            &JsValue::from_str("durability"),
+            &JsValue::from_str("strict"),
+        );
         self.db
             .unchecked_ref::<DatabaseWithOptions>()
             .transaction_with_options(&names, "readwrite", &options)
@@ -718,7 +781,11 @@ impl IdbStore {
 
     /// Queues the requests `queue` makes in one strict read-write transaction and
     /// resolves after `complete`; aborts the transaction if `queue` fails.
-    async fn write(&self, stores: &[&str], queue: impl FnOnce(&Tx) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        stores: &[&str],
+        queue: impl FnOnce(&Tx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let tx = self.write_tx(stores)?;
         if let Err(e) = queue(&tx) {
             tx.abort();
@@ -733,15 +800,23 @@ impl IdbStore {
         let tx = self.write_tx(&[META])?;
         let result = async {
             let meta = tx.store(META)?;
-            let existing = meta.get(JsValue::from_str(DEVICE_ID_KEY)).map_err(from_idb)?.await.map_err(from_idb)?;
+            let existing = meta
+                .get(JsValue::from_str(DEVICE_ID_KEY))
+                .map_err(from_idb)?
+                .await
+                .map_err(from_idb)?;
             match existing {
                 Some(v) => {
-                    let row: MetaRow = serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("device id", e))?;
+                    let row: MetaRow =
+                        serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("device id", e))?;
                     Ok(row.value)
                 }
                 None => {
                     let id = make();
-                    let row = to_js(&MetaRow { key: DEVICE_ID_KEY.into(), value: id.clone() })?;
+                    let row = to_js(&MetaRow {
+                        key: DEVICE_ID_KEY.into(),
+                        value: id.clone(),
+                    })?;
                     meta.put(&row, None).map_err(from_idb)?;
                     let mut stats = self.stats.get();
                     stats.meta.puts += 1;
@@ -779,7 +854,11 @@ impl IdbStore {
     /// transaction (all or none of them are stored); resolves after `complete`,
     /// so every one of them is durable then. For batching consecutive `Persist`
     /// outputs: report `Durable { through }` with the last one's write id.
-    pub async fn apply_all(&self, conversation: &str, ops: &[ClientWrite]) -> Result<(), StoreError> {
+    pub async fn apply_all(
+        &self,
+        conversation: &str,
+        ops: &[ClientWrite],
+    ) -> Result<(), StoreError> {
         if ops.is_empty() {
             return self.check();
         }
@@ -789,13 +868,18 @@ impl IdbStore {
         let mut keep_record = vec![false; ops.len()];
         for (keep, op) in keep_record.iter_mut().zip(ops).rev() {
             *keep = !record_written_later;
-            if matches!(op, ClientWrite::Inbox { state: Some(_), .. } | ClientWrite::ClearInbox) {
+            if matches!(
+                op,
+                ClientWrite::Inbox { state: Some(_), .. } | ClientWrite::ClearInbox
+            ) {
                 record_written_later = true;
             }
         }
         let mut tally = StoreStats::default();
         self.write(&WRITE_SCOPE, |tx| {
-            ops.iter().zip(&keep_record).try_for_each(|(op, keep)| queue_write(tx, conversation, op, *keep, &mut tally))
+            ops.iter()
+                .zip(&keep_record)
+                .try_for_each(|(op, keep)| queue_write(tx, conversation, op, *keep, &mut tally))
         })
         .await?;
         let mut stats = self.stats.get();
@@ -818,7 +902,11 @@ impl IdbStore {
         let messages = tx.store(MESSAGES)?;
         // `into_future` attaches the request's handlers: do it before awaiting
         // anything, or an early success event would be missed.
-        let inbox = tx.store(CONVERSATIONS)?.get(JsValue::from_str(conversation)).map_err(from_idb)?.into_future();
+        let inbox = tx
+            .store(CONVERSATIONS)?
+            .get(JsValue::from_str(conversation))
+            .map_err(from_idb)?
+            .into_future();
         let outbox = tx
             .store(OUTBOX)?
             .index(BY_CONVERSATION)
@@ -839,7 +927,13 @@ impl IdbStore {
                     true,
                     false,
                 )?;
-                decode_messages(messages.get_all(Some(range), None).map_err(from_idb)?.await.map_err(from_idb)?)?
+                decode_messages(
+                    messages
+                        .get_all(Some(range), None)
+                        .map_err(from_idb)?
+                        .await
+                        .map_err(from_idb)?,
+                )?
             }
             None => Vec::new(),
         };
@@ -847,13 +941,25 @@ impl IdbStore {
             .await
             .map_err(from_idb)?
             .into_iter()
-            .map(|v| serde_wasm_bindgen::from_value::<OutboxEntry>(v).map_err(|e| corrupt("outbox record", e)))
+            .map(|v| {
+                serde_wasm_bindgen::from_value::<OutboxEntry>(v)
+                    .map_err(|e| corrupt("outbox record", e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ClientSnapshot { inbox, above, outbox })
+        Ok(ClientSnapshot {
+            inbox,
+            above,
+            outbox,
+        })
     }
 
     /// The `limit` highest-seq messages with `seq < before`, returned ascending.
-    pub async fn messages_before(&self, conversation: &str, before: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+    pub async fn messages_before(
+        &self,
+        conversation: &str,
+        before: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         self.check()?;
         if limit == 0 || before == 0 {
             return Ok(Vec::new());
@@ -865,7 +971,10 @@ impl IdbStore {
         // Walk keys downwards to the limit-th one below `before`, then read that
         // range ascending in one request.
         let cursor = store
-            .open_key_cursor(Some(key_range(&floor, &upper, false, true)?), Some(CursorDirection::Prev))
+            .open_key_cursor(
+                Some(key_range(&floor, &upper, false, true)?),
+                Some(CursorDirection::Prev),
+            )
             .map_err(from_idb)?
             .await
             .map_err(from_idb)?;
@@ -875,7 +984,12 @@ impl IdbStore {
         let lower = if limit == 1 {
             cursor.key().map_err(from_idb)?
         } else {
-            match cursor.advance(limit - 1).map_err(from_idb)?.await.map_err(from_idb)? {
+            match cursor
+                .advance(limit - 1)
+                .map_err(from_idb)?
+                .await
+                .map_err(from_idb)?
+            {
                 Some(c) => c.key().map_err(from_idb)?,
                 None => floor,
             }
@@ -889,15 +1003,30 @@ impl IdbStore {
     }
 
     /// Up to `limit` messages with `seq > after`, ascending.
-    pub async fn messages_after(&self, conversation: &str, after: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
+    pub async fn messages_after(
+        &self,
+        conversation: &str,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
         self.check()?;
         if limit == 0 {
             // IndexedDB reads a count of 0 as "no limit".
             return Ok(Vec::new());
         }
         let tx = self.read_tx(&[MESSAGES])?;
-        let range = key_range(&seq_key(conversation, after as f64), &seq_key(conversation, f64::INFINITY), true, false)?;
-        let rows = tx.store(MESSAGES)?.get_all(Some(range), Some(limit)).map_err(from_idb)?.await.map_err(from_idb)?;
+        let range = key_range(
+            &seq_key(conversation, after as f64),
+            &seq_key(conversation, f64::INFINITY),
+            true,
+            false,
+        )?;
+        let rows = tx
+            .store(MESSAGES)?
+            .get_all(Some(range), Some(limit))
+            .map_err(from_idb)?
+            .await
+            .map_err(from_idb)?;
         decode_messages(rows)
     }
 

@@ -120,7 +120,9 @@ fn opt_num(v: Option<u64>) -> JsValue {
 /// An error as it crosses the channel (an Error's `code` does not survive
 /// structured cloning).
 fn err_plain(e: &JsValue) -> JsValue {
-    let code = get(e, "code").as_string().unwrap_or_else(|| "server_error".into());
+    let code = get(e, "code")
+        .as_string()
+        .unwrap_or_else(|| "server_error".into());
     obj(&[("code", code.into()), ("message", js_message(e).into())])
 }
 
@@ -132,7 +134,10 @@ fn err_js(plain: &JsValue) -> JsValue {
 
 fn random_u64() -> u64 {
     let mut b = [0u8; 8];
-    if let Some(c) = Reflect::get(&js_sys::global(), &"crypto".into()).ok().and_then(|c| c.dyn_into::<web_sys::Crypto>().ok()) {
+    if let Some(c) = Reflect::get(&js_sys::global(), &"crypto".into())
+        .ok()
+        .and_then(|c| c.dyn_into::<web_sys::Crypto>().ok())
+    {
         let _ = c.get_random_values_with_u8_array(&mut b);
     }
     u64::from_le_bytes(b) ^ (js_sys::Math::random() * 4e15) as u64
@@ -140,19 +145,32 @@ fn random_u64() -> u64 {
 
 impl Tabs {
     /// Joins the tabs of `db_name`: elects a leader or waits behind it.
-    pub(crate) async fn join(db_name: &str, store: Rc<IdbStore>, who: Identity, app_client: Rc<Listeners>) -> Rc<Tabs> {
+    pub(crate) async fn join(
+        db_name: &str,
+        store: Rc<IdbStore>,
+        who: Identity,
+        app_client: Rc<Listeners>,
+    ) -> Rc<Tabs> {
         let name = format!("ackline:{db_name}");
         let locks = web_sys::window()
             .map(|w| get(&w.navigator(), "locks"))
             .filter(|l| !l.is_undefined() && !l.is_null());
-        let channel = if locks.is_some() { BroadcastChannel::new(&name).ok() } else { None };
+        let channel = if locks.is_some() {
+            BroadcastChannel::new(&name).ok()
+        } else {
+            None
+        };
         let single = locks.is_none() || channel.is_none();
         if single {
             web_sys::console::warn_1(
                 &"ackline: Web Locks or BroadcastChannel unavailable: this tab runs alone (tabs of one database may cut each other off)".into(),
             );
         }
-        let abort = if single { None } else { web_sys::AbortController::new().ok() };
+        let abort = if single {
+            None
+        } else {
+            web_sys::AbortController::new().ok()
+        };
         let tabs = Rc::new_cyclic(|me| Tabs {
             me: me.clone(),
             tab: format!("{:016x}", random_u64()),
@@ -190,14 +208,19 @@ impl Tabs {
         }
         // Before any request of ours: a leader relays events once it knows
         // another tab listens.
-        tabs.post(&obj(&[("k", "hi".into()), ("tab", tabs.tab.clone().into())]));
+        tabs.post(&obj(&[
+            ("k", "hi".into()),
+            ("tab", tabs.tab.clone().into()),
+        ]));
         // The lock: held until `close()` or the page goes away.
         let granted = Rc::new(Cell::new(false));
         let weak = Rc::downgrade(&tabs);
         let g = granted.clone();
         let on_grant = Closure::<dyn FnMut(JsValue) -> JsValue>::new(move |_lock: JsValue| {
             g.set(true);
-            let Some(t) = weak.upgrade() else { return Promise::resolve(&JsValue::UNDEFINED).into() };
+            let Some(t) = weak.upgrade() else {
+                return Promise::resolve(&JsValue::UNDEFINED).into();
+            };
             if t.closed.get() {
                 return Promise::resolve(&JsValue::UNDEFINED).into();
             }
@@ -207,10 +230,16 @@ impl Tabs {
             t.become_leader();
             held.into()
         });
-        let options = obj(&[("signal", tabs.abort.as_ref().map_or(JsValue::UNDEFINED, |a| a.signal().into()))]);
+        let options = obj(&[(
+            "signal",
+            tabs.abort
+                .as_ref()
+                .map_or(JsValue::UNDEFINED, |a| a.signal().into()),
+        )]);
         let request = get(&locks, "request").dyn_into::<Function>();
         if let Ok(request) = request {
-            if let Ok(p) = request.call3(&locks, &name.clone().into(), &options, on_grant.as_ref()) {
+            if let Ok(p) = request.call3(&locks, &name.clone().into(), &options, on_grant.as_ref())
+            {
                 // An abort (close while queued) rejects it: nothing to do.
                 let noop = Closure::<dyn FnMut(JsValue)>::new(|_| {});
                 let _ = p.dyn_into::<Promise>().map(|p| p.catch(&noop));
@@ -225,11 +254,19 @@ impl Tabs {
                 break;
             }
             let held_elsewhere = match &query {
-                Some(q) => match q.call0(&locks).ok().and_then(|p| p.dyn_into::<Promise>().ok()) {
+                Some(q) => match q
+                    .call0(&locks)
+                    .ok()
+                    .and_then(|p| p.dyn_into::<Promise>().ok())
+                {
                     Some(p) => {
-                        let state = wasm_bindgen_futures::JsFuture::from(p).await.unwrap_or(JsValue::UNDEFINED);
+                        let state = wasm_bindgen_futures::JsFuture::from(p)
+                            .await
+                            .unwrap_or(JsValue::UNDEFINED);
                         let held = get(&state, "held");
-                        Array::from(&held).iter().any(|l| get(&l, "name").as_string().as_deref() == Some(name.as_str()))
+                        Array::from(&held)
+                            .iter()
+                            .any(|l| get(&l, "name").as_string().as_deref() == Some(name.as_str()))
                     }
                     None => false,
                 },
@@ -257,8 +294,16 @@ impl Tabs {
     /// of this tab here (asked again: same ids).
     fn become_leader(&self) {
         self.role.set(Role::Leader);
-        self.post(&obj(&[("k", "leader".into()), ("tab", self.tab.clone().into())]));
-        let reqs: Vec<(u64, JsValue)> = self.requests.borrow().iter().map(|(id, r)| (*id, r.msg.clone())).collect();
+        self.post(&obj(&[
+            ("k", "leader".into()),
+            ("tab", self.tab.clone().into()),
+        ]));
+        let reqs: Vec<(u64, JsValue)> = self
+            .requests
+            .borrow()
+            .iter()
+            .map(|(id, r)| (*id, r.msg.clone()))
+            .collect();
         for (_, msg) in reqs {
             let _ = Reflect::set(&msg, &"retry".into(), &true.into());
             self.spawn_handle(msg);
@@ -286,24 +331,43 @@ impl Tabs {
         let kind = get(&msg, "k").as_string().unwrap_or_default();
         match kind.as_str() {
             "req" if self.leads() => self.spawn_handle(msg),
-            "res" if get(&msg, "to").as_string().as_deref() == Some(self.tab.as_str()) => self.settle(&msg),
+            "res" if get(&msg, "to").as_string().as_deref() == Some(self.tab.as_str()) => {
+                self.settle(&msg)
+            }
             "ev" if !self.leads() => {
                 let conv = get(&msg, "conv").as_string().unwrap_or_default();
-                self.deliver(&conv, &get(&msg, "name").as_string().unwrap_or_default(), get(&msg, "value"));
+                self.deliver(
+                    &conv,
+                    &get(&msg, "name").as_string().unwrap_or_default(),
+                    get(&msg, "value"),
+                );
             }
             "evj" if !self.leads() => {
                 let conv = get(&msg, "conv").as_string().unwrap_or_default();
                 let json = get(&msg, "json").as_string().unwrap_or_default();
-                for_each_json_event(&json, |name, value| self.deliver(&conv, name, value.clone()));
+                for_each_json_event(&json, |name, value| {
+                    self.deliver(&conv, name, value.clone())
+                });
             }
             "cev" if !self.leads() => {
-                self.deliver_client(&get(&msg, "name").as_string().unwrap_or_default(), get(&msg, "value"));
+                self.deliver_client(
+                    &get(&msg, "name").as_string().unwrap_or_default(),
+                    get(&msg, "value"),
+                );
             }
             "leader" if !self.leads() => {
                 // A new leader: say we listen, ask again what is unanswered,
                 // then catch up.
-                self.post(&obj(&[("k", "hi".into()), ("tab", self.tab.clone().into())]));
-                let reqs: Vec<JsValue> = self.requests.borrow().values().map(|r| r.msg.clone()).collect();
+                self.post(&obj(&[
+                    ("k", "hi".into()),
+                    ("tab", self.tab.clone().into()),
+                ]));
+                let reqs: Vec<JsValue> = self
+                    .requests
+                    .borrow()
+                    .values()
+                    .map(|r| r.msg.clone())
+                    .collect();
                 for msg in reqs {
                     let _ = Reflect::set(&msg, &"retry".into(), &true.into());
                     self.post(&msg);
@@ -335,7 +399,14 @@ impl Tabs {
                 let _ = reject.call1(&JsValue::NULL, &AcklineError::Closed.into());
                 return;
             }
-            self.requests.borrow_mut().insert(req, Request { msg: msg.clone(), resolve, reject });
+            self.requests.borrow_mut().insert(
+                req,
+                Request {
+                    msg: msg.clone(),
+                    resolve,
+                    reject,
+                },
+            );
         });
         if self.leads() {
             self.spawn_handle(msg);
@@ -347,7 +418,9 @@ impl Tabs {
 
     fn settle(&self, res: &JsValue) {
         let req = get(res, "req").as_f64().unwrap_or(-1.0) as u64;
-        let Some(r) = self.requests.borrow_mut().remove(&req) else { return };
+        let Some(r) = self.requests.borrow_mut().remove(&req) else {
+            return;
+        };
         let err = get(res, "err");
         if err.is_undefined() {
             let _ = r.resolve.call1(&JsValue::NULL, &get(res, "ok"));
@@ -361,7 +434,11 @@ impl Tabs {
         wasm_bindgen_futures::spawn_local(async move {
             let result = me.handle(&msg).await;
             let tab = get(&msg, "tab").as_string().unwrap_or_default();
-            let mut pairs = vec![("k", JsValue::from("res")), ("to", tab.clone().into()), ("req", get(&msg, "req"))];
+            let mut pairs = vec![
+                ("k", JsValue::from("res")),
+                ("to", tab.clone().into()),
+                ("req", get(&msg, "req")),
+            ];
             match result {
                 Ok(v) => pairs.push(("ok", v)),
                 Err(e) => {
@@ -417,10 +494,15 @@ impl Tabs {
                 session.send_with_id(id, body, retry).await
             }
             "history" => {
-                let before = get(msg, "before").as_f64().map_or(protocol::MAX_SEQ, |b| b as u64);
+                let before = get(msg, "before")
+                    .as_f64()
+                    .map_or(protocol::MAX_SEQ, |b| b as u64);
                 let limit = get(msg, "limit").as_f64().map_or(50, |l| l as u32);
                 let page = session.history(before, limit).await?;
-                Ok(obj(&[("more", get(&page, "more")), ("messages", Array::from(&page).into())]))
+                Ok(obj(&[
+                    ("more", get(&page, "more")),
+                    ("messages", Array::from(&page).into()),
+                ]))
             }
             "reset" => {
                 // The inbox starts over: every tab forgets its last seen seq
@@ -477,17 +559,24 @@ impl Tabs {
             Some(tap_json),
         ));
         let weak = self.me.clone();
-        let client = Rc::new(Listeners::tapped(Rc::new(move |name: &str, value: &JsValue| {
-            if let Some(t) = weak.upgrade() {
-                if t.leads() {
-                    // A closing leader's `closed` status is its own tab's only.
-                    if !t.closed.get() && t.others.get() {
-                        t.post(&obj(&[("k", "cev".into()), ("name", name.into()), ("value", value.clone())]));
+        let client = Rc::new(Listeners::tapped(
+            Rc::new(move |name: &str, value: &JsValue| {
+                if let Some(t) = weak.upgrade() {
+                    if t.leads() {
+                        // A closing leader's `closed` status is its own tab's only.
+                        if !t.closed.get() && t.others.get() {
+                            t.post(&obj(&[
+                                ("k", "cev".into()),
+                                ("name", name.into()),
+                                ("value", value.clone()),
+                            ]));
+                        }
+                        t.deliver_client(name, value.clone());
                     }
-                    t.deliver_client(name, value.clone());
                 }
-            }
-        }), None));
+            }),
+            None,
+        ));
         let started = Session::start(cfg, self.store.clone(), listeners, client).await;
         self.opening.borrow_mut().retain(|x| x != conv);
         let session = started?;
@@ -495,7 +584,9 @@ impl Tabs {
             session.close();
             return Err(AcklineError::Closed.into());
         }
-        self.sessions.borrow_mut().insert(conv.to_owned(), session.clone());
+        self.sessions
+            .borrow_mut()
+            .insert(conv.to_owned(), session.clone());
         Ok(session)
     }
 
@@ -505,7 +596,12 @@ impl Tabs {
             return;
         }
         if self.others.get() {
-            self.post(&obj(&[("k", "ev".into()), ("conv", conv.into()), ("name", name.into()), ("value", value.clone())]));
+            self.post(&obj(&[
+                ("k", "ev".into()),
+                ("conv", conv.into()),
+                ("name", name.into()),
+                ("value", value.clone()),
+            ]));
         }
         self.deliver(conv, name, value.clone());
     }
@@ -517,7 +613,11 @@ impl Tabs {
             return;
         }
         if self.others.get() {
-            self.post(&obj(&[("k", "evj".into()), ("conv", conv.into()), ("json", json.into())]));
+            self.post(&obj(&[
+                ("k", "evj".into()),
+                ("conv", conv.into()),
+                ("json", json.into()),
+            ]));
         }
         for_each_json_event(json, |name, value| self.deliver(conv, name, value.clone()));
     }
@@ -526,7 +626,8 @@ impl Tabs {
         if name == "status" {
             let conv = get(&value, "conversation").as_string().unwrap_or_default();
             if let Some(c) = self.convs.borrow().get(&conv) {
-                c.outbox.set(get(&value, "outbox").as_f64().unwrap_or(0.0) as usize);
+                c.outbox
+                    .set(get(&value, "outbox").as_f64().unwrap_or(0.0) as usize);
             }
         }
         self.app_client.fire(name, &value);
@@ -534,7 +635,9 @@ impl Tabs {
 
     /// A conversation event for this tab's app; `message`s once, in order.
     fn deliver(&self, conv: &str, name: &str, value: JsValue) {
-        let Some(c) = self.convs.borrow().get(conv).cloned() else { return };
+        let Some(c) = self.convs.borrow().get(conv).cloned() else {
+            return;
+        };
         match name {
             "message" => {
                 let seq = get(&value, "seq").as_f64().unwrap_or(0.0) as u64;
@@ -570,7 +673,9 @@ impl Tabs {
         loop {
             let next = {
                 let mut buf = c.buffer.borrow_mut();
-                let Some((&seq, _)) = buf.iter().next() else { return };
+                let Some((&seq, _)) = buf.iter().next() else {
+                    return;
+                };
                 let last = c.last_seen.get();
                 if last.is_some_and(|l| seq <= l) {
                     buf.remove(&seq);
@@ -590,7 +695,9 @@ impl Tabs {
 
     /// Asks the leader for everything after the last seen seq.
     fn catch_up(&self, c: &Rc<TabConv>) {
-        let Some(after) = c.last_seen.get() else { return };
+        let Some(after) = c.last_seen.get() else {
+            return;
+        };
         if c.catching_up.replace(true) {
             return;
         }
@@ -625,10 +732,19 @@ impl Tabs {
             divergence: RefCell::new(JsValue::NULL),
             outbox: Cell::new(0),
         });
-        self.convs.borrow_mut().entry(id.to_owned()).or_insert(c.clone());
-        let res = wasm_bindgen_futures::JsFuture::from(self.request("open", id, &[("after", JsValue::NULL)])).await?;
+        self.convs
+            .borrow_mut()
+            .entry(id.to_owned())
+            .or_insert(c.clone());
+        let res = wasm_bindgen_futures::JsFuture::from(self.request(
+            "open",
+            id,
+            &[("after", JsValue::NULL)],
+        ))
+        .await?;
         if c.last_seen.get().is_none() {
-            c.last_seen.set(get(&res, "watermark").as_f64().map(|w| w as u64));
+            c.last_seen
+                .set(get(&res, "watermark").as_f64().map(|w| w as u64));
         }
         *c.pending.borrow_mut() = get(&res, "pending");
         *c.divergence.borrow_mut() = get(&res, "diverged");
@@ -645,7 +761,10 @@ impl Tabs {
         let mask80: u128 = (1 << 80) - 1;
         let (ms, rand) = match self.last_id.get() {
             Some((l, r)) if ms <= l && r < mask80 => (l, r + 1),
-            _ => (ms, ((u128::from(random_u64()) & 0xFFFF) << 64) | u128::from(random_u64())),
+            _ => (
+                ms,
+                ((u128::from(random_u64()) & 0xFFFF) << 64) | u128::from(random_u64()),
+            ),
         };
         self.last_id.set(Some((ms, rand)));
         ulid::Ulid::from_parts(ms, rand).to_string()
@@ -711,7 +830,9 @@ impl Tabs {
             s.close();
         }
         self.store.close();
-        let reqs: Vec<Request> = std::mem::take(&mut *self.requests.borrow_mut()).into_values().collect();
+        let reqs: Vec<Request> = std::mem::take(&mut *self.requests.borrow_mut())
+            .into_values()
+            .collect();
         let err: JsValue = AcklineError::Closed.into();
         for r in reqs {
             let _ = r.reject.call1(&JsValue::NULL, &err);

@@ -28,7 +28,10 @@ fn b64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -40,7 +43,11 @@ fn b64url(bytes: &[u8]) -> String {
 fn token(user: &str, device: &str, conversations: &[&str]) -> String {
     let exp = (js_sys::Date::now() / 1000.0) as u64 + 3600;
     let claims = serde_json::json!({ "sub": user, "device": device, "exp": exp, "conversations": conversations });
-    let input = format!("{}.{}", b64url(br#"{"alg":"HS256","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(TEST_SECRET).expect("hmac key");
     mac.update(input.as_bytes());
     format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
@@ -53,7 +60,12 @@ fn unique(prefix: &str) -> String {
 async fn open(user: &str, device: &str, conv: &str, db: &str) -> Ackline {
     let options = js_sys::Object::new();
     Reflect::set(&options, &"url".into(), &edge_url().into()).unwrap();
-    Reflect::set(&options, &"token".into(), &token(user, device, &[conv]).into()).unwrap();
+    Reflect::set(
+        &options,
+        &"token".into(),
+        &token(user, device, &[conv]).into(),
+    )
+    .unwrap();
     Reflect::set(&options, &"dbName".into(), &db.into()).unwrap();
     Ackline::open(options.into()).await.expect("open client")
 }
@@ -88,7 +100,10 @@ async fn sleep(ms: u32) {
 async fn wait_until(what: &str, timeout_ms: f64, mut done: impl FnMut() -> bool) {
     let start = js_sys::Date::now();
     while !done() {
-        assert!(js_sys::Date::now() - start < timeout_ms, "timed out waiting for {what}");
+        assert!(
+            js_sys::Date::now() - start < timeout_ms,
+            "timed out waiting for {what}"
+        );
         sleep(20).await;
     }
 }
@@ -103,7 +118,11 @@ async fn delete_db(name: &str) {
 
 fn assert_in_order_once(received: &[JsValue], count: u64) {
     let seqs: Vec<u64> = received.iter().map(seq_of).collect();
-    assert_eq!(seqs, (1..=count).collect::<Vec<_>>(), "each seq once, in order");
+    assert_eq!(
+        seqs,
+        (1..=count).collect::<Vec<_>>(),
+        "each seq once, in order"
+    );
 }
 
 #[wasm_bindgen_test]
@@ -133,7 +152,10 @@ async fn two_clients_exchange_messages_with_ticks() {
     .await;
     assert_in_order_once(&got_a.borrow(), 21);
     assert_in_order_once(&got_b.borrow(), 21);
-    assert_eq!(field(&got_b.borrow()[0], "body").as_string().unwrap(), "hello 0");
+    assert_eq!(
+        field(&got_b.borrow()[0], "body").as_string().unwrap(),
+        "hello 0"
+    );
     assert_eq!(field(&got_a.borrow()[0], "mine").as_bool(), Some(true));
     assert_eq!(field(&got_b.borrow()[0], "mine").as_bool(), Some(false));
     wait_until("all 20 delivered ticks", 20_000.0, || {
@@ -146,7 +168,10 @@ async fn two_clients_exchange_messages_with_ticks() {
     })
     .await;
     // Own messages carry their status; others' do not.
-    assert!(matches!(field(&got_a.borrow()[0], "status").as_string().as_deref(), Some("sent" | "delivered")));
+    assert!(matches!(
+        field(&got_a.borrow()[0], "status").as_string().as_deref(),
+        Some("sent" | "delivered")
+    ));
     assert!(field(&got_b.borrow()[0], "status").is_undefined());
     // After a reload the stored messages still say they were delivered.
     a.close();
@@ -155,13 +180,22 @@ async fn two_clients_exchange_messages_with_ticks() {
     let options = js_sys::Object::new();
     js_sys::Reflect::set(&options, &"limit".into(), &JsValue::from(50)).unwrap();
     let result = JsFuture::from(ca2.history(options.into())).await.unwrap();
-    assert_eq!(field(&result, "more").as_bool(), Some(false), "history reaches seq 1");
+    assert_eq!(
+        field(&result, "more").as_bool(),
+        Some(false),
+        "history reaches seq 1"
+    );
     let page = js_sys::Array::from(&result);
     assert_eq!(page.length(), 21);
     for m in page.iter() {
         let status = field(&m, "status").as_string();
         if field(&m, "mine").as_bool() == Some(true) {
-            assert_eq!(status.as_deref(), Some("delivered"), "own message {}", seq_of(&m));
+            assert_eq!(
+                status.as_deref(),
+                Some("delivered"),
+                "own message {}",
+                seq_of(&m)
+            );
         } else {
             assert_eq!(status, None);
         }
@@ -184,25 +218,44 @@ async fn outbox_survives_closing_and_is_sent_once_after_reopening() {
     for i in 0..5 {
         sends.push(ca.send(format!("queued {i}")));
     }
-    wait_until("5 outbox writes durable", 10_000.0, || durable.borrow().len() == 5).await;
+    wait_until("5 outbox writes durable", 10_000.0, || {
+        durable.borrow().len() == 5
+    })
+    .await;
     a.close();
     for p in sends {
-        let err = JsFuture::from(p).await.expect_err("closing rejects unfinished sends");
+        let err = JsFuture::from(p)
+            .await
+            .expect_err("closing rejects unfinished sends");
         assert_eq!(field(&err, "code").as_string().as_deref(), Some("closed"));
     }
 
     let a2 = open("ann", "ann-web", &conv_id, &db_a).await;
     let ca2 = a2.conversation(conv_id.clone()).await.unwrap();
     let pending = js_sys::Array::from(&ca2.pending());
-    assert_eq!(pending.length(), 5, "the reopened client lists its queued messages");
+    assert_eq!(
+        pending.length(),
+        5,
+        "the reopened client lists its queued messages"
+    );
     let b = open("bob", "bob-web", &conv_id, &db_b).await;
     let cb = b.conversation(conv_id.clone()).await.unwrap();
     let got_b = collect(&cb, "message");
-    wait_until("bob holds the 5 queued messages", 20_000.0, || got_b.borrow().len() >= 5).await;
+    wait_until("bob holds the 5 queued messages", 20_000.0, || {
+        got_b.borrow().len() >= 5
+    })
+    .await;
     sleep(500).await;
     assert_in_order_once(&got_b.borrow(), 5);
-    let bodies: Vec<String> = got_b.borrow().iter().map(|m| field(m, "body").as_string().unwrap()).collect();
-    assert_eq!(bodies, (0..5).map(|i| format!("queued {i}")).collect::<Vec<_>>());
+    let bodies: Vec<String> = got_b
+        .borrow()
+        .iter()
+        .map(|m| field(m, "body").as_string().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        (0..5).map(|i| format!("queued {i}")).collect::<Vec<_>>()
+    );
     wait_until("outbox empty", 10_000.0, || ca2.outbox_size() == 0).await;
     a2.close();
     b.close();
@@ -222,7 +275,10 @@ async fn offline_client_catches_up_on_2000_messages_once_in_order() {
     let got_b = collect(&cb, "message");
     // Bob is connected once (so he is a member from seq 1), then goes offline.
     JsFuture::from(ca.send("first".into())).await.unwrap();
-    wait_until("bob has the first message", 10_000.0, || got_b.borrow().len() == 1).await;
+    wait_until("bob has the first message", 10_000.0, || {
+        got_b.borrow().len() == 1
+    })
+    .await;
     b.set_online(false);
     let mut last = None;
     for i in 1..COUNT {
@@ -231,7 +287,10 @@ async fn offline_client_catches_up_on_2000_messages_once_in_order() {
     JsFuture::from(last.unwrap()).await.unwrap();
     let start = js_sys::Date::now();
     b.set_online(true);
-    wait_until("bob caught up", 60_000.0, || got_b.borrow().len() as u64 >= COUNT).await;
+    wait_until("bob caught up", 60_000.0, || {
+        got_b.borrow().len() as u64 >= COUNT
+    })
+    .await;
     let elapsed = js_sys::Date::now() - start;
     web_sys::console::log_1(&format!("catch-up of {} messages: {elapsed:.0} ms", COUNT - 1).into());
     sleep(300).await;
@@ -245,8 +304,15 @@ async fn offline_client_catches_up_on_2000_messages_once_in_order() {
 /// The seqs of `conv`'s stored messages in IndexedDB `db`, and the outbox
 /// record ids with whether each has a seq (read through a connection of its own).
 async fn stored_seqs(db: &str, conv: &str) -> (Vec<u64>, Vec<(String, bool)>) {
-    let database = idb::Factory::new().unwrap().open(db, None).unwrap().await.expect("open db");
-    let tx = database.transaction(&["messages", "outbox"], idb::TransactionMode::ReadOnly).unwrap();
+    let database = idb::Factory::new()
+        .unwrap()
+        .open(db, None)
+        .unwrap()
+        .await
+        .expect("open db");
+    let tx = database
+        .transaction(&["messages", "outbox"], idb::TransactionMode::ReadOnly)
+        .unwrap();
     let range = idb::KeyRange::bound(
         &js_sys::Array::of2(&conv.into(), &JsValue::from(0)).into(),
         &js_sys::Array::of2(&conv.into(), &JsValue::from(f64::INFINITY)).into(),
@@ -254,12 +320,29 @@ async fn stored_seqs(db: &str, conv: &str) -> (Vec<u64>, Vec<(String, bool)>) {
         None,
     )
     .unwrap();
-    let messages = tx.object_store("messages").unwrap().get_all(Some(range.into()), None).unwrap().await.unwrap();
-    let outbox = tx.object_store("outbox").unwrap().get_all(None, None).unwrap().await.unwrap();
+    let messages = tx
+        .object_store("messages")
+        .unwrap()
+        .get_all(Some(range.into()), None)
+        .unwrap()
+        .await
+        .unwrap();
+    let outbox = tx
+        .object_store("outbox")
+        .unwrap()
+        .get_all(None, None)
+        .unwrap()
+        .await
+        .unwrap();
     database.close();
     let outbox = outbox
         .iter()
-        .map(|e| (field(e, "id").as_string().unwrap(), field(e, "seq").as_f64().is_some()))
+        .map(|e| {
+            (
+                field(e, "id").as_string().unwrap(),
+                field(e, "seq").as_f64().is_some(),
+            )
+        })
         .collect();
     (messages.iter().map(seq_of).collect(), outbox)
 }
@@ -273,38 +356,65 @@ async fn reset_inbox_rebuilds_from_the_server_and_keeps_the_outbox() {
     assert!(ca.diverged().is_null(), "no divergence to begin with");
     let got = collect(&ca, "message");
     for i in 0..5 {
-        JsFuture::from(ca.send(format!("before {i}"))).await.expect("stored");
+        JsFuture::from(ca.send(format!("before {i}")))
+            .await
+            .expect("stored");
     }
     wait_until("5 messages shown", 10_000.0, || got.borrow().len() == 5).await;
     // Offline, two more wait in the outbox while the inbox is reset.
     a.set_online(false);
     let updates = collect(&ca, "update");
-    let queued: Vec<_> = (0..2).map(|i| JsFuture::from(ca.send(format!("queued {i}")))).collect();
-    wait_until("2 outbox writes durable", 10_000.0, || updates.borrow().len() == 2).await;
+    let queued: Vec<_> = (0..2)
+        .map(|i| JsFuture::from(ca.send(format!("queued {i}"))))
+        .collect();
+    wait_until("2 outbox writes durable", 10_000.0, || {
+        updates.borrow().len() == 2
+    })
+    .await;
     let (_, outbox_before) = stored_seqs(&db, &conv_id).await;
     // All seven wait for delivery (ann is alone); the seq of a `sent` is not
     // written to the outbox (the inbox holds it), so none has one on disk.
     assert_eq!(outbox_before.len(), 7);
-    assert!(outbox_before.iter().all(|(_, sent)| !sent), "{outbox_before:?}");
+    assert!(
+        outbox_before.iter().all(|(_, sent)| !sent),
+        "{outbox_before:?}"
+    );
     got.borrow_mut().clear();
-    JsFuture::from(ca.reset_inbox()).await.expect("reset resolves");
+    JsFuture::from(ca.reset_inbox())
+        .await
+        .expect("reset resolves");
     let (seqs, outbox) = stored_seqs(&db, &conv_id).await;
     assert_eq!(seqs, Vec::<u64>::new(), "the stored inbox is gone");
     assert_eq!(outbox, outbox_before, "the outbox is kept");
     assert!(ca.diverged().is_null());
     a.set_online(true);
     for q in queued {
-        JsFuture::from(q).await.expect("queued messages are sent after the reset");
+        JsFuture::from(q)
+            .await
+            .expect("queued messages are sent after the reset");
     }
-    wait_until("7 messages shown again", 20_000.0, || got.borrow().len() == 7).await;
+    wait_until("7 messages shown again", 20_000.0, || {
+        got.borrow().len() == 7
+    })
+    .await;
     sleep(300).await;
     assert_in_order_once(&got.borrow(), 7);
-    let bodies: Vec<String> = got.borrow().iter().map(|m| field(m, "body").as_string().unwrap()).collect();
+    let bodies: Vec<String> = got
+        .borrow()
+        .iter()
+        .map(|m| field(m, "body").as_string().unwrap())
+        .collect();
     assert_eq!(&bodies[5..], ["queued 0", "queued 1"]);
     let (seqs, _) = stored_seqs(&db, &conv_id).await;
-    assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "IndexedDB holds the server's history again");
+    assert_eq!(
+        seqs,
+        (1..=7).collect::<Vec<_>>(),
+        "IndexedDB holds the server's history again"
+    );
     a.close();
-    let err = JsFuture::from(ca.reset_inbox()).await.expect_err("no reset after close");
+    let err = JsFuture::from(ca.reset_inbox())
+        .await
+        .expect_err("no reset after close");
     assert_eq!(field(&err, "code").as_string().as_deref(), Some("closed"));
     delete_db(&db).await;
 }
@@ -316,7 +426,9 @@ fn collect_client(client: &Ackline, event: &str) -> Rc<RefCell<Vec<JsValue>>> {
 
 fn last_state(statuses: &Rc<RefCell<Vec<JsValue>>>) -> (Option<String>, Option<String>) {
     let list = statuses.borrow();
-    let Some(s) = list.last() else { return (None, None) };
+    let Some(s) = list.last() else {
+        return (None, None);
+    };
     let code = field(&field(s, "lastError"), "code").as_string();
     (field(s, "state").as_string(), code)
 }
@@ -348,7 +460,10 @@ async fn a_refused_token_is_asked_for_once_more_then_the_status_is_auth() {
     callback.forget();
     let statuses = collect_client(&a, "status");
     let _conv = a.conversation(conv_id.clone()).await.unwrap();
-    wait_until("status auth", 15_000.0, || last_state(&statuses).0.as_deref() == Some("auth")).await;
+    wait_until("status auth", 15_000.0, || {
+        last_state(&statuses).0.as_deref() == Some("auth")
+    })
+    .await;
     assert_eq!(last_state(&statuses).1.as_deref(), Some("unauthorized"));
     // One call to read the identity, one per connect: the first and its
     // one retry with a fresh token. Then no storm.
@@ -366,12 +481,20 @@ async fn a_token_without_the_conversation_stops_with_forbidden() {
     let db = unique("db-forbidden");
     let options = js_sys::Object::new();
     Reflect::set(&options, &"url".into(), &edge_url().into()).unwrap();
-    Reflect::set(&options, &"token".into(), &token("ann", "ann-web", &["elsewhere"]).into()).unwrap();
+    Reflect::set(
+        &options,
+        &"token".into(),
+        &token("ann", "ann-web", &["elsewhere"]).into(),
+    )
+    .unwrap();
     Reflect::set(&options, &"dbName".into(), &db.clone().into()).unwrap();
     let a = Ackline::open(options.into()).await.expect("open client");
     let statuses = collect_client(&a, "status");
     let _conv = a.conversation(conv_id).await.unwrap();
-    wait_until("status stopped", 15_000.0, || last_state(&statuses).0.as_deref() == Some("stopped")).await;
+    wait_until("status stopped", 15_000.0, || {
+        last_state(&statuses).0.as_deref() == Some("stopped")
+    })
+    .await;
     assert_eq!(last_state(&statuses).1.as_deref(), Some("forbidden"));
     a.close();
     delete_db(&db).await;
@@ -394,21 +517,37 @@ async fn history_rejects_offline_and_says_when_there_is_more() {
     let a = open("ann", "ann-web", &conv_id, &db_a).await;
     let ca = a.conversation(conv_id.clone()).await.unwrap();
     let got = collect(&ca, "message");
-    wait_until("the latest page", 15_000.0, || got.borrow().iter().any(|m| seq_of(m) == 80)).await;
+    wait_until("the latest page", 15_000.0, || {
+        got.borrow().iter().any(|m| seq_of(m) == 80)
+    })
+    .await;
     let first = seq_of(&got.borrow()[0]);
     assert!(first > 1, "started at {first}");
     let options = js_sys::Object::new();
     Reflect::set(&options, &"before".into(), &JsValue::from(first as f64)).unwrap();
     Reflect::set(&options, &"limit".into(), &JsValue::from(50)).unwrap();
     a.set_online(false);
-    let err = JsFuture::from(ca.history(options.clone().into())).await.expect_err("offline");
+    let err = JsFuture::from(ca.history(options.clone().into()))
+        .await
+        .expect_err("offline");
     assert_eq!(field(&err, "code").as_string().as_deref(), Some("offline"));
     a.set_online(true);
     let statuses = collect_client(&a, "status");
-    wait_until("open again", 15_000.0, || last_state(&statuses).0.as_deref() == Some("open")).await;
-    let page = JsFuture::from(ca.history(options.into())).await.expect("online: a page");
-    let seqs: Vec<u64> = js_sys::Array::from(&page).iter().map(|m| seq_of(&m)).collect();
-    assert_eq!(seqs, (first.saturating_sub(50).max(1)..first).collect::<Vec<_>>());
+    wait_until("open again", 15_000.0, || {
+        last_state(&statuses).0.as_deref() == Some("open")
+    })
+    .await;
+    let page = JsFuture::from(ca.history(options.into()))
+        .await
+        .expect("online: a page");
+    let seqs: Vec<u64> = js_sys::Array::from(&page)
+        .iter()
+        .map(|m| seq_of(&m))
+        .collect();
+    assert_eq!(
+        seqs,
+        (first.saturating_sub(50).max(1)..first).collect::<Vec<_>>()
+    );
     assert_eq!(field(&page, "more").as_bool(), Some(first > 51));
     a.close();
     b.close();

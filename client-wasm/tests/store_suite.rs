@@ -15,15 +15,29 @@ struct Idb(IdbStore);
 
 impl suite::Backend for Idb {
     async fn apply_all(&self, conversation: &str, ops: &[ClientWrite]) -> Result<(), String> {
-        self.0.apply_all(conversation, ops).await.map_err(|e| e.to_string())
+        self.0
+            .apply_all(conversation, ops)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn snapshot(&self, conversation: &str) -> Result<ClientSnapshot, String> {
-        self.0.load_snapshot(conversation).await.map_err(|e| e.to_string())
+        self.0
+            .load_snapshot(conversation)
+            .await
+            .map_err(|e| e.to_string())
     }
 
-    async fn before(&self, conversation: &str, before: Seq, limit: u32) -> Result<Vec<StoredMessage>, String> {
-        self.0.messages_before(conversation, before, limit).await.map_err(|e| e.to_string())
+    async fn before(
+        &self,
+        conversation: &str,
+        before: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, String> {
+        self.0
+            .messages_before(conversation, before, limit)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -30,7 +30,10 @@ fn b64url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -42,7 +45,11 @@ fn b64url(bytes: &[u8]) -> String {
 fn token(user: &str, device: &str, conversations: &[&str]) -> String {
     let exp = (js_sys::Date::now() / 1000.0) as u64 + 3600;
     let claims = serde_json::json!({ "sub": user, "device": device, "exp": exp, "conversations": conversations });
-    let input = format!("{}.{}", b64url(br#"{"alg":"HS256","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(TEST_SECRET).expect("hmac key");
     mac.update(input.as_bytes());
     format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
@@ -55,7 +62,12 @@ fn unique(prefix: &str) -> String {
 async fn open(user: &str, device: &str, conv: &str, db: &str) -> Ackline {
     let options = js_sys::Object::new();
     Reflect::set(&options, &"url".into(), &edge_url().into()).unwrap();
-    Reflect::set(&options, &"token".into(), &token(user, device, &[conv]).into()).unwrap();
+    Reflect::set(
+        &options,
+        &"token".into(),
+        &token(user, device, &[conv]).into(),
+    )
+    .unwrap();
     Reflect::set(&options, &"dbName".into(), &db.into()).unwrap();
     Ackline::open(options.into()).await.expect("open client")
 }
@@ -90,7 +102,10 @@ async fn sleep(ms: u32) {
 async fn wait_until(what: &str, timeout_ms: f64, mut done: impl FnMut() -> bool) {
     let start = js_sys::Date::now();
     while !done() {
-        assert!(js_sys::Date::now() - start < timeout_ms, "timed out waiting for {what}");
+        assert!(
+            js_sys::Date::now() - start < timeout_ms,
+            "timed out waiting for {what}"
+        );
         sleep(20).await;
     }
 }
@@ -106,9 +121,12 @@ async fn delete_db(name: &str) {
 #[allow(dead_code)]
 fn assert_in_order_once(received: &[JsValue], count: u64) {
     let seqs: Vec<u64> = received.iter().map(seq_of).collect();
-    assert_eq!(seqs, (1..=count).collect::<Vec<_>>(), "each seq once, in order");
+    assert_eq!(
+        seqs,
+        (1..=count).collect::<Vec<_>>(),
+        "each seq once, in order"
+    );
 }
-
 
 fn is_leader(c: &Ackline) -> bool {
     c.is_leader()
@@ -133,15 +151,31 @@ async fn two_tabs_share_one_connection_and_the_follower_takes_over() {
     let pend2 = collect(&c2, "pending");
     let status2 = recorder(|f| t2.on("status".into(), f));
     // A send from the follower resolves there with its seq; the leader's too.
-    let s2 = JsFuture::from(c2.send("from the follower".into())).await.expect("follower send resolves");
+    let s2 = JsFuture::from(c2.send("from the follower".into()))
+        .await
+        .expect("follower send resolves");
     assert_eq!(seq_of(&s2), 1);
-    let s1 = JsFuture::from(c1.send("from the leader".into())).await.expect("leader send resolves");
+    let s1 = JsFuture::from(c1.send("from the leader".into()))
+        .await
+        .expect("leader send resolves");
     assert_eq!(seq_of(&s1), 2);
-    wait_until("both tabs show both messages", 10_000.0, || seqs(&got1) == [1, 2] && seqs(&got2) == [1, 2]).await;
-    assert_eq!(pend2.borrow().len(), 2, "every tab gets every pending event");
-    assert!(!status2.borrow().is_empty(), "the follower hears the leader's status");
+    wait_until("both tabs show both messages", 10_000.0, || {
+        seqs(&got1) == [1, 2] && seqs(&got2) == [1, 2]
+    })
+    .await;
+    assert_eq!(
+        pend2.borrow().len(),
+        2,
+        "every tab gets every pending event"
+    );
+    assert!(
+        !status2.borrow().is_empty(),
+        "the follower hears the leader's status"
+    );
     // History in the follower (relayed to the leader).
-    let result = JsFuture::from(c2.history(js_sys::Object::new().into())).await.unwrap();
+    let result = JsFuture::from(c2.history(js_sys::Object::new().into()))
+        .await
+        .unwrap();
     assert_eq!(js_sys::Array::from(&result).length(), 2);
     assert_eq!(field(&result, "more").as_bool(), Some(false));
 
@@ -153,24 +187,43 @@ async fn two_tabs_share_one_connection_and_the_follower_takes_over() {
     wait_until("the follower takes over", 5_000.0, || is_leader(&t2)).await;
     let s3 = pending.await.expect("the send survives the takeover");
     assert_eq!(seq_of(&s3), 3, "stored once, after the first two");
-    let s4 = JsFuture::from(c2.send("after the takeover".into())).await.unwrap();
+    let s4 = JsFuture::from(c2.send("after the takeover".into()))
+        .await
+        .unwrap();
     assert_eq!(seq_of(&s4), 4);
-    wait_until("the new leader shows 1..4 once", 10_000.0, || seqs(&got2) == [1, 2, 3, 4]).await;
-    web_sys::console::log_1(&format!("takeover: lock passed and the send resolved {} ms after close", js_sys::Date::now() - closed_at).into());
+    wait_until("the new leader shows 1..4 once", 10_000.0, || {
+        seqs(&got2) == [1, 2, 3, 4]
+    })
+    .await;
+    web_sys::console::log_1(
+        &format!(
+            "takeover: lock passed and the send resolved {} ms after close",
+            js_sys::Date::now() - closed_at
+        )
+        .into(),
+    );
 
     // A third tab joins the new leader and sees new messages once.
     let t3 = open("ann", "ann-web", &conv_id, &db).await;
     assert!(!is_leader(&t3));
     let c3 = t3.conversation(conv_id.clone()).await.unwrap();
     let got3 = collect(&c3, "message");
-    let s5 = JsFuture::from(c3.send("from the third tab".into())).await.unwrap();
+    let s5 = JsFuture::from(c3.send("from the third tab".into()))
+        .await
+        .unwrap();
     assert_eq!(seq_of(&s5), 5);
-    wait_until("tabs 2 and 3 show seq 5", 10_000.0, || seqs(&got2) == [1, 2, 3, 4, 5] && seqs(&got3) == [5]).await;
+    wait_until("tabs 2 and 3 show seq 5", 10_000.0, || {
+        seqs(&got2) == [1, 2, 3, 4, 5] && seqs(&got3) == [5]
+    })
+    .await;
     t2.close();
     wait_until("the third tab takes over", 5_000.0, || is_leader(&t3)).await;
     let s6 = JsFuture::from(c3.send("last".into())).await.unwrap();
     assert_eq!(seq_of(&s6), 6);
-    wait_until("the third tab shows 5, 6", 10_000.0, || seqs(&got3) == [5, 6]).await;
+    wait_until("the third tab shows 5, 6", 10_000.0, || {
+        seqs(&got3) == [5, 6]
+    })
+    .await;
     t3.close();
     delete_db(&db).await;
 }
@@ -192,13 +245,20 @@ async fn without_web_locks_each_instance_runs_alone() {
     let b = open("bob", "bob-web", &conv_id, &db_b).await;
     // Remove the own property again: `locks` of Navigator.prototype shows through.
     Reflect::delete_property(&nav_obj, &"locks".into()).unwrap();
-    assert!(!Reflect::get(&nav, &"locks".into()).unwrap().is_undefined(), "locks restored");
+    assert!(
+        !Reflect::get(&nav, &"locks".into()).unwrap().is_undefined(),
+        "locks restored"
+    );
     assert!(is_leader(&a) && is_leader(&b), "each runs alone");
     let ca = a.conversation(conv_id.clone()).await.unwrap();
     let cb = b.conversation(conv_id.clone()).await.unwrap();
     let got_b = collect(&cb, "message");
-    let sa = JsFuture::from(ca.send("alone a".into())).await.expect("a sends");
-    let sb = JsFuture::from(cb.send("alone b".into())).await.expect("b sends");
+    let sa = JsFuture::from(ca.send("alone a".into()))
+        .await
+        .expect("a sends");
+    let sb = JsFuture::from(cb.send("alone b".into()))
+        .await
+        .expect("b sends");
     assert_eq!((seq_of(&sa), seq_of(&sb)), (1, 2));
     wait_until("b shows both", 10_000.0, || seqs(&got_b) == [1, 2]).await;
     a.close();

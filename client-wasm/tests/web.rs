@@ -26,7 +26,10 @@ async fn open_error(options: &str) -> (String, String) {
         Ok(_) => panic!("open must fail for {options}"),
         Err(err) => err,
     };
-    assert!(err.is_instance_of::<js_sys::Error>(), "errors are JS Error objects");
+    assert!(
+        err.is_instance_of::<js_sys::Error>(),
+        "errors are JS Error objects"
+    );
     let code = js_sys::Reflect::get(&err, &JsValue::from_str("code")).unwrap();
     let message = js_sys::Reflect::get(&err, &JsValue::from_str("message")).unwrap();
     (code.as_string().unwrap(), message.as_string().unwrap())
@@ -35,11 +38,20 @@ async fn open_error(options: &str) -> (String, String) {
 #[wasm_bindgen_test]
 async fn bad_options_reject_with_coded_errors() {
     assert_eq!(open_error(r#"{}"#).await.0, "bad_options");
-    assert_eq!(open_error(r#"{"url":"ftp://x","token":"a.b.c"}"#).await.0, "bad_url");
+    assert_eq!(
+        open_error(r#"{"url":"ftp://x","token":"a.b.c"}"#).await.0,
+        "bad_url"
+    );
     assert_eq!(open_error(r#"{"url":"http://x"}"#).await.0, "bad_options");
-    assert_eq!(open_error(r#"{"url":"http://x","token":"not-a-jwt"}"#).await.0, "bad_token");
+    assert_eq!(
+        open_error(r#"{"url":"http://x","token":"not-a-jwt"}"#)
+            .await
+            .0,
+        "bad_token"
+    );
     // A JWT whose payload lacks the device claim.
-    let (code, message) = open_error(r#"{"url":"http://x","token":"e30.eyJzdWIiOiJhbm4ifQ.sig"}"#).await;
+    let (code, message) =
+        open_error(r#"{"url":"http://x","token":"e30.eyJzdWIiOiJhbm4ifQ.sig"}"#).await;
     assert_eq!(code, "bad_token");
     assert!(message.contains("device"), "{message}");
 }
@@ -65,7 +77,10 @@ async fn offline_client(db: &str) -> (Ackline, ackline::Conversation) {
     Reflect::set(&options, &"token".into(), &ANN_TOKEN.into()).unwrap();
     Reflect::set(&options, &"dbName".into(), &db.into()).unwrap();
     let client = Ackline::open(options.into()).await.expect("open client");
-    let conv = client.conversation("durable".into()).await.expect("open conversation");
+    let conv = client
+        .conversation("durable".into())
+        .await
+        .expect("open conversation");
     client.set_online(false);
     (client, conv)
 }
@@ -81,7 +96,11 @@ fn request_done(request: &IdbRequest) -> JsFuture {
 
 /// A new IndexedDB connection to `name`, separate from the client's.
 async fn fresh_connection(name: &str) -> IdbDatabase {
-    let factory = web_sys::window().unwrap().indexed_db().unwrap().expect("IndexedDB");
+    let factory = web_sys::window()
+        .unwrap()
+        .indexed_db()
+        .unwrap()
+        .expect("IndexedDB");
     let request = factory.open(name).expect("open request");
     let done = request_done(&request);
     done.await.expect("open succeeds");
@@ -92,7 +111,11 @@ async fn fresh_connection(name: &str) -> IdbDatabase {
 /// is created synchronously, so it sees exactly what is committed before it).
 fn read_outbox(db: &IdbDatabase, id: &str) -> (IdbRequest, JsFuture) {
     let tx = db.transaction_with_str("outbox").expect("read transaction");
-    let request = tx.object_store("outbox").unwrap().get(&JsValue::from_str(id)).expect("get");
+    let request = tx
+        .object_store("outbox")
+        .unwrap()
+        .get(&JsValue::from_str(id))
+        .expect("get");
     let done = request_done(&request);
     (request, done)
 }
@@ -108,7 +131,10 @@ async fn delete_db(name: &str) {
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = js_sys::Date::now();
     while !done() {
-        assert!(js_sys::Date::now() - start < 10_000.0, "timed out waiting for {what}");
+        assert!(
+            js_sys::Date::now() - start < 10_000.0,
+            "timed out waiting for {what}"
+        );
         gloo_timers::future::TimeoutFuture::new(10).await;
     }
 }
@@ -126,12 +152,17 @@ async fn pending_fires_only_once_the_outbox_record_is_committed() {
     let on_pending = Closure::<dyn FnMut(JsValue)>::new({
         let (probe, reads) = (probe.clone(), reads.clone());
         move |event: JsValue| {
-            let id = field(&event, "id").as_string().expect("pending carries the id");
+            let id = field(&event, "id")
+                .as_string()
+                .expect("pending carries the id");
             let (request, done) = read_outbox(&probe, &id);
             reads.borrow_mut().push((event, request, done));
         }
     });
-    conv.on("pending".into(), on_pending.as_ref().unchecked_ref::<Function>().clone());
+    conv.on(
+        "pending".into(),
+        on_pending.as_ref().unchecked_ref::<Function>().clone(),
+    );
     for i in 0..3 {
         // Offline: the promises stay unsettled until close().
         let _ = conv.send(format!("durable {i}"));
@@ -142,11 +173,24 @@ async fn pending_fires_only_once_the_outbox_record_is_committed() {
         done.await.expect("the read succeeds");
         let record = request.result().unwrap();
         let id = field(&event, "id");
-        assert!(!record.is_undefined(), "pending {i} fired before its outbox record {id:?} was committed");
+        assert!(
+            !record.is_undefined(),
+            "pending {i} fired before its outbox record {id:?} was committed"
+        );
         assert_eq!(field(&record, "id"), id);
-        assert_eq!(field(&record, "body").as_string().as_deref(), Some(format!("durable {i}").as_str()));
-        assert_eq!(field(&event, "body").as_string().as_deref(), Some(format!("durable {i}").as_str()));
-        assert_eq!(field(&event, "created"), field(&record, "created"), "the event reports the stored creation time");
+        assert_eq!(
+            field(&record, "body").as_string().as_deref(),
+            Some(format!("durable {i}").as_str())
+        );
+        assert_eq!(
+            field(&event, "body").as_string().as_deref(),
+            Some(format!("durable {i}").as_str())
+        );
+        assert_eq!(
+            field(&event, "created"),
+            field(&record, "created"),
+            "the event reports the stored creation time"
+        );
     }
     probe.close();
     client.close();
@@ -169,10 +213,15 @@ async fn a_tab_that_dies_when_pending_fires_keeps_the_message() {
             client.close();
         }
     });
-    conv.on("pending".into(), on_pending.as_ref().unchecked_ref::<Function>().clone());
+    conv.on(
+        "pending".into(),
+        on_pending.as_ref().unchecked_ref::<Function>().clone(),
+    );
     let sent = conv.send("survives".into());
     wait_for("the pending event", || announced.borrow().is_some()).await;
-    let err = JsFuture::from(sent).await.expect_err("close rejects the unfinished send");
+    let err = JsFuture::from(sent)
+        .await
+        .expect_err("close rejects the unfinished send");
     assert_eq!(field(&err, "code").as_string().as_deref(), Some("closed"));
     let id = announced.borrow().clone().unwrap();
 
@@ -180,13 +229,23 @@ async fn a_tab_that_dies_when_pending_fires_keeps_the_message() {
     let (request, done) = read_outbox(&fresh, &id);
     done.await.expect("the read succeeds");
     let record = request.result().unwrap();
-    assert!(!record.is_undefined(), "the message announced as pending is not in the outbox");
-    assert_eq!(field(&record, "body").as_string().as_deref(), Some("survives"));
+    assert!(
+        !record.is_undefined(),
+        "the message announced as pending is not in the outbox"
+    );
+    assert_eq!(
+        field(&record, "body").as_string().as_deref(),
+        Some("survives")
+    );
     fresh.close();
 
     let (reopened, conv2) = offline_client(&db).await;
     let pending = js_sys::Array::from(&conv2.pending());
-    assert_eq!(pending.length(), 1, "the reopened client lists the queued message");
+    assert_eq!(
+        pending.length(),
+        1,
+        "the reopened client lists the queued message"
+    );
     assert_eq!(field(&pending.get(0), "id").as_string(), Some(id));
     reopened.close();
     delete_db(&db).await;
@@ -205,8 +264,12 @@ async fn a_conversation_without_crypto_rejects_with_a_clear_code() {
     // Hide the global `crypto` (an own, configurable property of the window)
     // for the one call, then put it back.
     let global = js_sys::global();
-    let saved = js_sys::Object::get_own_property_descriptor(&global.clone().into(), &"crypto".into());
-    assert!(!saved.is_undefined(), "the window has its own crypto property");
+    let saved =
+        js_sys::Object::get_own_property_descriptor(&global.clone().into(), &"crypto".into());
+    assert!(
+        !saved.is_undefined(),
+        "the window has its own crypto property"
+    );
     let hidden = js_sys::Object::new();
     Reflect::set(&hidden, &"value".into(), &JsValue::UNDEFINED).unwrap();
     Reflect::set(&hidden, &"configurable".into(), &JsValue::TRUE).unwrap();
@@ -215,10 +278,19 @@ async fn a_conversation_without_crypto_rejects_with_a_clear_code() {
     js_sys::Object::define_property(&global.into(), &"crypto".into(), &saved.unchecked_into());
     let err = result.err().expect("no conversation without crypto");
     assert!(err.is_instance_of::<js_sys::Error>());
-    assert_eq!(field(&err, "code").as_string().as_deref(), Some("crypto_unavailable"));
-    assert!(field(&err, "message").as_string().unwrap().contains("getRandomValues"));
+    assert_eq!(
+        field(&err, "code").as_string().as_deref(),
+        Some("crypto_unavailable")
+    );
+    assert!(field(&err, "message")
+        .as_string()
+        .unwrap()
+        .contains("getRandomValues"));
     // With crypto back, the same client opens it.
-    client.conversation("seedless".into()).await.expect("conversation with crypto");
+    client
+        .conversation("seedless".into())
+        .await
+        .expect("conversation with crypto");
     client.close();
     delete_db(&db).await;
 }
@@ -234,8 +306,13 @@ async fn message_ids_of_two_starts_differ_in_their_random_part() {
     let mut keep = Vec::new();
     for conv in [&conv_a, &conv_b] {
         let ids = ids.clone();
-        let f = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| ids.borrow_mut().push(field(&e, "id").as_string().unwrap()));
-        conv.on("pending".into(), f.as_ref().unchecked_ref::<Function>().clone());
+        let f = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            ids.borrow_mut().push(field(&e, "id").as_string().unwrap())
+        });
+        conv.on(
+            "pending".into(),
+            f.as_ref().unchecked_ref::<Function>().clone(),
+        );
         keep.push(f);
         let _ = conv.send("x".into());
     }
@@ -255,12 +332,31 @@ async fn a_failing_token_callback_rejects_with_token_failed() {
     Reflect::set(&options, &"url".into(), &"http://127.0.0.1:9".into()).unwrap();
     let callback = Function::new_no_args("throw new Error('no session')");
     Reflect::set(&options, &"token".into(), &callback).unwrap();
-    let err = Ackline::open(options.into()).await.err().expect("open must fail");
+    let err = Ackline::open(options.into())
+        .await
+        .err()
+        .expect("open must fail");
     assert!(err.is_instance_of::<js_sys::Error>());
-    assert_eq!(field(&err, "code").as_string().as_deref(), Some("token_failed"));
-    assert!(field(&err, "message").as_string().unwrap().contains("no session"));
-    let codes: Vec<String> = ackline::error_codes().iter().filter_map(|c| c.as_string()).collect();
-    for code in ["token_failed", "bad_options", "bad_url", "bad_token", "crypto_unavailable", "closed"] {
+    assert_eq!(
+        field(&err, "code").as_string().as_deref(),
+        Some("token_failed")
+    );
+    assert!(field(&err, "message")
+        .as_string()
+        .unwrap()
+        .contains("no session"));
+    let codes: Vec<String> = ackline::error_codes()
+        .iter()
+        .filter_map(|c| c.as_string())
+        .collect();
+    for code in [
+        "token_failed",
+        "bad_options",
+        "bad_url",
+        "bad_token",
+        "crypto_unavailable",
+        "closed",
+    ] {
         assert!(codes.iter().any(|c| c == code), "{code} is in errorCodes()");
     }
 }

@@ -151,7 +151,10 @@ impl DurableObject for Conversation {
             Ok(store) => Some(store),
             Err(e) => {
                 // Every request then answers 503 instead of panicking.
-                log_event("storage_error", serde_json::json!({ "error": e.to_string() }));
+                log_event(
+                    "storage_error",
+                    serde_json::json!({ "error": e.to_string() }),
+                );
                 None
             }
         };
@@ -171,7 +174,11 @@ impl DurableObject for Conversation {
             return crate::store_suite::serve(&self.state, &req.url()?).await;
         }
         let Some(store) = &self.store else {
-            return error_response(503, "storage_unavailable", "conversation storage failed to open");
+            return error_response(
+                503,
+                "storage_unavailable",
+                "conversation storage failed to open",
+            );
         };
         let url = req.url()?;
         let segments: Vec<String> = url
@@ -190,7 +197,11 @@ impl DurableObject for Conversation {
         }
     }
 
-    async fn websocket_message(&self, ws: WebSocket, message: WebSocketIncomingMessage) -> Result<()> {
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
         let Some(peer) = ws.deserialize_attachment::<Peer>()? else {
             let _ = ws.close(Some(1011), Some("socket has no identity"));
             return Ok(());
@@ -209,7 +220,13 @@ impl DurableObject for Conversation {
         self.run(input).await
     }
 
-    async fn websocket_close(&self, ws: WebSocket, code: usize, _reason: String, _clean: bool) -> Result<()> {
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
         // 1005/1006/1015 are reserved for reporting and may not be sent back.
         let code = match code {
             1005 | 1006 | 1015 => 1000,
@@ -221,7 +238,10 @@ impl DurableObject for Conversation {
     }
 
     async fn websocket_error(&self, ws: WebSocket, error: worker::Error) -> Result<()> {
-        log_event("socket_error", serde_json::json!({ "error": error.to_string() }));
+        log_event(
+            "socket_error",
+            serde_json::json!({ "error": error.to_string() }),
+        );
         self.socket_gone(&ws).await
     }
 
@@ -245,14 +265,21 @@ impl Conversation {
         let expires = header(crate::TOKEN_EXP_HEADER)
             .parse::<u64>()
             .ok()
-            .map(|exp| exp.saturating_add(crate::auth::CLOCK_LEEWAY_SECS).saturating_mul(1000));
+            .map(|exp| {
+                exp.saturating_add(crate::auth::CLOCK_LEEWAY_SECS)
+                    .saturating_mul(1000)
+            });
         for (kind, value) in [("user", &user), ("device", &device)] {
             if let Err(reason) = validate_name(kind, value) {
                 return error_response(400, "bad_request", &reason);
             }
         }
         let Some(store) = &self.store else {
-            return error_response(503, "storage_unavailable", "conversation storage failed to open");
+            return error_response(
+                503,
+                "storage_unavailable",
+                "conversation storage failed to open",
+            );
         };
         // Rebuild the core (and re-register surviving sockets) before the new
         // socket exists, so that it is not mistaken for a resumed one.
@@ -268,7 +295,10 @@ impl Conversation {
             memo: ConnMemo::default(),
         })?;
         self.sockets.borrow_mut().insert(conn, pair.server);
-        log_event("connect", serde_json::json!({ "conn": conn.0, "user": user, "device": device }));
+        log_event(
+            "connect",
+            serde_json::json!({ "conn": conn.0, "user": user, "device": device }),
+        );
         self.run(ServerInput::Connected {
             conn,
             user,
@@ -284,7 +314,11 @@ impl Conversation {
         self.ensure_core()?;
         let core = self.core.borrow();
         let Some(core) = core.as_ref() else {
-            return error_response(503, "storage_unavailable", "conversation could not be loaded");
+            return error_response(
+                503,
+                "storage_unavailable",
+                "conversation could not be loaded",
+            );
         };
         let s = core.stats();
         json_response(
@@ -328,7 +362,9 @@ impl Conversation {
             .map_err(|e| worker::Error::from(e.to_string()))?;
         let mut sockets = HashMap::new();
         for ws in self.state.get_websockets() {
-            let Ok(Some(peer)) = ws.deserialize_attachment::<Peer>() else { continue };
+            let Ok(Some(peer)) = ws.deserialize_attachment::<Peer>() else {
+                continue;
+            };
             let conn = ConnId(peer.conn);
             sockets.insert(conn, ws);
             core.handle(
@@ -362,8 +398,12 @@ impl Conversation {
         let is_timeout = matches!(input, ServerInput::Timeout);
         let next_deadline = {
             let mut core_slot = self.core.borrow_mut();
-            let Some(core) = core_slot.as_mut() else { return Ok(()) };
-            let Some(store) = &self.store else { return Ok(()) };
+            let Some(core) = core_slot.as_mut() else {
+                return Ok(());
+            };
+            let Some(store) = &self.store else {
+                return Ok(());
+            };
             core.handle(now, input, store);
             match self.drain(core, store, now, is_timeout) {
                 Ok(()) => core.poll_timeout(),
@@ -371,7 +411,10 @@ impl Conversation {
                     // A failed write leaves the core ahead of storage: forget the
                     // core and every socket; clients reconnect and resend, and the
                     // core is rebuilt from what storage really holds.
-                    log_event("storage_error", serde_json::json!({ "error": e.to_string() }));
+                    log_event(
+                        "storage_error",
+                        serde_json::json!({ "error": e.to_string() }),
+                    );
                     *core_slot = None;
                     for (_, ws) in self.sockets.borrow_mut().drain() {
                         let _ = ws.close(Some(1011), Some("storage error; reconnect"));
@@ -390,14 +433,22 @@ impl Conversation {
     /// client reads them (fewer, larger messages). Frames may go out before
     /// the commit: the core never sends one that depends on a write before it
     /// is durable, and the output gate holds them until the commit is anyway.
-    fn drain(&self, core: &mut protocol::Conversation, store: &Store, now: u64, is_timeout: bool) -> Result<()> {
+    fn drain(
+        &self,
+        core: &mut protocol::Conversation,
+        store: &Store,
+        now: u64,
+        is_timeout: bool,
+    ) -> Result<()> {
         let mut outgoing = Outgoing::default();
         loop {
             let mut last_write = None;
             let mut batch: Vec<ServerWrite> = Vec::new();
             while let Some(output) = core.poll_output() {
                 match output {
-                    ServerOutput::Frame { conn, frame } => outgoing.push(conn, self.encode(conn, &frame, is_timeout)),
+                    ServerOutput::Frame { conn, frame } => {
+                        outgoing.push(conn, self.encode(conn, &frame, is_timeout))
+                    }
                     ServerOutput::Persist { write, op } => {
                         batch.push(op);
                         last_write = Some(write);
@@ -405,7 +456,10 @@ impl Conversation {
                     ServerOutput::Close { conn, code, reason } => {
                         // What the core sent before the close goes first.
                         self.transmit(core, conn, outgoing.take(conn));
-                        log_event("close", serde_json::json!({ "conn": conn.0, "code": code, "reason": reason }));
+                        log_event(
+                            "close",
+                            serde_json::json!({ "conn": conn.0, "code": code, "reason": reason }),
+                        );
                         if let Some(ws) = self.sockets.borrow_mut().remove(&conn) {
                             let _ = ws.close(Some(code), Some(reason));
                         }
@@ -413,7 +467,9 @@ impl Conversation {
                     ServerOutput::Remember { conn, memo } => self.remember(conn, memo),
                 }
             }
-            store.commit(&batch).map_err(|e| worker::Error::from(e.to_string()))?;
+            store
+                .commit(&batch)
+                .map_err(|e| worker::Error::from(e.to_string()))?;
             match last_write {
                 Some(through) => core.handle(now, ServerInput::Durable { through }, store),
                 None => break,
@@ -453,7 +509,10 @@ impl Conversation {
         if let Ok(Some(mut peer)) = ws.deserialize_attachment::<Peer>() {
             peer.memo = memo;
             if let Err(e) = ws.serialize_attachment(peer) {
-                log_event("attachment_error", serde_json::json!({ "conn": conn.0, "error": e.to_string() }));
+                log_event(
+                    "attachment_error",
+                    serde_json::json!({ "conn": conn.0, "error": e.to_string() }),
+                );
             }
         }
     }
@@ -479,7 +538,9 @@ impl Conversation {
     }
 
     async fn arm(&self, deadline: Option<u64>, now: u64) -> Result<()> {
-        let Some(deadline) = deadline else { return Ok(()) };
+        let Some(deadline) = deadline else {
+            return Ok(());
+        };
         if self.armed.get().is_some_and(|armed| armed <= deadline) {
             return Ok(());
         }

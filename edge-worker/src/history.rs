@@ -63,7 +63,11 @@ pub fn page(store: &Store, url: &Url) -> Result<Response> {
     };
     // Every committed write is durable (see store.rs): the head is the last row.
     let head: Seq = store.last()?.map_or(0, |m| m.seq);
-    let query = PageQuery { after, before, limit };
+    let query = PageQuery {
+        after,
+        before,
+        limit,
+    };
     let page = match read_page(store, head, query, limits::PAGE_BYTES) {
         Ok(page) => page,
         Err(e) => return error_response(503, "storage_unavailable", &e.to_string()),

@@ -18,8 +18,8 @@ mod store_suite;
 
 pub use conversation::Conversation;
 
-use serde::Deserialize;
 use protocol::server::close;
+use serde::Deserialize;
 use worker::{event, Context, Date, Env, Method, Request, Response, Result, WebSocketPair};
 
 use crate::auth::{AuthError, Claims};
@@ -108,7 +108,11 @@ fn bearer_token(req: &Request) -> Result<Option<String>> {
         .map(|(_, v)| v.into_owned()))
 }
 
-fn authenticate(req: &Request, env: &Env, conversation: &str) -> Result<std::result::Result<Claims, AuthError>> {
+fn authenticate(
+    req: &Request,
+    env: &Env,
+    conversation: &str,
+) -> Result<std::result::Result<Claims, AuthError>> {
     let Some(token) = bearer_token(req)? else {
         return Ok(Err(AuthError::Missing));
     };
@@ -232,8 +236,15 @@ async fn mint_dev_token(mut req: Request, env: &Env) -> Result<Response> {
         }
     };
     let checks = std::iter::once(names::validate_name("user", &body.user))
-        .chain(std::iter::once(names::validate_name("device", &body.device)))
-        .chain(body.conversations.iter().map(|c| names::validate_conversation_id(c)));
+        .chain(std::iter::once(names::validate_name(
+            "device",
+            &body.device,
+        )))
+        .chain(
+            body.conversations
+                .iter()
+                .map(|c| names::validate_conversation_id(c)),
+        );
     for check in checks {
         if let Err(reason) = check {
             return error_response(400, "bad_request", &reason);
@@ -288,11 +299,23 @@ mod tests {
         let cases = [
             (AuthError::Missing, 4401, "token_missing"),
             (AuthError::Malformed("x".into()), 4401, "token_malformed"),
-            (AuthError::UnsupportedAlgorithm("none".into()), 4401, "token_algorithm"),
+            (
+                AuthError::UnsupportedAlgorithm("none".into()),
+                4401,
+                "token_algorithm",
+            ),
             (AuthError::BadSignature, 4401, "token_signature"),
             (AuthError::Expired { exp: 1, now: 2 }, 4401, "token_expired"),
-            (AuthError::NotYetValid { nbf: 9, now: 2 }, 4401, "token_not_yet_valid"),
-            (AuthError::NotMember("room".into()), 4403, "forbidden_conversation"),
+            (
+                AuthError::NotYetValid { nbf: 9, now: 2 },
+                4401,
+                "token_not_yet_valid",
+            ),
+            (
+                AuthError::NotMember("room".into()),
+                4403,
+                "forbidden_conversation",
+            ),
             (AuthError::NoSecret, 1011, "server_misconfigured"),
             (AuthError::ShortSecret(5), 1011, "server_misconfigured"),
         ];

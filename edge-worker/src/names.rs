@@ -9,7 +9,9 @@ pub fn validate_name(kind: &str, value: &str) -> std::result::Result<(), String>
     if ok_len && ok_chars {
         Ok(())
     } else {
-        Err(format!("{kind} must be 1..=64 characters of [A-Za-z0-9_.-]"))
+        Err(format!(
+            "{kind} must be 1..=64 characters of [A-Za-z0-9_.-]"
+        ))
     }
 }
 

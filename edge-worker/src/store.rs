@@ -9,7 +9,10 @@
 //! [`Store::commit`] returns.
 
 use protocol::store::{check_range, CommitError, DurableStore};
-use protocol::{ChainHash, ConversationStore, Cursor, DeviceRecord, Seq, ServerWrite, StoreError, StoredMessage, MAX_SEQ};
+use protocol::{
+    ChainHash, ConversationStore, Cursor, DeviceRecord, Seq, ServerWrite, StoreError,
+    StoredMessage, MAX_SEQ,
+};
 use serde::Deserialize;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
@@ -134,7 +137,11 @@ impl Store {
         let store = Store { sql, transactions };
         if store.meta("schema")?.as_deref() != Some(SCHEMA_VERSION) {
             for statement in MIGRATE_FROM_1 {
-                let bindings = if statement.contains('?') { vec![int(now)?] } else { vec![] };
+                let bindings = if statement.contains('?') {
+                    vec![int(now)?]
+                } else {
+                    vec![]
+                };
                 store.sql.exec(statement, bindings)?;
             }
             store.sql.exec(
@@ -172,7 +179,9 @@ impl Store {
     pub fn find(&self, user: &str, device: &str, client_id: &str) -> Result<Option<StoredMessage>> {
         let query =
             format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE user = ? AND device = ? AND client_id = ?");
-        Ok(self.messages(&query, vec![user.into(), device.into(), client_id.into()])?.pop())
+        Ok(self
+            .messages(&query, vec![user.into(), device.into(), client_id.into()])?
+            .pop())
     }
 
     /// Stores a message unless its seq or its (user, device, client id) is
@@ -229,7 +238,9 @@ impl Store {
         match op {
             ServerWrite::Append(message) => self.insert(message),
             ServerWrite::Cursor(cursor) => self.set_cursor(cursor).map_err(write_error),
-            ServerWrite::Seen { user, device, at } => self.seen(user, device, *at).map_err(write_error),
+            ServerWrite::Seen { user, device, at } => {
+                self.seen(user, device, *at).map_err(write_error)
+            }
             ServerWrite::Forget { user, device } => self.forget(user, device).map_err(write_error),
         }
     }
@@ -312,7 +323,10 @@ impl Store {
         let query = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq > ? AND seq <= ? ORDER BY seq ASC LIMIT ?"
         );
-        self.messages(&query, vec![int(after)?, int(through)?, int(u64::from(limit))?])
+        self.messages(
+            &query,
+            vec![int(after)?, int(through)?, int(u64::from(limit))?],
+        )
     }
 
     /// The `limit` messages just below `before`, ascending. The core asks
@@ -402,7 +416,12 @@ impl ConversationStore for Store {
         Store::last(self).map_err(read_error)
     }
 
-    fn find(&self, user: &str, device: &str, id: &str) -> std::result::Result<Option<StoredMessage>, StoreError> {
+    fn find(
+        &self,
+        user: &str,
+        device: &str,
+        id: &str,
+    ) -> std::result::Result<Option<StoredMessage>, StoreError> {
         Store::find(self, user, device, id).map_err(read_error)
     }
 
@@ -410,7 +429,11 @@ impl ConversationStore for Store {
         self.range(after, None, limit).map_err(read_error)
     }
 
-    fn before(&self, before: Seq, limit: u32) -> std::result::Result<Vec<StoredMessage>, StoreError> {
+    fn before(
+        &self,
+        before: Seq,
+        limit: u32,
+    ) -> std::result::Result<Vec<StoredMessage>, StoreError> {
         Store::before(self, before, limit).map_err(read_error)
     }
 

@@ -39,7 +39,9 @@ const DURABILITY_OBJECT: &str = "test:server-store-suite:durability";
 
 /// Whether the test routes are on.
 pub(crate) fn enabled(env: &Env) -> bool {
-    env.var(TEST_ROUTES_BINDING).map(|v| v.to_string() == "1").unwrap_or(false)
+    env.var(TEST_ROUTES_BINDING)
+        .map(|v| v.to_string() == "1")
+        .unwrap_or(false)
 }
 
 /// What one case (or durability half) reported.
@@ -69,7 +71,12 @@ pub(crate) async fn run(req: Request, env: &Env) -> Result<Response> {
         None => {}
         Some(phase @ ("write" | "check")) => {
             let stub = namespace.id_from_name(DURABILITY_OBJECT)?.get_stub()?;
-            let result = ask(&stub, &format!("durability_{phase}"), &format!("durability={phase}")).await;
+            let result = ask(
+                &stub,
+                &format!("durability_{phase}"),
+                &format!("durability={phase}"),
+            )
+            .await;
             return json_response(200, &result);
         }
         Some(_) => return error_response(400, "bad_request", "durability must be write or check"),
@@ -89,7 +96,9 @@ pub(crate) async fn run(req: Request, env: &Env) -> Result<Response> {
 /// Asks one object to run `name`; a failed request is that case's failure.
 async fn ask(stub: &worker::Stub, name: &str, query: &str) -> CaseResult {
     let outcome = async {
-        let mut response = stub.fetch_with_str(&format!("https://suite{OBJECT_PATH}?{query}")).await?;
+        let mut response = stub
+            .fetch_with_str(&format!("https://suite{OBJECT_PATH}?{query}"))
+            .await?;
         response.json::<CaseResult>().await
     };
     match outcome.await {
@@ -113,7 +122,9 @@ pub(crate) async fn serve(state: &State, url: &Url) -> Result<Response> {
             storage.delete_all().await?;
             CaseResult::new(&name, outcome)
         }
-        (None, Some("write")) => CaseResult::new("durability_write", suite::durability_write(&mut backend)),
+        (None, Some("write")) => {
+            CaseResult::new("durability_write", suite::durability_write(&mut backend))
+        }
         (None, Some("check")) => {
             let outcome = suite::durability_check(&mut backend);
             storage.delete_all().await?;
@@ -125,7 +136,9 @@ pub(crate) async fn serve(state: &State, url: &Url) -> Result<Response> {
 }
 
 fn query(url: &Url, key: &str) -> Option<String> {
-    url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+    url.query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The edge's SQLite store as a suite backend; reopening runs `Store::open`
@@ -137,7 +150,8 @@ struct SqliteBackend {
 
 impl SqliteBackend {
     fn open(storage: Storage) -> std::result::Result<SqliteBackend, String> {
-        let store = Store::open(&storage, Date::now().as_millis()).map_err(|e| format!("Store::open: {e}"))?;
+        let store = Store::open(&storage, Date::now().as_millis())
+            .map_err(|e| format!("Store::open: {e}"))?;
         Ok(SqliteBackend { storage, store })
     }
 }
@@ -146,13 +160,22 @@ impl ConversationStore for SqliteBackend {
     fn last(&self) -> std::result::Result<Option<StoredMessage>, StoreError> {
         ConversationStore::last(&self.store)
     }
-    fn find(&self, user: &str, device: &str, id: &str) -> std::result::Result<Option<StoredMessage>, StoreError> {
+    fn find(
+        &self,
+        user: &str,
+        device: &str,
+        id: &str,
+    ) -> std::result::Result<Option<StoredMessage>, StoreError> {
         ConversationStore::find(&self.store, user, device, id)
     }
     fn after(&self, after: Seq, limit: u32) -> std::result::Result<Vec<StoredMessage>, StoreError> {
         ConversationStore::after(&self.store, after, limit)
     }
-    fn before(&self, before: Seq, limit: u32) -> std::result::Result<Vec<StoredMessage>, StoreError> {
+    fn before(
+        &self,
+        before: Seq,
+        limit: u32,
+    ) -> std::result::Result<Vec<StoredMessage>, StoreError> {
         ConversationStore::before(&self.store, before, limit)
     }
     fn devices(&self) -> std::result::Result<Vec<DeviceRecord>, StoreError> {
@@ -168,7 +191,8 @@ impl DurableStore for SqliteBackend {
 
 impl suite::Backend for SqliteBackend {
     fn reopen(&mut self) -> std::result::Result<(), String> {
-        self.store = Store::open(&self.storage, Date::now().as_millis()).map_err(|e| format!("Store::open: {e}"))?;
+        self.store = Store::open(&self.storage, Date::now().as_millis())
+            .map_err(|e| format!("Store::open: {e}"))?;
         Ok(())
     }
 }

@@ -18,7 +18,13 @@ pub(crate) fn jittered(wait: Millis, rng: &mut Rng) -> Millis {
 
 /// "Full jitter": uniform in `floor..=backoff(..)`, for reconnects, where
 /// many clients cut at the same moment must spread out.
-pub(crate) fn full_jitter(initial: Millis, max: Millis, attempt: u32, floor: Millis, rng: &mut Rng) -> Millis {
+pub(crate) fn full_jitter(
+    initial: Millis,
+    max: Millis,
+    attempt: u32,
+    floor: Millis,
+    rng: &mut Rng,
+) -> Millis {
     let ceiling = backoff(initial, max, attempt).max(floor);
     rng.range(floor, ceiling)
 }

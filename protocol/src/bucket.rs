@@ -21,7 +21,9 @@ pub(crate) struct TokenBucket {
 }
 
 fn milli(units: u64) -> i64 {
-    i64::try_from(units).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+    i64::try_from(units)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
 }
 
 impl TokenBucket {
@@ -41,7 +43,10 @@ impl TokenBucket {
         let elapsed = i64::try_from(now.saturating_sub(self.last)).unwrap_or(i64::MAX);
         // Time going backwards (a shell clock step) neither adds nor panics.
         self.last = self.last.max(now);
-        self.tokens = self.tokens.saturating_add(elapsed.saturating_mul(self.per_sec)).min(self.cap);
+        self.tokens = self
+            .tokens
+            .saturating_add(elapsed.saturating_mul(self.per_sec))
+            .min(self.cap);
     }
 
     /// Whole units available now (0 while overdrawn).
@@ -61,7 +66,10 @@ impl TokenBucket {
 
     /// Takes `units` whatever is left (the bucket may go below zero).
     pub fn spend(&mut self, units: u64) {
-        self.tokens = self.tokens.saturating_sub(milli(units)).max(-self.cap.saturating_mul(64));
+        self.tokens = self
+            .tokens
+            .saturating_sub(milli(units))
+            .max(-self.cap.saturating_mul(64));
     }
 
     /// When `units` will be available (at or before the last refill if they

@@ -78,7 +78,8 @@ impl Serialize for ChainHash {
 impl<'de> Deserialize<'de> for ChainHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        ChainHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("chain must be 32 hex digits"))
+        ChainHash::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("chain must be 32 hex digits"))
     }
 }
 
@@ -101,6 +102,9 @@ mod tests {
         assert_ne!(base, ChainHash::GENESIS.next(2, "ann", "d1", "m1", "hello"));
         assert_ne!(base, ChainHash::GENESIS.next(1, "an", "nd1", "m1", "hello"));
         assert_ne!(base, ChainHash::GENESIS.next(1, "ann", "d1", "m2", "hello"));
-        assert_ne!(base, ChainHash::GENESIS.next(1, "ann", "d1", "m1", "hello!"));
+        assert_ne!(
+            base,
+            ChainHash::GENESIS.next(1, "ann", "d1", "m1", "hello!")
+        );
     }
 }

@@ -393,7 +393,10 @@ impl ClientFrame {
     /// read ticket it echoes, if any).
     pub fn decode_rx(bytes: &[u8]) -> Result<(Self, Option<Ticket>), DecodeError> {
         if bytes.len() > limits::MAX_FRAME_BYTES {
-            return Err(DecodeError::TooLarge { len: bytes.len(), max: limits::MAX_FRAME_BYTES });
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: limits::MAX_FRAME_BYTES,
+            });
         }
         Self::decode_element(bytes)
     }
@@ -405,8 +408,13 @@ impl ClientFrame {
     /// array, an empty array); a bad element is refused alone, with the
     /// error it would get if it had come by itself.
     #[allow(clippy::type_complexity)]
-    pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<BundleItem<(Self, Option<Ticket>)>>, DecodeError> {
-        Ok(codec::split(bytes, limits::MAX_FRAME_BYTES)?.into_iter().map(Self::decode_element).collect())
+    pub fn decode_bundle(
+        bytes: &[u8],
+    ) -> Result<Vec<BundleItem<(Self, Option<Ticket>)>>, DecodeError> {
+        Ok(codec::split(bytes, limits::MAX_FRAME_BYTES)?
+            .into_iter()
+            .map(Self::decode_element)
+            .collect())
     }
 
     fn decode_element(bytes: &[u8]) -> Result<(Self, Option<Ticket>), DecodeError> {
@@ -496,7 +504,10 @@ impl ServerFrame {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         // Server frames may carry full pages, which are larger than client frames.
         if bytes.len() > limits::MAX_SERVER_FRAME_BYTES {
-            return Err(DecodeError::TooLarge { len: bytes.len(), max: limits::MAX_SERVER_FRAME_BYTES });
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                max: limits::MAX_SERVER_FRAME_BYTES,
+            });
         }
         codec::decode_server(bytes)
     }
@@ -505,7 +516,10 @@ impl ServerFrame {
     /// (see [`ClientFrame::decode_bundle`]; the limit is
     /// [`limits::MAX_SERVER_FRAME_BYTES`]).
     pub fn decode_bundle(bytes: &[u8]) -> Result<Vec<BundleItem<Self>>, DecodeError> {
-        Ok(codec::split(bytes, limits::MAX_SERVER_FRAME_BYTES)?.into_iter().map(codec::decode_server).collect())
+        Ok(codec::split(bytes, limits::MAX_SERVER_FRAME_BYTES)?
+            .into_iter()
+            .map(codec::decode_server)
+            .collect())
     }
 
     /// Encodes the frame as its JSON text.
@@ -561,17 +575,32 @@ mod tests {
         assert_eq!(code("nope"), ErrorCode::BadJson);
         assert_eq!(code("[1,2]"), ErrorCode::BadJson);
         assert_eq!(code(r#"{"type":"send"}"#), ErrorCode::UnsupportedVersion);
-        assert_eq!(code(r#"{"v":2,"type":"send"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            code(r#"{"v":2,"type":"send"}"#),
+            ErrorCode::UnsupportedVersion
+        );
         assert_eq!(code(r#"{"v":1,"type":"launch"}"#), ErrorCode::UnknownFrame);
         assert_eq!(code(r#"{"v":1}"#), ErrorCode::UnknownFrame);
-        assert_eq!(code(r#"{"v":1,"type":"send","id":5,"body":"x"}"#), ErrorCode::BadFrame);
-        assert_eq!(code(r#"{"v":1,"type":"ack","seq":-1}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"v":1,"type":"send","id":5,"body":"x"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"ack","seq":-1}"#),
+            ErrorCode::BadFrame
+        );
         assert_eq!(
             code(r#"{"v":1,"type":"ack","seq":9007199254740992}"#),
             ErrorCode::BadFrame
         );
-        assert_eq!(code(r#"{"v":1,"type":"send","id":"","body":"x"}"#), ErrorCode::BadFrame);
-        assert_eq!(code(r#"{"v":1,"type":"sync","limit":10}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code(r#"{"v":1,"type":"send","id":"","body":"x"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code(r#"{"v":1,"type":"sync","limit":10}"#),
+            ErrorCode::BadFrame
+        );
         let body = "x".repeat(limits::MAX_BODY_BYTES + 1);
         let big = format!(r#"{{"v":1,"type":"send","id":"a","body":"{body}"}}"#);
         assert_eq!(code(&big), ErrorCode::BodyTooLarge);
@@ -581,7 +610,11 @@ mod tests {
 
     #[test]
     fn a_bundle_is_decoded_element_by_element() {
-        let send = |id: &str| ClientFrame::Send { id: id.into(), body: "x".into(), after: None };
+        let send = |id: &str| ClientFrame::Send {
+            id: id.into(),
+            body: "x".into(),
+            after: None,
+        };
         let text = format!(
             " [ {}, 5, {{\"v\":2,\"type\":\"ping\"}}, {} ] ",
             send("a").encode_rx(Some(7)),
@@ -591,7 +624,10 @@ mod tests {
         assert_eq!(items.len(), 4);
         assert_eq!(items[0], Ok((send("a"), Some(7))));
         assert_eq!(items[1].as_ref().unwrap_err().code(), ErrorCode::BadJson);
-        assert_eq!(items[2].as_ref().unwrap_err().code(), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            items[2].as_ref().unwrap_err().code(),
+            ErrorCode::UnsupportedVersion
+        );
         assert_eq!(items[3], Ok((send("b"), None)));
         // One object is a message of one frame, its error its own.
         let one = ClientFrame::decode_bundle(send("c").encode().as_bytes()).unwrap();
@@ -615,23 +651,37 @@ mod tests {
         // Server bundles have the server's (larger) limit.
         let pong = ServerFrame::Pong { nonce: 1 }.encode();
         let many = format!("[{}]", vec![pong; limits::MAX_FRAME_BYTES / 20].join(","));
-        assert!(ServerFrame::decode_bundle(many.as_bytes()).unwrap().iter().all(Result::is_ok));
+        assert!(ServerFrame::decode_bundle(many.as_bytes())
+            .unwrap()
+            .iter()
+            .all(Result::is_ok));
     }
 
     #[test]
     fn frames_are_packed_in_order_into_as_few_messages_as_fit() {
-        let frames: Vec<String> = (0..10).map(|i| ClientFrame::Ping { nonce: i }.encode()).collect();
+        let frames: Vec<String> = (0..10)
+            .map(|i| ClientFrame::Ping { nonce: i }.encode())
+            .collect();
         let len = frames[0].len();
-        assert_eq!(pack_bundles(Vec::<String>::new(), 100), Vec::<String>::new());
+        assert_eq!(
+            pack_bundles(Vec::<String>::new(), 100),
+            Vec::<String>::new()
+        );
         // One frame alone is sent as it is, not as an array.
         assert_eq!(pack_bundles(frames[..1].to_vec(), 10), frames[..1].to_vec());
         // A frame larger than the cap goes alone.
-        assert_eq!(pack_bundles(frames[..2].to_vec(), len), frames[..2].to_vec());
+        assert_eq!(
+            pack_bundles(frames[..2].to_vec(), len),
+            frames[..2].to_vec()
+        );
         // Three frames fit in 3 * len + 4 bytes (brackets and two commas).
         let packed = pack_bundles(frames.clone(), 3 * len + 4);
         assert_eq!(packed.len(), 4);
         assert!(packed.iter().all(|m| m.len() <= 3 * len + 4));
-        assert_eq!(packed[0], format!("[{},{},{}]", frames[0], frames[1], frames[2]));
+        assert_eq!(
+            packed[0],
+            format!("[{},{},{}]", frames[0], frames[1], frames[2])
+        );
         assert_eq!(packed[3], frames[9]);
         let back: Vec<ClientFrame> = packed
             .iter()
@@ -644,11 +694,27 @@ mod tests {
 
     #[test]
     fn hello_says_bundles_only_when_it_reads_them() {
-        let hello = |bundles| ClientFrame::Hello { after: None, chain: None, bundles };
-        assert_eq!(hello(false).encode(), r#"{"v":1,"type":"hello","after":null}"#);
-        assert_eq!(hello(true).encode(), r#"{"v":1,"type":"hello","after":null,"bundles":true}"#);
-        assert_eq!(ClientFrame::decode(br#"{"v":1,"type":"hello"}"#), Ok(hello(false)));
-        assert_eq!(ClientFrame::decode(br#"{"v":1,"type":"hello","bundles":true}"#), Ok(hello(true)));
+        let hello = |bundles| ClientFrame::Hello {
+            after: None,
+            chain: None,
+            bundles,
+        };
+        assert_eq!(
+            hello(false).encode(),
+            r#"{"v":1,"type":"hello","after":null}"#
+        );
+        assert_eq!(
+            hello(true).encode(),
+            r#"{"v":1,"type":"hello","after":null,"bundles":true}"#
+        );
+        assert_eq!(
+            ClientFrame::decode(br#"{"v":1,"type":"hello"}"#),
+            Ok(hello(false))
+        );
+        assert_eq!(
+            ClientFrame::decode(br#"{"v":1,"type":"hello","bundles":true}"#),
+            Ok(hello(true))
+        );
     }
 
     #[test]

@@ -63,13 +63,13 @@ pub use client::{
     InboxState, LinkStatus, MessageStatus, OutboxEntry,
 };
 pub use frame::{
-    ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
-    StoredMessage, Ticket, MAX_SEQ, PROTOCOL_VERSION, pack_bundles,
+    pack_bundles, ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq,
+    ServerFrame, StoredMessage, Ticket, MAX_SEQ, PROTOCOL_VERSION,
 };
 pub use ranges::RangeSet;
 pub use server::{
-    ConnId, ConnMemo, Conversation, ConversationStore, DeviceKey, DeviceRecord, ServerConfig, ServerInput,
-    ServerOutput, ServerStats, ServerWrite, StoreError,
+    ConnId, ConnMemo, Conversation, ConversationStore, DeviceKey, DeviceRecord, ServerConfig,
+    ServerInput, ServerOutput, ServerStats, ServerWrite, StoreError,
 };
 pub use store::{CommitError, DurableStore, MemoryStore};
 

@@ -187,7 +187,11 @@ impl Outbox {
     /// is below them cannot hold them: it was restored from an older
     /// backup).
     pub fn unconfirm_above(&mut self, head: Seq) {
-        let orders: Vec<u64> = self.by_seq.range(head.saturating_add(1)..).map(|(_, o)| *o).collect();
+        let orders: Vec<u64> = self
+            .by_seq
+            .range(head.saturating_add(1)..)
+            .map(|(_, o)| *o)
+            .collect();
         for order in orders {
             self.unconfirm(order);
         }
@@ -196,7 +200,9 @@ impl Outbox {
     /// The entry the server confirmed at `seq`, if any: its order and id.
     pub fn confirmed_at(&self, seq: Seq) -> Option<(u64, &str)> {
         let order = *self.by_seq.get(&seq)?;
-        self.entries.get(&order).map(|o| (order, o.entry.id.as_str()))
+        self.entries
+            .get(&order)
+            .map(|o| (order, o.entry.id.as_str()))
     }
 
     /// Forgets one confirmation (the server's history holds another message
@@ -262,7 +268,11 @@ impl Outbox {
             .in_flight
             .iter()
             .copied()
-            .filter(|k| self.entries.get(k).is_some_and(|o| o.retry_at.is_some_and(|r| r <= now)))
+            .filter(|k| {
+                self.entries
+                    .get(k)
+                    .is_some_and(|o| o.retry_at.is_some_and(|r| r <= now))
+            })
             .collect();
         let room = window.saturating_sub(self.in_flight.len());
         due.extend(self.ready.iter().copied().take(room));
@@ -309,17 +319,31 @@ mod tests {
         for id in ["a", "b", "c", "d"] {
             o.insert(entry(id), false);
         }
-        assert!(o.due(0, 2, usize::MAX, |_| 100).is_empty(), "nothing is durable yet");
+        assert!(
+            o.due(0, 2, usize::MAX, |_| 100).is_empty(),
+            "nothing is durable yet"
+        );
         for id in ["b", "a", "c"] {
             assert!(o.mark_durable(id));
         }
-        let ids: Vec<String> = o.due(0, 2, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = o
+            .due(0, 2, usize::MAX, |_| 100)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["a", "b"]);
-        assert!(o.due(50, 2, usize::MAX, |_| 100).is_empty(), "window full, no deadline passed");
+        assert!(
+            o.due(50, 2, usize::MAX, |_| 100).is_empty(),
+            "window full, no deadline passed"
+        );
         // a confirmed: c may go; b's deadline passed: it goes again.
         let a = o.order_of("a").unwrap();
         assert!(o.confirm(a, 1, 7));
-        let ids: Vec<String> = o.due(100, 2, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = o
+            .due(100, 2, usize::MAX, |_| 100)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["b", "c"]);
         assert_eq!(o.next_retry(), Some(200));
     }
@@ -335,7 +359,11 @@ mod tests {
         assert!(o.any_ready());
         assert_eq!(o.in_flight_len(), 2);
         // a's and b's retries are due and c is ready: a budget of one goes to the oldest.
-        let ids: Vec<String> = o.due(100, 8, 1, |_| 100).into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = o
+            .due(100, 8, 1, |_| 100)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["a"]);
     }
 
@@ -348,7 +376,11 @@ mod tests {
         o.reset_connection();
         assert_eq!(o.in_flight_len(), 0);
         assert_eq!(o.next_retry(), None);
-        let ids: Vec<String> = o.due(1, 8, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = o
+            .due(1, 8, usize::MAX, |_| 100)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["a", "b"]);
     }
 
@@ -364,7 +396,11 @@ mod tests {
             assert!(o.confirm(k, seq, 0));
             assert!(!o.confirm(k, seq, 0), "a duplicate sent is not news");
         }
-        let gone: Vec<String> = o.take_delivered(6).into_iter().map(|g| g.entry.id).collect();
+        let gone: Vec<String> = o
+            .take_delivered(6)
+            .into_iter()
+            .map(|g| g.entry.id)
+            .collect();
         assert_eq!(gone, ["a", "b"]);
         assert_eq!(o.len(), 1);
         assert!(o.any_awaiting_delivery());
@@ -384,7 +420,11 @@ mod tests {
         o.insert(entry("y"), true);
         assert_eq!(o.len(), 2);
         assert!(o.any_awaiting_delivery());
-        let ids: Vec<String> = o.due(0, 8, usize::MAX, |_| 100).into_iter().map(|t| t.id).collect();
+        let ids: Vec<String> = o
+            .due(0, 8, usize::MAX, |_| 100)
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
         assert_eq!(ids, ["y"], "a confirmed entry is never sent again");
     }
 }

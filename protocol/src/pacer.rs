@@ -62,7 +62,13 @@ mod tests {
 
     #[test]
     fn starts_with_a_share_of_the_burst_then_refills_at_a_share_of_the_rate() {
-        let mut p = Pacer::new(0, RateLimit { per_sec: 1_000, burst: 2_000 });
+        let mut p = Pacer::new(
+            0,
+            RateLimit {
+                per_sec: 1_000,
+                burst: 2_000,
+            },
+        );
         assert_eq!(p.available(0), 1_600);
         p.spend(1_600);
         assert_eq!(p.available(0), 0);
@@ -78,7 +84,13 @@ mod tests {
 
     #[test]
     fn tiny_budgets_still_let_frames_through() {
-        let mut p = Pacer::new(0, RateLimit { per_sec: 0, burst: 0 });
+        let mut p = Pacer::new(
+            0,
+            RateLimit {
+                per_sec: 0,
+                burst: 0,
+            },
+        );
         assert_eq!(p.available(0), 1);
         p.spend(1);
         assert_eq!(p.next_at(), 1_000);

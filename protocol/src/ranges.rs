@@ -206,7 +206,10 @@ mod tests {
         s.insert(0);
         assert!(s.contains(u64::MAX) && s.contains(0));
         assert_eq!(s.range_count(), 2);
-        assert_eq!(s.gaps(u64::MAX - 2, u64::MAX), vec![[u64::MAX - 2, u64::MAX - 2]]);
+        assert_eq!(
+            s.gaps(u64::MAX - 2, u64::MAX),
+            vec![[u64::MAX - 2, u64::MAX - 2]]
+        );
         s.remove_from(0);
         assert!(s.is_empty());
     }

@@ -57,18 +57,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use crate::backoff::backoff;
 use crate::bucket::TokenBucket;
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
 use crate::frame::{
-    ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, Ticket, MAX_SEQ,
-    REPLACEMENT_CHAR,
+    ChainAt, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
+    StoredMessage, Ticket, MAX_SEQ, REPLACEMENT_CHAR,
 };
 use crate::limits;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
 use crate::WriteId;
-use crate::backoff::backoff;
 
 /// WebSocket close codes the server uses.
 pub mod close {
@@ -165,7 +165,8 @@ pub trait ConversationStore {
     /// The message with the highest seq, if any.
     fn last(&self) -> Result<Option<StoredMessage>, StoreError>;
     /// The message `user`'s `device` stored under client message id `id`, if any.
-    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError>;
+    fn find(&self, user: &str, device: &str, id: &str)
+        -> Result<Option<StoredMessage>, StoreError>;
     /// Up to `limit` messages with seq > `after`, ascending.
     fn after(&self, after: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError>;
     /// The `limit` messages just below `before` (seq < `before`), ascending.
@@ -411,7 +412,12 @@ enum Request {
     /// `hello`: a `welcome`, then the gap-fill or the latest page.
     Hello { after: Option<Seq> },
     /// Forward pages `from < seq < upper`, streamed, `pages_left` at most.
-    After { from: Seq, upper: Seq, limit: u32, pages_left: usize },
+    After {
+        from: Seq,
+        upper: Seq,
+        limit: u32,
+        pages_left: usize,
+    },
     /// One page just below `before`.
     Before { before: Seq, limit: u32 },
 }
@@ -494,7 +500,9 @@ pub struct Conversation {
 }
 
 fn encoded_len(m: &StoredMessage) -> usize {
-    serde_json::to_string(m).map(|s| s.len()).unwrap_or(usize::MAX / 2)
+    serde_json::to_string(m)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX / 2)
 }
 
 /// Envelope and field overhead of a `batch` or `welcome` beyond its list.
@@ -556,19 +564,38 @@ pub fn read_page(
     query: PageQuery,
     page_bytes: usize,
 ) -> Result<Page, StoreError> {
-    let upper = query.before.map_or(head.saturating_add(1), |b| b.min(head.saturating_add(1)));
+    let upper = query
+        .before
+        .map_or(head.saturating_add(1), |b| b.min(head.saturating_add(1)));
     let limit = query.limit.clamp(1, limits::MAX_PAGE);
     let (messages, more, bytes) = match query.after {
         Some(after) => page_after(store, after, upper, limit, page_bytes)?,
         None => page_before(store, upper, limit, page_bytes)?,
     };
-    Ok(Page { messages, head, more, bytes })
+    Ok(Page {
+        messages,
+        head,
+        more,
+        bytes,
+    })
 }
 
 /// Appends `m` to a page under construction if it continues it without a
 /// hole and fits the byte budget (a first message always fits).
-fn fits(page: &[StoredMessage], bytes: &mut usize, m: &StoredMessage, ascending: bool, budget: usize) -> bool {
-    let continues = page.last().is_none_or(|p| if ascending { p.seq + 1 == m.seq } else { m.seq + 1 == p.seq });
+fn fits(
+    page: &[StoredMessage],
+    bytes: &mut usize,
+    m: &StoredMessage,
+    ascending: bool,
+    budget: usize,
+) -> bool {
+    let continues = page.last().is_none_or(|p| {
+        if ascending {
+            p.seq + 1 == m.seq
+        } else {
+            m.seq + 1 == p.seq
+        }
+    });
     if !continues {
         return false;
     }
@@ -670,7 +697,13 @@ impl Conversation {
                 expired.push(key.clone());
             }
             let through = c.through.min(head);
-            devices.insert(key, Device { through, persisted: through });
+            devices.insert(
+                key,
+                Device {
+                    through,
+                    persisted: through,
+                },
+            );
         }
         let answers = TokenBucket::new(now, config.answer_rate, config.answer_burst);
         let mut conv = Conversation {
@@ -705,7 +738,13 @@ impl Conversation {
 
     /// Feeds one event in; collect outputs with [`Conversation::poll_output`].
     pub fn handle(&mut self, now: Millis, input: ServerInput, store: &dyn ConversationStore) {
-        if !matches!(input, ServerInput::Connected { resumed: Some(_), .. }) {
+        if !matches!(
+            input,
+            ServerInput::Connected {
+                resumed: Some(_),
+                ..
+            }
+        ) {
             self.forget_expired(now);
         }
         match input {
@@ -717,9 +756,13 @@ impl Conversation {
                 expires,
             } => self.on_connected(now, conn, (user, device), resumed, expires, store),
             ServerInput::Disconnected { conn } => self.forget(conn),
-            ServerInput::Frame { conn, bytes } => self.on_frame(now, conn, Incoming::Text(&bytes), store),
+            ServerInput::Frame { conn, bytes } => {
+                self.on_frame(now, conn, Incoming::Text(&bytes), store)
+            }
             ServerInput::Binary { conn } => self.on_frame(now, conn, Incoming::Binary, store),
-            ServerInput::Oversized { conn, len } => self.on_frame(now, conn, Incoming::Oversized(len), store),
+            ServerInput::Oversized { conn, len } => {
+                self.on_frame(now, conn, Incoming::Oversized(len), store)
+            }
             ServerInput::Durable { through } => self.on_durable(now, through, store),
             ServerInput::Timeout => {}
         }
@@ -770,7 +813,10 @@ impl Conversation {
             })
             .collect();
         let pending_pushes = pending.iter().map(|(n, _)| n).sum();
-        let unscheduled_resends = pending.iter().filter(|(n, unscheduled)| *n > 0 && *unscheduled).count();
+        let unscheduled_resends = pending
+            .iter()
+            .filter(|(n, unscheduled)| *n > 0 && *unscheduled)
+            .count();
         ServerStats {
             head: self.head,
             durable_head: self.durable_head,
@@ -783,7 +829,11 @@ impl Conversation {
     }
 
     fn member_count(&self) -> usize {
-        self.devices.keys().map(|(user, _)| user.as_str()).collect::<BTreeSet<_>>().len()
+        self.devices
+            .keys()
+            .map(|(user, _)| user.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 
     fn floor(&self, c: &Conn) -> Seq {
@@ -797,7 +847,9 @@ impl Conversation {
         if c.request.is_none() || c.unread_bytes < self.cfg.answer_budget {
             return None;
         }
-        c.unread.front().map(|u| u.at.saturating_add(self.cfg.stall_timeout))
+        c.unread
+            .front()
+            .map(|u| u.at.saturating_add(self.cfg.stall_timeout))
     }
 
     fn persist(&mut self, op: ServerWrite, effect: Effect) {
@@ -817,7 +869,9 @@ impl Conversation {
         self.answers.spend(u64::try_from(bytes).unwrap_or(u64::MAX));
         let ticket = self.rng.range(1, MAX_SEQ);
         match &mut frame {
-            ServerFrame::Welcome { ticket: t, .. } | ServerFrame::Batch { ticket: t, .. } => *t = Some(ticket),
+            ServerFrame::Welcome { ticket: t, .. } | ServerFrame::Batch { ticket: t, .. } => {
+                *t = Some(ticket)
+            }
             _ => {}
         }
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -847,7 +901,13 @@ impl Conversation {
         self.touched.insert(conn);
     }
 
-    fn error(&mut self, conn: ConnId, code: ErrorCode, message: impl Into<String>, id: Option<String>) {
+    fn error(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        message: impl Into<String>,
+        id: Option<String>,
+    ) {
         self.frame(
             conn,
             ServerFrame::Error {
@@ -887,7 +947,14 @@ impl Conversation {
         for key in std::mem::take(&mut self.expiring) {
             let (user, device) = key.clone();
             if self.by_device.contains_key(&key) {
-                self.persist(ServerWrite::Seen { user, device, at: now }, Effect::None);
+                self.persist(
+                    ServerWrite::Seen {
+                        user,
+                        device,
+                        at: now,
+                    },
+                    Effect::None,
+                );
             } else {
                 self.devices.remove(&key);
                 self.persist(ServerWrite::Forget { user, device }, Effect::None);
@@ -898,7 +965,9 @@ impl Conversation {
     /// Hands the shell the memo of every connection whose limits changed.
     fn remember_touched(&mut self) {
         for conn in std::mem::take(&mut self.touched) {
-            let Some(c) = self.conns.get_mut(&conn) else { continue };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
             let memo = ConnMemo {
                 strikes: c.strikes,
                 retries: c.retries,
@@ -916,7 +985,10 @@ impl Conversation {
 
     /// Answers a message larger than a frame (`frame_too_large`, a strike).
     fn refuse_oversized(&mut self, conn: ConnId, len: usize) {
-        let err = DecodeError::TooLarge { len, max: limits::MAX_FRAME_BYTES };
+        let err = DecodeError::TooLarge {
+            len,
+            max: limits::MAX_FRAME_BYTES,
+        };
         self.frame(conn, ServerFrame::from_decode_error(&err));
         self.strike(conn);
     }
@@ -970,19 +1042,46 @@ impl Conversation {
             // delivered to it. Another device of a member starts at 0 and
             // never vouches for what it did not store (see `fresh_request`).
             let joined_at = if is_member { 0 } else { self.durable_head };
-            self.devices.insert(key.clone(), Device { through: joined_at, persisted: 0 });
+            self.devices.insert(
+                key.clone(),
+                Device {
+                    through: joined_at,
+                    persisted: 0,
+                },
+            );
         }
         if resumed.is_none() {
             // Creates the record of a new device (announced like a cursor, so
             // members learn of a new member), and refreshes the retention clock.
             let (user, device) = key.clone();
             let joined_at = self.devices.get(&key).map_or(0, |d| d.through);
-            let effect = if is_new { Effect::Cursor { key: key.clone(), through: 0 } } else { Effect::None };
-            self.persist(ServerWrite::Seen { user: user.clone(), device: device.clone(), at: now }, effect);
+            let effect = if is_new {
+                Effect::Cursor {
+                    key: key.clone(),
+                    through: 0,
+                }
+            } else {
+                Effect::None
+            };
+            self.persist(
+                ServerWrite::Seen {
+                    user: user.clone(),
+                    device: device.clone(),
+                    at: now,
+                },
+                effect,
+            );
             if is_new && joined_at > 0 {
                 self.persist(
-                    ServerWrite::Cursor(Cursor { user, device, through: joined_at }),
-                    Effect::Cursor { key: key.clone(), through: joined_at },
+                    ServerWrite::Cursor(Cursor {
+                        user,
+                        device,
+                        through: joined_at,
+                    }),
+                    Effect::Cursor {
+                        key: key.clone(),
+                        through: joined_at,
+                    },
                 );
             }
         }
@@ -1025,7 +1124,10 @@ impl Conversation {
             // that counts as a retransmission, so a device that never acks is
             // still closed after `max_retries`, however often the object is
             // evicted in between.
-            let pending = self.conns.get(&conn).is_some_and(|c| c.next_push.saturating_sub(1) > self.floor(c));
+            let pending = self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.next_push.saturating_sub(1) > self.floor(c));
             // Even the first: the shell rebuilds the core, resumes, then feeds
             // the due alarm, which then finds the resend timer reset.
             if pending {
@@ -1041,19 +1143,32 @@ impl Conversation {
 
     /// Takes one frame from the connection's bucket; false when it is empty.
     fn take_token(&mut self, now: Millis, conn: ConnId) -> bool {
-        self.conns.get_mut(&conn).is_some_and(|c| c.frames.try_take(now, 1))
+        self.conns
+            .get_mut(&conn)
+            .is_some_and(|c| c.frames.try_take(now, 1))
     }
 
     /// One WebSocket message, whatever its kind: a frame or a bundle of
     /// them, each handled as if it had come alone (and each taking a token).
-    fn on_frame(&mut self, now: Millis, conn: ConnId, incoming: Incoming<'_>, store: &dyn ConversationStore) {
+    fn on_frame(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        incoming: Incoming<'_>,
+        store: &dyn ConversationStore,
+    ) {
         if !self.conns.contains_key(&conn) {
             return;
         }
         let bytes = match incoming {
             Incoming::Binary => {
                 self.take_token(now, conn);
-                self.error(conn, ErrorCode::BadJson, "binary messages are not frames: send JSON as text", None);
+                self.error(
+                    conn,
+                    ErrorCode::BadJson,
+                    "binary messages are not frames: send JSON as text",
+                    None,
+                );
                 self.strike(conn);
                 return;
             }
@@ -1074,7 +1189,11 @@ impl Conversation {
         match std::str::from_utf8(bytes) {
             Ok(text) if !text.contains(REPLACEMENT_CHAR) => {}
             _ => {
-                self.close(conn, close::INVALID_PAYLOAD, "text frame is not valid UTF-8");
+                self.close(
+                    conn,
+                    close::INVALID_PAYLOAD,
+                    "text frame is not valid UTF-8",
+                );
                 return;
             }
         }
@@ -1120,7 +1239,12 @@ impl Conversation {
             _ => None,
         };
         if !has_token {
-            self.error(conn, ErrorCode::RateLimited, "too many frames; slow down", id);
+            self.error(
+                conn,
+                ErrorCode::RateLimited,
+                "too many frames; slow down",
+                id,
+            );
             self.strike(conn);
             return;
         }
@@ -1141,7 +1265,9 @@ impl Conversation {
                 }
                 self.request(conn, Request::Hello { after })
             }
-            ClientFrame::Send { id, body, after } => self.on_send(now, conn, id, body, after, store),
+            ClientFrame::Send { id, body, after } => {
+                self.on_send(now, conn, id, body, after, store)
+            }
             ClientFrame::Ack { seq, ranges } => self.on_ack(now, conn, seq, &ranges, store),
             ClientFrame::Sync {
                 after,
@@ -1235,7 +1361,14 @@ impl Conversation {
                 limit,
                 pages_left,
             } => {
-                let page = self.page(PageQuery { after: Some(from), before: Some(upper), limit }, store);
+                let page = self.page(
+                    PageQuery {
+                        after: Some(from),
+                        before: Some(upper),
+                        limit,
+                    },
+                    store,
+                );
                 if let Some(last) = self.answer_page(now, conn, page, pages_left > 1) {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         // Unless a newer request came in meanwhile.
@@ -1249,7 +1382,14 @@ impl Conversation {
                 }
             }
             Request::Before { before, limit } => {
-                let page = self.page(PageQuery { after: None, before: Some(before), limit }, store);
+                let page = self.page(
+                    PageQuery {
+                        after: None,
+                        before: Some(before),
+                        limit,
+                    },
+                    store,
+                );
                 self.answer_page(now, conn, page, false);
             }
         }
@@ -1261,21 +1401,48 @@ impl Conversation {
     /// `floor` (not streamed: the device takes its first page as its start;
     /// it gap-fills the rest). So its acks never vouch for messages no device
     /// of its user stored.
-    fn fresh_start(&self, user: &str, head: Seq, store: &dyn ConversationStore) -> (Option<Seq>, Option<Request>) {
+    fn fresh_start(
+        &self,
+        user: &str,
+        head: Seq,
+        store: &dyn ConversationStore,
+    ) -> (Option<Seq>, Option<Request>) {
         let floor = self.user_floor(user);
-        let latest = match self.page(PageQuery { after: None, before: Some(head + 1), limit: self.cfg.fresh_page }, store) {
+        let latest = match self.page(
+            PageQuery {
+                after: None,
+                before: Some(head + 1),
+                limit: self.cfg.fresh_page,
+            },
+            store,
+        ) {
             Ok(page) => page.messages.first().map(|m| m.seq),
             // Storage failed: no page now; the device says hello again.
             Err(_) => return (None, None),
         };
         match latest {
-            None => (Some(head + 1), Some(Request::Before { before: head + 1, limit: self.cfg.fresh_page })),
-            Some(first) if first <= floor + 1 => {
-                (Some(first), Some(Request::Before { before: head + 1, limit: self.cfg.fresh_page }))
-            }
+            None => (
+                Some(head + 1),
+                Some(Request::Before {
+                    before: head + 1,
+                    limit: self.cfg.fresh_page,
+                }),
+            ),
+            Some(first) if first <= floor + 1 => (
+                Some(first),
+                Some(Request::Before {
+                    before: head + 1,
+                    limit: self.cfg.fresh_page,
+                }),
+            ),
             Some(_) => (
                 Some(floor + 1),
-                Some(Request::After { from: floor, upper: head + 1, limit: limits::MAX_PAGE, pages_left: 1 }),
+                Some(Request::After {
+                    from: floor,
+                    upper: head + 1,
+                    limit: limits::MAX_PAGE,
+                    pages_left: 1,
+                }),
             ),
         }
     }
@@ -1300,7 +1467,9 @@ impl Conversation {
             if users.is_some_and(|users| !users.contains(user.as_str())) {
                 continue;
             }
-            let e = best.entry(user.as_str()).or_insert((device.as_str(), d.persisted));
+            let e = best
+                .entry(user.as_str())
+                .or_insert((device.as_str(), d.persisted));
             if d.persisted > e.1 {
                 *e = (device.as_str(), d.persisted);
             }
@@ -1329,7 +1498,13 @@ impl Conversation {
         cursors
     }
 
-    fn on_hello(&mut self, now: Millis, conn: ConnId, after: Option<Seq>, store: &dyn ConversationStore) {
+    fn on_hello(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        after: Option<Seq>,
+        store: &dyn ConversationStore,
+    ) {
         let head = self.durable_head;
         let after_chain = match after {
             Some(0) => Some(ChainHash::GENESIS),
@@ -1348,7 +1523,11 @@ impl Conversation {
                 .iter()
                 .map(|c| c.user.len() + c.device.len() + 48)
                 .sum::<usize>();
-        let (start, fresh) = if after.is_none() { self.fresh_start(&key.0, head, store) } else { (None, None) };
+        let (start, fresh) = if after.is_none() {
+            self.fresh_start(&key.0, head, store)
+        } else {
+            (None, None)
+        };
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -1403,10 +1582,24 @@ impl Conversation {
     /// Sends a page as a `batch` (`follows` when the next one comes unasked),
     /// or a storage failure as an `internal` error. Returns the page's last
     /// seq when another page follows.
-    fn answer_page(&mut self, now: Millis, conn: ConnId, page: Result<Page, StoreError>, may_follow: bool) -> Option<Seq> {
+    fn answer_page(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        page: Result<Page, StoreError>,
+        may_follow: bool,
+    ) -> Option<Seq> {
         match page {
-            Ok(Page { messages, more, bytes, .. }) => {
-                let last = messages.last().map(|m| m.seq).filter(|_| more && may_follow);
+            Ok(Page {
+                messages,
+                more,
+                bytes,
+                ..
+            }) => {
+                let last = messages
+                    .last()
+                    .map(|m| m.seq)
+                    .filter(|_| more && may_follow);
                 let head = self.durable_head;
                 let follows = last.is_some();
                 let batch = ServerFrame::Batch {
@@ -1450,7 +1643,14 @@ impl Conversation {
                     return;
                 }
                 Ok(Some(m)) if m.seq <= self.durable_head => {
-                    self.frame(conn, ServerFrame::Sent { id, seq: m.seq, at: m.at });
+                    self.frame(
+                        conn,
+                        ServerFrame::Sent {
+                            id,
+                            seq: m.seq,
+                            at: m.at,
+                        },
+                    );
                     return;
                 }
                 Ok(Some(_)) => return,
@@ -1482,11 +1682,21 @@ impl Conversation {
             .filter(|m| m.user == user && m.device == device)
             .count();
         if waiting >= self.cfg.max_unconfirmed_sends {
-            self.error(conn, ErrorCode::WindowFull, "too many unconfirmed sends", Some(id));
+            self.error(
+                conn,
+                ErrorCode::WindowFull,
+                "too many unconfirmed sends",
+                Some(id),
+            );
             return;
         }
         if self.head >= MAX_SEQ {
-            self.error(conn, ErrorCode::Internal, "conversation is out of seqs", Some(id));
+            self.error(
+                conn,
+                ErrorCode::Internal,
+                "conversation is out of seqs",
+                Some(id),
+            );
             return;
         }
         let seq = self.head + 1;
@@ -1513,12 +1723,24 @@ impl Conversation {
         }
     }
 
-    fn on_ack(&mut self, now: Millis, conn: ConnId, seq: Seq, ranges: &[[Seq; 2]], store: &dyn ConversationStore) {
+    fn on_ack(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        seq: Seq,
+        ranges: &[[Seq; 2]],
+        store: &dyn ConversationStore,
+    ) {
         let head = self.durable_head;
         // Nothing beyond the durable head was ever sent: claiming it is a lie.
         let beyond = seq > head || ranges.iter().any(|[_, hi]| *hi > head);
         if beyond {
-            self.error(conn, ErrorCode::BadFrame, format!("ack beyond the head {head}"), None);
+            self.error(
+                conn,
+                ErrorCode::BadFrame,
+                format!("ack beyond the head {head}"),
+                None,
+            );
             self.strike(conn);
         }
         let seq = seq.min(head);
@@ -1537,7 +1759,8 @@ impl Conversation {
             if self.cfg.cursor_delay == 0 {
                 self.write_cursors();
             } else {
-                self.cursor_due.get_or_insert(now.saturating_add(self.cfg.cursor_delay));
+                self.cursor_due
+                    .get_or_insert(now.saturating_add(self.cfg.cursor_delay));
             }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.retries = 0;
@@ -1549,10 +1772,24 @@ impl Conversation {
             let (user, device) = key;
             // (The mutant confirms the ack's own seq: an older, duplicated
             // ack then moves the announced cursor backwards.)
-            let through = if Bugs::on(self.cfg.bugs.server_cursor_backwards) { seq } else { d.persisted };
-            let cursor = Cursor { user, device, through };
+            let through = if Bugs::on(self.cfg.bugs.server_cursor_backwards) {
+                seq
+            } else {
+                d.persisted
+            };
+            let cursor = Cursor {
+                user,
+                device,
+                through,
+            };
             let members = u32::try_from(self.member_count()).unwrap_or(u32::MAX);
-            self.frame(conn, ServerFrame::Delivered { cursors: vec![cursor], members });
+            self.frame(
+                conn,
+                ServerFrame::Delivered {
+                    cursors: vec![cursor],
+                    members,
+                },
+            );
         }
         let floor = self.conns.get(&conn).map_or(0, |c| self.floor(c));
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -1605,7 +1842,8 @@ impl Conversation {
         self.durable_head = seq;
         self.durable_chain = msg.chain;
         let key = (msg.user.clone(), msg.device.clone());
-        self.unconfirmed.remove(&(key.0.clone(), key.1.clone(), msg.id.clone()));
+        self.unconfirmed
+            .remove(&(key.0.clone(), key.1.clone(), msg.id.clone()));
         if let Some(conn) = self.by_device.get(&key).copied() {
             if self.conns.get(&conn).is_some_and(|c| c.ready) {
                 self.frame(
@@ -1630,12 +1868,25 @@ impl Conversation {
         if from > to {
             return Vec::new();
         }
-        if self.recent.first_key_value().is_some_and(|(&k, _)| k <= from) {
-            return self.recent.range(from..=to).map(|(_, m)| m.clone()).collect();
+        if self
+            .recent
+            .first_key_value()
+            .is_some_and(|(&k, _)| k <= from)
+        {
+            return self
+                .recent
+                .range(from..=to)
+                .map(|(_, m)| m.clone())
+                .collect();
         }
-        let n = u32::try_from(to - from + 1).unwrap_or(u32::MAX).min(limits::MAX_PAGE);
+        let n = u32::try_from(to - from + 1)
+            .unwrap_or(u32::MAX)
+            .min(limits::MAX_PAGE);
         match store.after(from - 1, n) {
-            Ok(v) => v.into_iter().filter(|m| m.seq >= from && m.seq <= to).collect(),
+            Ok(v) => v
+                .into_iter()
+                .filter(|m| m.seq >= from && m.seq <= to)
+                .collect(),
             // Left to the retransmission timer (or to gap-fill).
             Err(_) => Vec::new(),
         }
@@ -1647,7 +1898,12 @@ impl Conversation {
         for m in msgs {
             let len = encoded_len(&m);
             if !frame.is_empty() && bytes + len > self.cfg.page_bytes {
-                self.frame(conn, ServerFrame::Push { messages: std::mem::take(&mut frame) });
+                self.frame(
+                    conn,
+                    ServerFrame::Push {
+                        messages: std::mem::take(&mut frame),
+                    },
+                );
                 bytes = 0;
             }
             bytes += len;
@@ -1730,7 +1986,11 @@ impl Conversation {
             }
         }
         for conn in expired {
-            self.close(conn, close::TOKEN_EXPIRED, "token expired; reconnect with a fresh token");
+            self.close(
+                conn,
+                close::TOKEN_EXPIRED,
+                "token expired; reconnect with a fresh token",
+            );
         }
         for conn in stalled {
             self.close(conn, close::UNRESPONSIVE, "answers were not read");
@@ -1752,9 +2012,18 @@ impl Conversation {
 
     fn write_cursor(&mut self, key: DeviceKey) {
         // A device forgotten meanwhile is not written back.
-        let Some(through) = self.devices.get(&key).map(|d| d.through) else { return };
+        let Some(through) = self.devices.get(&key).map(|d| d.through) else {
+            return;
+        };
         let (user, device) = key.clone();
-        self.persist(ServerWrite::Cursor(Cursor { user, device, through }), Effect::Cursor { key, through });
+        self.persist(
+            ServerWrite::Cursor(Cursor {
+                user,
+                device,
+                through,
+            }),
+            Effect::Cursor { key, through },
+        );
     }
 
     /// Sends the coalesced `delivered` notice: per user whose devices moved,
@@ -1776,7 +2045,11 @@ impl Conversation {
         let mut frames = Vec::new();
         for (conn, key) in ready {
             // Own cursor only when it moved; the per-user ones always.
-            let cursors = if dirty.contains(&key) { self.with_own(shared.clone(), &key) } else { shared.clone() };
+            let cursors = if dirty.contains(&key) {
+                self.with_own(shared.clone(), &key)
+            } else {
+                shared.clone()
+            };
             frames.push((conn, cursors));
         }
         let members = u32::try_from(self.member_count()).unwrap_or(u32::MAX);
@@ -1849,7 +2122,6 @@ enum Incoming<'a> {
     Oversized(usize),
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1876,7 +2148,11 @@ mod tests {
     }
 
     fn query(after: Option<Seq>, before: Option<Seq>, limit: u32) -> PageQuery {
-        PageQuery { after, before, limit }
+        PageQuery {
+            after,
+            before,
+            limit,
+        }
     }
 
     /// The seqs of a page, and its `more`.
@@ -1894,30 +2170,57 @@ mod tests {
         let s = store(10, 4);
         // Neither: the latest page.
         assert_eq!(read(&s, 10, query(None, None, 3)), (vec![8, 9, 10], true));
-        assert_eq!(read(&s, 10, query(None, None, 50)), ((1..=10).collect(), false));
+        assert_eq!(
+            read(&s, 10, query(None, None, 50)),
+            ((1..=10).collect(), false)
+        );
         // Only before: the messages just below it.
         assert_eq!(read(&s, 10, query(None, Some(5), 2)), (vec![3, 4], true));
         assert_eq!(read(&s, 10, query(None, Some(3), 5)), (vec![1, 2], false));
         assert_eq!(read(&s, 10, query(None, Some(1), 5)), (vec![], false));
         // before beyond the head: as if head + 1.
-        assert_eq!(read(&s, 10, query(None, Some(MAX_SEQ), 2)), (vec![9, 10], true));
+        assert_eq!(
+            read(&s, 10, query(None, Some(MAX_SEQ), 2)),
+            (vec![9, 10], true)
+        );
         // Only after: ascending from after + 1.
-        assert_eq!(read(&s, 10, query(Some(0), None, 4)), (vec![1, 2, 3, 4], true));
-        assert_eq!(read(&s, 10, query(Some(7), None, 4)), (vec![8, 9, 10], false));
+        assert_eq!(
+            read(&s, 10, query(Some(0), None, 4)),
+            (vec![1, 2, 3, 4], true)
+        );
+        assert_eq!(
+            read(&s, 10, query(Some(7), None, 4)),
+            (vec![8, 9, 10], false)
+        );
         assert_eq!(read(&s, 10, query(Some(10), None, 4)), (vec![], false));
         assert_eq!(read(&s, 10, query(Some(MAX_SEQ), None, 4)), (vec![], false));
         // Both: after < seq < before; more only for what is left below before.
-        assert_eq!(read(&s, 10, query(Some(2), Some(6), 10)), (vec![3, 4, 5], false));
+        assert_eq!(
+            read(&s, 10, query(Some(2), Some(6), 10)),
+            (vec![3, 4, 5], false)
+        );
         assert_eq!(read(&s, 10, query(Some(2), Some(6), 2)), (vec![3, 4], true));
-        assert_eq!(read(&s, 10, query(Some(2), Some(MAX_SEQ), 10)), ((3..=10).collect(), false));
+        assert_eq!(
+            read(&s, 10, query(Some(2), Some(MAX_SEQ), 10)),
+            ((3..=10).collect(), false)
+        );
         assert_eq!(read(&s, 10, query(Some(5), Some(6), 10)), (vec![], false));
         assert_eq!(read(&s, 10, query(Some(6), Some(5), 10)), (vec![], false));
         // limit is clamped to 1..=MAX_PAGE.
         assert_eq!(read(&s, 10, query(None, None, 0)), (vec![10], true));
-        assert_eq!(read(&s, 10, query(Some(0), None, u32::MAX)), ((1..=10).collect(), false));
+        assert_eq!(
+            read(&s, 10, query(Some(0), None, u32::MAX)),
+            ((1..=10).collect(), false)
+        );
         // An empty store.
-        assert_eq!(read(&MemoryStore::new(), 0, query(None, None, 50)), (vec![], false));
-        assert_eq!(read(&MemoryStore::new(), 0, query(Some(0), None, 50)), (vec![], false));
+        assert_eq!(
+            read(&MemoryStore::new(), 0, query(None, None, 50)),
+            (vec![], false)
+        );
+        assert_eq!(
+            read(&MemoryStore::new(), 0, query(Some(0), None, 50)),
+            (vec![], false)
+        );
     }
 
     // Rule: never beyond the given head (the core's durable head).
@@ -1925,8 +2228,14 @@ mod tests {
     fn a_page_stops_at_the_head() {
         let s = store(10, 4);
         assert_eq!(read(&s, 6, query(None, None, 3)), (vec![4, 5, 6], true));
-        assert_eq!(read(&s, 6, query(Some(3), None, 50)), (vec![4, 5, 6], false));
-        assert_eq!(read(&s, 6, query(Some(3), Some(9), 50)), (vec![4, 5, 6], false));
+        assert_eq!(
+            read(&s, 6, query(Some(3), None, 50)),
+            (vec![4, 5, 6], false)
+        );
+        assert_eq!(
+            read(&s, 6, query(Some(3), Some(9), 50)),
+            (vec![4, 5, 6], false)
+        );
         let page = read_page(&s, 6, query(None, None, 50), limits::PAGE_BYTES).unwrap();
         assert_eq!(page.head, 6);
     }
@@ -1940,12 +2249,21 @@ mod tests {
         let page = |q| seqs(&read_page(&s, 40, q, budget).expect("read"));
         // Ascending: cut at the end.
         assert_eq!(page(query(Some(0), None, 500)), ((1..=5).collect(), true));
-        assert_eq!(page(query(Some(10), Some(30), 500)), ((11..=15).collect(), true));
+        assert_eq!(
+            page(query(Some(10), Some(30), 500)),
+            ((11..=15).collect(), true)
+        );
         // Exactly what fits up to the bound: nothing more.
-        assert_eq!(page(query(Some(10), Some(16), 500)), ((11..=15).collect(), false));
+        assert_eq!(
+            page(query(Some(10), Some(16), 500)),
+            ((11..=15).collect(), false)
+        );
         // Below before, or the latest: cut at the start, keeping the newest.
         assert_eq!(page(query(None, None, 500)), ((36..=40).collect(), true));
-        assert_eq!(page(query(None, Some(20), 500)), ((15..=19).collect(), true));
+        assert_eq!(
+            page(query(None, Some(20), 500)),
+            ((15..=19).collect(), true)
+        );
         assert_eq!(page(query(None, Some(6), 500)), ((1..=5).collect(), false));
         // A message larger than the budget still goes out, alone.
         let big = seqs(&read_page(&s, 40, query(Some(0), None, 500), 10).expect("read"));
@@ -1960,15 +2278,27 @@ mod tests {
     fn a_page_ends_at_a_hole() {
         let mut s = store(10, 4);
         s.messages.remove(&5);
-        assert_eq!(read(&s, 10, query(Some(0), None, 50)), (vec![1, 2, 3, 4], true));
-        assert_eq!(read(&s, 10, query(None, None, 50)), ((6..=10).collect(), true));
+        assert_eq!(
+            read(&s, 10, query(Some(0), None, 50)),
+            (vec![1, 2, 3, 4], true)
+        );
+        assert_eq!(
+            read(&s, 10, query(None, None, 50)),
+            ((6..=10).collect(), true)
+        );
     }
 
     // Rule: a page read takes rows in steps; many small rows still fill it.
     #[test]
     fn a_long_page_is_read_in_steps() {
         let s = store(600, 4);
-        assert_eq!(read(&s, 600, query(Some(0), None, 500)), ((1..=500).collect(), true));
-        assert_eq!(read(&s, 600, query(None, None, 500)), ((101..=600).collect(), true));
+        assert_eq!(
+            read(&s, 600, query(Some(0), None, 500)),
+            ((1..=500).collect(), true)
+        );
+        assert_eq!(
+            read(&s, 600, query(None, None, 500)),
+            ((101..=600).collect(), true)
+        );
     }
 }

@@ -101,7 +101,10 @@ pub fn check_range(op: &ServerWrite) -> Result<(), CommitError> {
     match op {
         ServerWrite::Append(m) => {
             if m.seq == 0 {
-                return Err(CommitError::OutOfRange { field: "seq", value: 0 });
+                return Err(CommitError::OutOfRange {
+                    field: "seq",
+                    value: 0,
+                });
             }
             at_most_max("seq", m.seq)?;
             at_most_max("at", m.at)
@@ -152,7 +155,9 @@ impl MemoryStore {
                 return Err(CommitError::SeqTaken { seq: m.seq });
             }
             let key = (m.user.as_str(), m.device.as_str(), m.id.as_str());
-            let stored = self.by_id.contains_key(&(key.0.to_owned(), key.1.to_owned(), key.2.to_owned()));
+            let stored =
+                self.by_id
+                    .contains_key(&(key.0.to_owned(), key.1.to_owned(), key.2.to_owned()));
             if stored || !ids.insert(key) {
                 return Err(CommitError::DuplicateId {
                     user: m.user.clone(),
@@ -170,7 +175,8 @@ impl MemoryStore {
     pub fn apply(&mut self, op: &ServerWrite) {
         match op {
             ServerWrite::Append(m) => {
-                self.by_id.insert((m.user.clone(), m.device.clone(), m.id.clone()), m.seq);
+                self.by_id
+                    .insert((m.user.clone(), m.device.clone(), m.id.clone()), m.seq);
                 self.messages.insert(m.seq, m.clone());
             }
             ServerWrite::Cursor(c) => {
@@ -184,7 +190,10 @@ impl MemoryStore {
                     device: device.clone(),
                     through: 0,
                 };
-                let record = self.cursors.entry((user.clone(), device.clone())).or_insert((cursor, 0));
+                let record = self
+                    .cursors
+                    .entry((user.clone(), device.clone()))
+                    .or_insert((cursor, 0));
                 record.1 = record.1.max(*at);
             }
             ServerWrite::Forget { user, device } => {
@@ -210,7 +219,12 @@ impl ConversationStore for MemoryStore {
         Ok(self.messages.values().next_back().cloned())
     }
 
-    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+    fn find(
+        &self,
+        user: &str,
+        device: &str,
+        id: &str,
+    ) -> Result<Option<StoredMessage>, StoreError> {
         Ok(self
             .by_id
             .get(&(user.to_owned(), device.to_owned(), id.to_owned()))
@@ -219,13 +233,25 @@ impl ConversationStore for MemoryStore {
     }
 
     fn after(&self, after: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
-        let Some(from) = after.checked_add(1) else { return Ok(Vec::new()) };
-        Ok(self.messages.range(from..).take(limit as usize).map(|(_, m)| m.clone()).collect())
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .messages
+            .range(from..)
+            .take(limit as usize)
+            .map(|(_, m)| m.clone())
+            .collect())
     }
 
     fn before(&self, before: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut page: Vec<StoredMessage> =
-            self.messages.range(..before).rev().take(limit as usize).map(|(_, m)| m.clone()).collect();
+        let mut page: Vec<StoredMessage> = self
+            .messages
+            .range(..before)
+            .rev()
+            .take(limit as usize)
+            .map(|(_, m)| m.clone())
+            .collect();
         page.reverse();
         Ok(page)
     }
@@ -263,8 +289,14 @@ mod tests {
     #[test]
     fn a_duplicate_inside_one_batch_refuses_the_batch() {
         let mut store = MemoryStore::new();
-        let batch = [ServerWrite::Append(message(1, "x")), ServerWrite::Append(message(2, "x"))];
-        assert!(matches!(store.commit(&batch), Err(CommitError::DuplicateId { .. })));
+        let batch = [
+            ServerWrite::Append(message(1, "x")),
+            ServerWrite::Append(message(2, "x")),
+        ];
+        assert!(matches!(
+            store.commit(&batch),
+            Err(CommitError::DuplicateId { .. })
+        ));
         assert_eq!(store, MemoryStore::new());
     }
 

@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use protocol::frame::validate_id;
-use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, MAX_SEQ};
+use protocol::{
+    ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, MAX_SEQ,
+};
 
 fn seq() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..1000, Just(MAX_SEQ), 0..=MAX_SEQ]
@@ -23,20 +25,36 @@ fn chain() -> impl Strategy<Value = ChainHash> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (proptest::option::of(seq()), proptest::option::of(chain()), any::<bool>())
-            .prop_map(|(after, chain, bundles)| ClientFrame::Hello { after, chain, bundles }),
-        (id(), body()).prop_map(|(id, body)| ClientFrame::Send { id, body, after: None }),
-        (0u64..1000, proptest::collection::vec((1u64..50, 0u64..50), 0..5)).prop_map(|(seq, rs)| {
-            // Ranges strictly above `seq`, ascending.
-            let mut lo = seq + 1;
-            let mut ranges = Vec::new();
-            for (gap, len) in rs {
-                let start = lo + gap;
-                ranges.push([start, start + len]);
-                lo = start + len + 2;
-            }
-            ClientFrame::Ack { seq, ranges }
+        (
+            proptest::option::of(seq()),
+            proptest::option::of(chain()),
+            any::<bool>()
+        )
+            .prop_map(|(after, chain, bundles)| ClientFrame::Hello {
+                after,
+                chain,
+                bundles
+            }),
+        (id(), body()).prop_map(|(id, body)| ClientFrame::Send {
+            id,
+            body,
+            after: None
         }),
+        (
+            0u64..1000,
+            proptest::collection::vec((1u64..50, 0u64..50), 0..5)
+        )
+            .prop_map(|(seq, rs)| {
+                // Ranges strictly above `seq`, ascending.
+                let mut lo = seq + 1;
+                let mut ranges = Vec::new();
+                for (gap, len) in rs {
+                    let start = lo + gap;
+                    ranges.push([start, start + len]);
+                    lo = start + len + 2;
+                }
+                ClientFrame::Ack { seq, ranges }
+            }),
         (0u64..10_000, 1u64..10_000, 1u32..=500).prop_map(|(a, d, limit)| ClientFrame::Sync {
             after: Some(a),
             before: Some(a + d),
@@ -53,8 +71,16 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 }
 
 fn message() -> impl Strategy<Value = StoredMessage> {
-    (seq(), "[a-z]{1,8}", "[a-z0-9-]{1,8}", id(), body(), any::<u64>(), chain()).prop_map(
-        |(seq, user, device, id, body, at, chain)| StoredMessage {
+    (
+        seq(),
+        "[a-z]{1,8}",
+        "[a-z0-9-]{1,8}",
+        id(),
+        body(),
+        any::<u64>(),
+        chain(),
+    )
+        .prop_map(|(seq, user, device, id, body, at, chain)| StoredMessage {
             seq,
             user,
             device,
@@ -62,12 +88,15 @@ fn message() -> impl Strategy<Value = StoredMessage> {
             body,
             at,
             chain,
-        },
-    )
+        })
 }
 
 fn cursor() -> impl Strategy<Value = Cursor> {
-    ("[a-z]{1,8}", "[a-z0-9-]{1,8}", seq()).prop_map(|(user, device, through)| Cursor { user, device, through })
+    ("[a-z]{1,8}", "[a-z0-9-]{1,8}", seq()).prop_map(|(user, device, through)| Cursor {
+        user,
+        device,
+        through,
+    })
 }
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
@@ -76,27 +105,48 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             ("[a-z]{1,8}", "[a-z]{1,8}", "[a-z]{1,8}", seq(), chain()),
             proptest::collection::vec(cursor(), 0..4),
             any::<u64>(),
-            proptest::option::of((any::<u64>(), any::<u64>()).prop_map(|(per_sec, burst)| RateLimit { per_sec, burst })),
+            proptest::option::of(
+                (any::<u64>(), any::<u64>())
+                    .prop_map(|(per_sec, burst)| RateLimit { per_sec, burst })
+            ),
         )
-            .prop_map(|((conversation, user, device, head, chain), cursors, now, rate)| ServerFrame::Welcome {
-                conversation,
-                user,
-                device,
-                head,
-                chain,
-                after_chain: None,
-                start: None,
-                cursors,
-                members: 0,
-                now,
-                rate,
-                ticket: None,
-            }),
+            .prop_map(
+                |((conversation, user, device, head, chain), cursors, now, rate)| {
+                    ServerFrame::Welcome {
+                        conversation,
+                        user,
+                        device,
+                        head,
+                        chain,
+                        after_chain: None,
+                        start: None,
+                        cursors,
+                        members: 0,
+                        now,
+                        rate,
+                        ticket: None,
+                    }
+                }
+            ),
         (id(), seq(), any::<u64>()).prop_map(|(id, seq, at)| ServerFrame::Sent { id, seq, at }),
-        proptest::collection::vec(message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
-        (proptest::collection::vec(message(), 0..4), seq(), any::<bool>())
-            .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false, ticket: None }),
-        proptest::collection::vec(cursor(), 0..4).prop_map(|cursors| ServerFrame::Delivered { cursors, members: 0 }),
+        proptest::collection::vec(message(), 0..4)
+            .prop_map(|messages| ServerFrame::Push { messages }),
+        (
+            proptest::collection::vec(message(), 0..4),
+            seq(),
+            any::<bool>()
+        )
+            .prop_map(|(messages, head, more)| ServerFrame::Batch {
+                messages,
+                head,
+                more,
+                follows: false,
+                ticket: None
+            }),
+        proptest::collection::vec(cursor(), 0..4).prop_map(|cursors| ServerFrame::Delivered {
+            cursors,
+            members: 0
+        }),
         (".{0,20}", proptest::option::of(id())).prop_map(|(message, id)| ServerFrame::Error {
             code: ErrorCode::WindowFull,
             message,
@@ -109,18 +159,46 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
 /// JSON-looking inputs that get past the first checks more often than random bytes.
 fn jsonish() -> impl Strategy<Value = String> {
     let kinds = prop_oneof![
-        Just("hello"), Just("send"), Just("ack"), Just("sync"), Just("read"), Just("ping"),
-        Just("welcome"), Just("sent"), Just("push"), Just("batch"), Just("delivered"), Just("error"), Just("pong"),
+        Just("hello"),
+        Just("send"),
+        Just("ack"),
+        Just("sync"),
+        Just("read"),
+        Just("ping"),
+        Just("welcome"),
+        Just("sent"),
+        Just("push"),
+        Just("batch"),
+        Just("delivered"),
+        Just("error"),
+        Just("pong"),
         Just("nope")
     ];
     let value = prop_oneof![
-        Just("null".to_owned()), Just("-1".to_owned()), Just("1e400".to_owned()), Just("9007199254740992".to_owned()),
-        Just("[]".to_owned()), Just("{}".to_owned()), Just("\"\"".to_owned()), Just("[[1,2],[0,0]]".to_owned()),
-        (0u64..u64::MAX).prop_map(|n| n.to_string()), "\"[ -~]{0,10}\"",
+        Just("null".to_owned()),
+        Just("-1".to_owned()),
+        Just("1e400".to_owned()),
+        Just("9007199254740992".to_owned()),
+        Just("[]".to_owned()),
+        Just("{}".to_owned()),
+        Just("\"\"".to_owned()),
+        Just("[[1,2],[0,0]]".to_owned()),
+        (0u64..u64::MAX).prop_map(|n| n.to_string()),
+        "\"[ -~]{0,10}\"",
     ];
     let field = prop_oneof![
-        Just("after"), Just("before"), Just("limit"), Just("seq"), Just("ranges"), Just("id"), Just("body"),
-        Just("chain"), Just("messages"), Just("head"), Just("nonce"), Just("v")
+        Just("after"),
+        Just("before"),
+        Just("limit"),
+        Just("seq"),
+        Just("ranges"),
+        Just("id"),
+        Just("body"),
+        Just("chain"),
+        Just("messages"),
+        Just("head"),
+        Just("nonce"),
+        Just("v")
     ];
     (kinds, proptest::collection::vec((field, value), 0..6)).prop_map(|(kind, fields)| {
         let mut s = format!("{{\"v\":1,\"type\":\"{kind}\"");
@@ -207,20 +285,40 @@ proptest! {
 #[test]
 fn ack_ranges_are_validated() {
     let code = |s: &str| ClientFrame::decode(s.as_bytes()).err().map(|e| e.code());
-    assert_eq!(code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[5,7]]}"#), None);
+    assert_eq!(
+        code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[5,7]]}"#),
+        None
+    );
     assert_eq!(code(r#"{"v":1,"type":"ack","seq":3}"#), None);
-    assert_eq!(code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[2,7]]}"#), Some(ErrorCode::BadFrame));
-    assert_eq!(code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[7,5]]}"#), Some(ErrorCode::BadFrame));
-    assert_eq!(code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[5]]}"#), Some(ErrorCode::BadFrame));
-    let many: Vec<String> = (0..33).map(|i| format!("[{},{}]", 10 + i * 3, 10 + i * 3)).collect();
-    let text = format!(r#"{{"v":1,"type":"ack","seq":3,"ranges":[{}]}}"#, many.join(","));
+    assert_eq!(
+        code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[2,7]]}"#),
+        Some(ErrorCode::BadFrame)
+    );
+    assert_eq!(
+        code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[7,5]]}"#),
+        Some(ErrorCode::BadFrame)
+    );
+    assert_eq!(
+        code(r#"{"v":1,"type":"ack","seq":3,"ranges":[[5]]}"#),
+        Some(ErrorCode::BadFrame)
+    );
+    let many: Vec<String> = (0..33)
+        .map(|i| format!("[{},{}]", 10 + i * 3, 10 + i * 3))
+        .collect();
+    let text = format!(
+        r#"{{"v":1,"type":"ack","seq":3,"ranges":[{}]}}"#,
+        many.join(",")
+    );
     assert_eq!(code(&text), Some(ErrorCode::BadFrame));
 }
 
 mod machines_never_panic {
     use super::*;
     use protocol::client::{Client, ClientConfig, ClientInput, ClientOutput, ClientSnapshot};
-    use protocol::server::{ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput, StoreError};
+    use protocol::server::{
+        ConnId, Conversation, ConversationStore, ServerConfig, ServerInput, ServerOutput,
+        StoreError,
+    };
     use protocol::WriteId;
 
     fn wild_seq() -> impl Strategy<Value = u64> {
@@ -238,9 +336,20 @@ mod machines_never_panic {
     fn hostile_server_frame() -> impl Strategy<Value = ServerFrame> {
         prop_oneof![
             server_frame(),
-            proptest::collection::vec(wild_message(), 0..4).prop_map(|messages| ServerFrame::Push { messages }),
-            (proptest::collection::vec(wild_message(), 0..4), wild_seq(), any::<bool>())
-                .prop_map(|(messages, head, more)| ServerFrame::Batch { messages, head, more, follows: false, ticket: None }),
+            proptest::collection::vec(wild_message(), 0..4)
+                .prop_map(|messages| ServerFrame::Push { messages }),
+            (
+                proptest::collection::vec(wild_message(), 0..4),
+                wild_seq(),
+                any::<bool>()
+            )
+                .prop_map(|(messages, head, more)| ServerFrame::Batch {
+                    messages,
+                    head,
+                    more,
+                    follows: false,
+                    ticket: None
+                }),
             (wild_seq(), chain()).prop_map(|(head, chain)| ServerFrame::Welcome {
                 conversation: "c".into(),
                 user: "ann".into(),
@@ -317,7 +426,8 @@ mod machines_never_panic {
             (0u64..4, 0u8..4).prop_map(|(c, d)| SIn::Connected(c, d)),
             (0u64..4).prop_map(SIn::Disconnected),
             (0u64..4, client_frame()).prop_map(|(c, f)| SIn::Frame(c, f)),
-            (0u64..4, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(c, b)| SIn::Garbage(c, b)),
+            (0u64..4, proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(c, b)| SIn::Garbage(c, b)),
             (0u64..40).prop_map(SIn::Durable),
             (0u64..100_000).prop_map(SIn::Timeout),
         ]

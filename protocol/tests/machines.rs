@@ -3,10 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, LinkStatus, MessageStatus, OutboxEntry};
-use protocol::server::{close, ConnId, ConnMemo, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite};
+use protocol::client::{
+    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite,
+    LinkStatus, MessageStatus, OutboxEntry,
+};
 use protocol::limits;
-use protocol::{ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId};
+use protocol::server::{
+    close, ConnId, ConnMemo, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite,
+};
+use protocol::{
+    ChainHash, ClientFrame, Cursor, ErrorCode, RateLimit, ServerFrame, StoredMessage, WriteId,
+};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -80,23 +87,59 @@ impl Server {
         self.input(now, ServerInput::Durable { through });
     }
     fn connect(&mut self, now: u64, conn: u64, user: &str, device: &str) {
-        self.input(now, ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: None, expires: None });
+        self.input(
+            now,
+            ServerInput::Connected {
+                conn: ConnId(conn),
+                user: user.into(),
+                device: device.into(),
+                resumed: None,
+                expires: None,
+            },
+        );
     }
     /// Sends a frame echoing the newest ticket, as a client that reads does.
     fn send(&mut self, now: u64, conn: u64, frame: ClientFrame) {
         let rx = self.tickets.get(&ConnId(conn)).copied();
-        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode_rx(rx).into_bytes() });
+        self.input(
+            now,
+            ServerInput::Frame {
+                conn: ConnId(conn),
+                bytes: frame.encode_rx(rx).into_bytes(),
+            },
+        );
     }
     /// Sends a frame without `rx`, as a client that does not read its answers.
     fn send_no_rx(&mut self, now: u64, conn: u64, frame: ClientFrame) {
-        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: frame.encode().into_bytes() });
+        self.input(
+            now,
+            ServerInput::Frame {
+                conn: ConnId(conn),
+                bytes: frame.encode().into_bytes(),
+            },
+        );
     }
     /// Re-registers a socket that survived an eviction, with its memo.
     fn resume(&mut self, now: u64, conn: u64, user: &str, device: &str, memo: ConnMemo) {
-        self.input(now, ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: Some(memo), expires: None });
+        self.input(
+            now,
+            ServerInput::Connected {
+                conn: ConnId(conn),
+                user: user.into(),
+                device: device.into(),
+                resumed: Some(memo),
+                expires: None,
+            },
+        );
     }
     fn raw(&mut self, now: u64, conn: u64, text: &str) {
-        self.input(now, ServerInput::Frame { conn: ConnId(conn), bytes: text.as_bytes().to_vec() });
+        self.input(
+            now,
+            ServerInput::Frame {
+                conn: ConnId(conn),
+                bytes: text.as_bytes().to_vec(),
+            },
+        );
     }
     fn take(&mut self) -> Vec<(ConnId, ServerFrame)> {
         std::mem::take(&mut self.frames)
@@ -104,11 +147,19 @@ impl Server {
 }
 
 fn hello(after: Option<u64>) -> ClientFrame {
-    ClientFrame::Hello { after, chain: None, bundles: false }
+    ClientFrame::Hello {
+        after,
+        chain: None,
+        bundles: false,
+    }
 }
 
 fn send(id: &str, body: &str) -> ClientFrame {
-    ClientFrame::Send { id: id.into(), body: body.into(), after: None }
+    ClientFrame::Send {
+        id: id.into(),
+        body: body.into(),
+        after: None,
+    }
 }
 
 fn sent_seqs(frames: &[(ConnId, ServerFrame)]) -> Vec<(String, u64)> {
@@ -136,7 +187,9 @@ fn pushed(frames: &[(ConnId, ServerFrame)], to: u64) -> Vec<u64> {
         .iter()
         .filter(|(c, _)| c.0 == to)
         .filter_map(|(_, f)| match f {
-            ServerFrame::Push { messages } => Some(messages.iter().map(|m| m.seq).collect::<Vec<_>>()),
+            ServerFrame::Push { messages } => {
+                Some(messages.iter().map(|m| m.seq).collect::<Vec<_>>())
+            }
             _ => None,
         })
         .flatten()
@@ -153,15 +206,33 @@ fn server_confirms_and_pushes_only_after_durability_with_contiguous_seqs() {
     s.take();
     s.send(T0 + 1, 1, send("m1", "one"));
     s.send(T0 + 1, 1, send("m2", "two"));
-    assert!(sent_seqs(&s.frames).is_empty(), "nothing confirmed before durability");
-    assert!(pushed(&s.frames, 2).is_empty(), "nothing pushed before durability");
+    assert!(
+        sent_seqs(&s.frames).is_empty(),
+        "nothing confirmed before durability"
+    );
+    assert!(
+        pushed(&s.frames, 2).is_empty(),
+        "nothing pushed before durability"
+    );
     s.durable(T0 + 2);
     let f = s.take();
     assert_eq!(sent_seqs(&f), vec![("m1".into(), 1), ("m2".into(), 2)]);
     assert_eq!(pushed(&f, 2), vec![1, 2]);
-    assert_eq!(pushed(&f, 1), vec![1, 2], "the sender's own device gets its messages too");
+    assert_eq!(
+        pushed(&f, 1),
+        vec![1, 2],
+        "the sender's own device gets its messages too"
+    );
     let stats = s.conv.stats();
-    assert_eq!((stats.head, stats.durable_head, stats.connections, stats.members), (2, 2, 2, 2));
+    assert_eq!(
+        (
+            stats.head,
+            stats.durable_head,
+            stats.connections,
+            stats.members
+        ),
+        (2, 2, 2, 2)
+    );
 }
 
 #[test]
@@ -173,7 +244,10 @@ fn server_send_is_idempotent_forever_even_after_restart() {
     s.send(T0, 1, send("m1", "one")); // retry before durability: no second message
     s.durable(T0);
     s.send(T0, 1, send("m1", "one")); // retry after
-    assert_eq!(sent_seqs(&s.take()), vec![("m1".into(), 1), ("m1".into(), 1)]);
+    assert_eq!(
+        sent_seqs(&s.take()),
+        vec![("m1".into(), 1), ("m1".into(), 1)]
+    );
     // Restart from storage; a retry much later still gets seq 1.
     let store = s.store.clone();
     let mut s = Server::with_store(ServerConfig::new("c"), store);
@@ -182,7 +256,10 @@ fn server_send_is_idempotent_forever_even_after_restart() {
     s.send(T0 + 86_400_000, 7, send("m1", "one"));
     s.send(T0 + 86_400_000, 7, send("m2", "two"));
     s.durable(T0 + 86_400_001);
-    assert_eq!(sent_seqs(&s.take()), vec![("m1".into(), 1), ("m2".into(), 2)]);
+    assert_eq!(
+        sent_seqs(&s.take()),
+        vec![("m1".into(), 1), ("m2".into(), 2)]
+    );
     assert_eq!(s.store.messages.len(), 2);
 }
 
@@ -193,7 +270,14 @@ fn server_rebuilds_head_chain_and_cursors_from_storage() {
     s.send(T0, 1, hello(None));
     s.send(T0, 1, send("m1", "one"));
     s.durable(T0);
-    s.send(T0, 1, ClientFrame::Ack { seq: 1, ranges: vec![] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: 1,
+            ranges: vec![],
+        },
+    );
     s.durable(T0);
     let chain = s.store.messages[&1].chain;
     let mut s2 = Server::with_store(ServerConfig::new("c"), s.store.clone());
@@ -201,9 +285,21 @@ fn server_rebuilds_head_chain_and_cursors_from_storage() {
     s2.send(T0, 2, hello(Some(1)));
     let f = s2.take();
     match &f[0].1 {
-        ServerFrame::Welcome { head, chain: c, cursors, .. } => {
+        ServerFrame::Welcome {
+            head,
+            chain: c,
+            cursors,
+            ..
+        } => {
             assert_eq!((*head, *c), (1, chain));
-            assert_eq!(cursors, &vec![Cursor { user: "ann".into(), device: "a1".into(), through: 1 }]);
+            assert_eq!(
+                cursors,
+                &vec![Cursor {
+                    user: "ann".into(),
+                    device: "a1".into(),
+                    through: 1
+                }]
+            );
         }
         other => panic!("expected welcome, got {other:?}"),
     }
@@ -220,7 +316,10 @@ fn server_replaces_a_device_connection_and_enforces_member_limits() {
     s.connect(T0, 3, "bob", "b1");
     s.connect(T0, 4, "ann", "a2"); // a second device of a member is fine
     s.connect(T0, 5, "cat", "c1"); // a third user is not
-    assert_eq!(s.closes.last(), Some(&(ConnId(5), close::CONVERSATION_FULL)));
+    assert_eq!(
+        s.closes.last(),
+        Some(&(ConnId(5), close::CONVERSATION_FULL))
+    );
     assert_eq!(error_codes(&s.take()), vec![ErrorCode::TooManyMembers]);
 }
 
@@ -236,7 +335,12 @@ fn server_answers_bad_frames_with_codes_and_closes_abusers() {
     s.raw(T0, 1, r#"{"v":1,"type":"launch"}"#);
     assert_eq!(
         error_codes(&s.take()),
-        vec![ErrorCode::NotReady, ErrorCode::BadJson, ErrorCode::UnsupportedVersion, ErrorCode::UnknownFrame]
+        vec![
+            ErrorCode::NotReady,
+            ErrorCode::BadJson,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::UnknownFrame
+        ]
     );
     assert!(s.closes.is_empty());
     s.raw(T0, 1, "{");
@@ -274,18 +378,51 @@ fn server_pages_are_bounded_and_never_pass_the_durable_head() {
     s.durable(T0);
     s.send(T0, 1, send("late", "not durable yet"));
     s.take();
-    s.send(T0, 1, ClientFrame::Sync { after: Some(2), before: None, limit: 4 });
-    s.send(T0, 1, ClientFrame::Sync { after: Some(8), before: None, limit: 500 });
-    s.send(T0, 1, ClientFrame::Sync { after: None, before: Some(4), limit: 500 });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Sync {
+            after: Some(2),
+            before: None,
+            limit: 4,
+        },
+    );
+    s.send(
+        T0,
+        1,
+        ClientFrame::Sync {
+            after: Some(8),
+            before: None,
+            limit: 500,
+        },
+    );
+    s.send(
+        T0,
+        1,
+        ClientFrame::Sync {
+            after: None,
+            before: Some(4),
+            limit: 500,
+        },
+    );
     s.connect(T0, 2, "bob", "b1");
     s.send(T0, 2, hello(None));
     let pages: Vec<(Vec<u64>, u64, bool, bool)> = s
         .take()
         .into_iter()
         .filter_map(|(_, f)| match f {
-            ServerFrame::Batch { messages, head, more, follows, .. } => {
-                Some((messages.iter().map(|m| m.seq).collect(), head, more, follows))
-            }
+            ServerFrame::Batch {
+                messages,
+                head,
+                more,
+                follows,
+                ..
+            } => Some((
+                messages.iter().map(|m| m.seq).collect(),
+                head,
+                more,
+                follows,
+            )),
             _ => None,
         })
         .collect();
@@ -313,7 +450,15 @@ fn server_streams_at_most_a_bounded_number_of_pages_per_request() {
     }
     s.durable(T0);
     s.take();
-    s.send(T0, 1, ClientFrame::Sync { after: Some(0), before: None, limit: 1 });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Sync {
+            after: Some(0),
+            before: None,
+            limit: 1,
+        },
+    );
     let follows: Vec<bool> = s
         .take()
         .into_iter()
@@ -324,7 +469,11 @@ fn server_streams_at_most_a_bounded_number_of_pages_per_request() {
         .collect();
     assert_eq!(follows.len(), limits::STREAM_PAGES);
     assert!(follows[..follows.len() - 1].iter().all(|f| *f));
-    assert_eq!(follows.last(), Some(&false), "the last page of a stream says so");
+    assert_eq!(
+        follows.last(),
+        Some(&false),
+        "the last page of a stream says so"
+    );
 }
 
 #[test]
@@ -334,19 +483,60 @@ fn client_keeps_its_gap_fill_open_while_pages_follow() {
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
     d.take_sent();
     // A head above the watermark: the client asks once...
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 6, more: true, follows: false, ticket: None });
-    let syncs = |d: &mut Dev| d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).count();
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 6,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
+    let syncs = |d: &mut Dev| {
+        d.take_sent()
+            .into_iter()
+            .filter(|f| matches!(f, ClientFrame::Sync { .. }))
+            .count()
+    };
     assert_eq!(syncs(&mut d), 1);
     // ...and does not ask again while the server says more pages follow.
-    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 6, more: true, follows: true, ticket: None });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Batch {
+            messages: msgs[..3].to_vec(),
+            head: 6,
+            more: true,
+            follows: true,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 1);
     assert_eq!(syncs(&mut d), 0);
-    d.frame(T0 + 2, ServerFrame::Batch { messages: msgs[3..].to_vec(), head: 6, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 2,
+        ServerFrame::Batch {
+            messages: msgs[3..].to_vec(),
+            head: 6,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 2);
     assert_eq!(syncs(&mut d), 0, "caught up");
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
     // A follow-up page that never comes is asked for after the sync timeout.
-    d.frame(T0 + 3, ServerFrame::Batch { messages: vec![], head: 9, more: true, follows: true, ticket: None });
+    d.frame(
+        T0 + 3,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 9,
+            more: true,
+            follows: true,
+            ticket: None,
+        },
+    );
     assert_eq!(syncs(&mut d), 0);
     let deadline = T0 + 3 + ClientConfig::new("ann", "a1").sync_timeout;
     let mut asked = 0;
@@ -362,16 +552,44 @@ fn client_keeps_its_gap_fill_open_while_pages_follow() {
 #[test]
 fn client_waits_for_the_pages_its_hello_asked_for() {
     let mut d = ready_device();
-    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 1,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 2, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(0), chain: Some(ChainHash::GENESIS), bundles: true }]);
+    assert_eq!(
+        d.take_sent(),
+        vec![ClientFrame::Hello {
+            after: Some(0),
+            chain: Some(ChainHash::GENESIS),
+            bundles: true
+        }]
+    );
     d.frame(T0 + 3, welcome(6, chain_of(6)[5].chain, vec![]));
     let sent = d.take_sent();
-    assert!(!sent.iter().any(|f| matches!(f, ClientFrame::Sync { .. })), "the hello's answer is on its way: {sent:?}");
-    d.frame(T0 + 4, ServerFrame::Batch { messages: chain_of(6), head: 6, more: false, follows: false, ticket: None });
+    assert!(
+        !sent.iter().any(|f| matches!(f, ClientFrame::Sync { .. })),
+        "the hello's answer is on its way: {sent:?}"
+    );
+    d.frame(
+        T0 + 4,
+        ServerFrame::Batch {
+            messages: chain_of(6),
+            head: 6,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 5);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
-    assert!(!d.take_sent().iter().any(|f| matches!(f, ClientFrame::Sync { .. })));
+    assert!(!d
+        .take_sent()
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Sync { .. })));
 }
 
 #[test]
@@ -386,7 +604,15 @@ fn server_pages_respect_the_byte_budget() {
     }
     s.durable(T0);
     s.take();
-    s.send(T0, 1, ClientFrame::Sync { after: Some(0), before: None, limit: 500 });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Sync {
+            after: Some(0),
+            before: None,
+            limit: 500,
+        },
+    );
     match &s.take()[0].1 {
         ServerFrame::Batch { messages, more, .. } => assert_eq!((messages.len(), *more), (2, true)),
         other => panic!("{other:?}"),
@@ -405,14 +631,32 @@ fn server_resends_unacked_pushes_with_backoff_then_closes() {
     s.send(T0, 1, send("m1", "x"));
     s.send(T0, 1, send("m2", "x"));
     s.durable(T0);
-    s.send(T0, 1, ClientFrame::Ack { seq: 2, ranges: vec![] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: 2,
+            ranges: vec![],
+        },
+    );
     s.durable(T0);
     s.input(T0 + 100, ServerInput::Timeout); // the delivered notice
     s.take();
     // bob acknowledges 2 selectively: only 1 is resent.
-    s.send(T0, 2, ClientFrame::Ack { seq: 0, ranges: vec![[2, 2]] });
+    s.send(
+        T0,
+        2,
+        ClientFrame::Ack {
+            seq: 0,
+            ranges: vec![[2, 2]],
+        },
+    );
     let first = s.conv.poll_timeout().unwrap();
-    assert!((T0 + 1_000..=T0 + 1_300).contains(&first), "first resend after about rto_initial: {}", first - T0);
+    assert!(
+        (T0 + 1_000..=T0 + 1_300).contains(&first),
+        "first resend after about rto_initial: {}",
+        first - T0
+    );
     s.input(first, ServerInput::Timeout);
     assert_eq!(pushed(&s.take(), 2), vec![1]);
     let second = s.conv.poll_timeout().unwrap();
@@ -437,9 +681,23 @@ fn server_coalesces_delivered_notices_and_confirms_repeated_acks() {
     }
     s.durable(T0);
     s.take();
-    s.send(T0 + 1, 2, ClientFrame::Ack { seq: 1, ranges: vec![] });
+    s.send(
+        T0 + 1,
+        2,
+        ClientFrame::Ack {
+            seq: 1,
+            ranges: vec![],
+        },
+    );
     s.durable(T0 + 1);
-    s.send(T0 + 2, 2, ClientFrame::Ack { seq: 3, ranges: vec![] });
+    s.send(
+        T0 + 2,
+        2,
+        ClientFrame::Ack {
+            seq: 3,
+            ranges: vec![],
+        },
+    );
     s.durable(T0 + 2);
     let due = s.conv.poll_timeout().unwrap();
     s.input(due, ServerInput::Timeout);
@@ -450,10 +708,19 @@ fn server_coalesces_delivered_notices_and_confirms_repeated_acks() {
         .collect();
     assert_eq!(delivered.len(), 1, "one notice for both acks");
     // A repeated ack is confirmed to its sender alone.
-    s.send(due, 2, ClientFrame::Ack { seq: 3, ranges: vec![] });
+    s.send(
+        due,
+        2,
+        ClientFrame::Ack {
+            seq: 3,
+            ranges: vec![],
+        },
+    );
     let f = s.take();
     assert_eq!(f.len(), 1);
-    assert!(matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors, .. }) if cursors[0].through == 3));
+    assert!(
+        matches!(&f[0], (ConnId(2), ServerFrame::Delivered { cursors, .. }) if cursors[0].through == 3)
+    );
 }
 
 #[test]
@@ -470,13 +737,28 @@ fn server_writes_a_devices_cursor_once_per_cursor_delay_and_at_close() {
     }
     s.durable(T0);
     s.take();
-    let cursor_writes = |s: &Server| s.writes.iter().filter(|w| matches!(w, ServerWrite::Cursor(c) if c.device == "b1")).count();
+    let cursor_writes = |s: &Server| {
+        s.writes
+            .iter()
+            .filter(|w| matches!(w, ServerWrite::Cursor(c) if c.device == "b1"))
+            .count()
+    };
     for seq in 1..=3 {
-        s.send(T0 + seq, 2, ClientFrame::Ack { seq, ranges: vec![] });
+        s.send(
+            T0 + seq,
+            2,
+            ClientFrame::Ack {
+                seq,
+                ranges: vec![],
+            },
+        );
         s.durable(T0 + seq);
     }
     assert_eq!(cursor_writes(&s), 0, "the acks wait for the cursor delay");
-    assert!(s.conv.poll_timeout().is_some_and(|t| t <= T0 + 1 + 20), "a timer for the write");
+    assert!(
+        s.conv.poll_timeout().is_some_and(|t| t <= T0 + 1 + 20),
+        "a timer for the write"
+    );
     s.input(T0 + 21, ServerInput::Timeout);
     s.durable(T0 + 21);
     assert_eq!(cursor_writes(&s), 1, "three acks, one write");
@@ -486,7 +768,14 @@ fn server_writes_a_devices_cursor_once_per_cursor_delay_and_at_close() {
     s.input(due, ServerInput::Timeout);
     assert!(s.take().iter().any(|(c, f)| c.0 == 1 && matches!(f, ServerFrame::Delivered { cursors, .. } if cursors.iter().any(|k| k.device == "b1" && k.through == 3))));
     // A closing connection's pending cursor is written at once.
-    s.send(due, 2, ClientFrame::Ack { seq: 4, ranges: vec![] });
+    s.send(
+        due,
+        2,
+        ClientFrame::Ack {
+            seq: 4,
+            ranges: vec![],
+        },
+    );
     assert_eq!(cursor_writes(&s), 1);
     s.input(due, ServerInput::Disconnected { conn: ConnId(2) });
     assert_eq!(cursor_writes(&s), 2);
@@ -531,7 +820,9 @@ impl Dev {
                 ClientOutput::Transmit(f) => self.sent.push(f),
                 ClientOutput::Persist { write, op } => self.writes.push((write, op)),
                 ClientOutput::Message(m) => self.shown.push(m.seq),
-                ClientOutput::History { page, .. } => self.history.push(page.iter().map(|m| m.seq).collect()),
+                ClientOutput::History { page, .. } => {
+                    self.history.push(page.iter().map(|m| m.seq).collect())
+                }
                 ClientOutput::HistoryFailed(e) => self.history_failed.push(e),
                 ClientOutput::Connect { .. } => self.connects += 1,
                 ClientOutput::Link(l) => self.links.push(l),
@@ -575,7 +866,15 @@ fn chain_of(n: u64) -> Vec<StoredMessage> {
             let (user, device, id, body) = ("bob", "b1", format!("m{seq}"), format!("body {seq}"));
             let chain = prev.next(seq, user, device, &id, &body);
             prev = chain;
-            StoredMessage { seq, user: user.into(), device: device.into(), id, body, at: T0 + seq, chain }
+            StoredMessage {
+                seq,
+                user: user.into(),
+                device: device.into(),
+                id,
+                body,
+                at: T0 + seq,
+                chain,
+            }
         })
         .collect()
 }
@@ -593,7 +892,15 @@ fn chain_with_own(n: u64, own_seq: u64, id: &str, body: &str) -> Vec<StoredMessa
             };
             let chain = prev.next(seq, user, device, &id, &body);
             prev = chain;
-            StoredMessage { seq, user: user.into(), device: device.into(), id, body, at: T0 + seq, chain }
+            StoredMessage {
+                seq,
+                user: user.into(),
+                device: device.into(),
+                id,
+                body,
+                at: T0 + seq,
+                chain,
+            }
         })
         .collect()
 }
@@ -613,7 +920,12 @@ fn fresh_welcome(head: u64, chain: ChainHash, start: u64) -> ServerFrame {
     welcome_at(head, chain, vec![], Some(start))
 }
 
-fn welcome_at(head: u64, chain: ChainHash, cursors: Vec<Cursor>, start: Option<u64>) -> ServerFrame {
+fn welcome_at(
+    head: u64,
+    chain: ChainHash,
+    cursors: Vec<Cursor>,
+    start: Option<u64>,
+) -> ServerFrame {
     ServerFrame::Welcome {
         conversation: "c".into(),
         user: "ann".into(),
@@ -634,9 +946,25 @@ fn welcome_at(head: u64, chain: ChainHash, cursors: Vec<Cursor>, start: Option<u
 fn ready_device() -> Dev {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None, bundles: true }]);
+    assert_eq!(
+        d.take_sent(),
+        vec![ClientFrame::Hello {
+            after: None,
+            chain: None,
+            bundles: true
+        }]
+    );
     d.frame(T0, fresh_welcome(0, ChainHash::GENESIS, 1));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     d.take_sent();
     d
@@ -646,10 +974,21 @@ fn ready_device() -> Dev {
 fn client_surfaces_and_acks_only_after_durability() {
     let mut d = ready_device();
     let msgs = chain_of(2);
-    d.frame(T0 + 1, ServerFrame::Push { messages: msgs.clone() });
-    assert!(d.shown.is_empty(), "nothing shown before the write is durable");
+    d.frame(
+        T0 + 1,
+        ServerFrame::Push {
+            messages: msgs.clone(),
+        },
+    );
+    assert!(
+        d.shown.is_empty(),
+        "nothing shown before the write is durable"
+    );
     d.input(T0 + 500, ClientInput::Timeout);
-    assert!(d.acks().is_empty(), "nothing acked before the write is durable");
+    assert!(
+        d.acks().is_empty(),
+        "nothing acked before the write is durable"
+    );
     d.durable(T0 + 600);
     assert_eq!(d.shown, vec![1, 2]);
     let due = d.c.poll_timeout().unwrap();
@@ -666,18 +1005,47 @@ fn client_surfaces_and_acks_only_after_durability() {
 fn client_buffers_out_of_order_pushes_acks_them_selectively_and_fills_the_gap() {
     let mut d = ready_device();
     let msgs = chain_of(5);
-    d.frame(T0, ServerFrame::Push { messages: vec![msgs[3].clone(), msgs[4].clone()] });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: vec![msgs[3].clone(), msgs[4].clone()],
+        },
+    );
     d.durable(T0 + 10);
     assert!(d.shown.is_empty());
     let due = d.c.poll_timeout().unwrap();
     d.input(due, ClientInput::Timeout);
-    assert_eq!(d.acks(), vec![(0, vec![[4, 5]])], "stored out-of-order messages are acked by range");
+    assert_eq!(
+        d.acks(),
+        vec![(0, vec![[4, 5]])],
+        "stored out-of-order messages are acked by range"
+    );
     // After the grace period the hole is asked for.
     let t = T0 + 1_000;
     d.input(t, ClientInput::Timeout);
-    let syncs: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Sync { .. })).collect();
-    assert_eq!(syncs, vec![ClientFrame::Sync { after: Some(0), before: Some(4), limit: 500 }]);
-    d.frame(t, ServerFrame::Batch { messages: msgs[..3].to_vec(), head: 5, more: false, follows: false, ticket: None });
+    let syncs: Vec<_> = d
+        .take_sent()
+        .into_iter()
+        .filter(|f| matches!(f, ClientFrame::Sync { .. }))
+        .collect();
+    assert_eq!(
+        syncs,
+        vec![ClientFrame::Sync {
+            after: Some(0),
+            before: Some(4),
+            limit: 500
+        }]
+    );
+    d.frame(
+        t,
+        ServerFrame::Batch {
+            messages: msgs[..3].to_vec(),
+            head: 5,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(t);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5]);
     assert_eq!(d.c.watermark(), Some(5));
@@ -689,28 +1057,82 @@ fn client_outbox_is_durable_before_the_first_transmit_and_resends_with_backoff()
     let id = d.c.send(T0, "hello").unwrap();
     d.drain();
     assert_eq!(id.len(), 26);
-    assert!(d.take_sent().is_empty(), "not transmitted before the outbox write is durable");
+    assert!(
+        d.take_sent().is_empty(),
+        "not transmitted before the outbox write is durable"
+    );
     d.durable(T0 + 1);
     assert_eq!(d.statuses, vec![(id.clone(), MessageStatus::Pending)]);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Send { id: id.clone(), body: "hello".into(), after: None }]);
+    assert_eq!(
+        d.take_sent(),
+        vec![ClientFrame::Send {
+            id: id.clone(),
+            body: "hello".into(),
+            after: None
+        }]
+    );
     let r1 = d.c.poll_timeout().unwrap();
     d.input(r1, ClientInput::Timeout);
     assert_eq!(d.take_sent().len(), 1, "resent with the same id");
     let r2 = d.c.poll_timeout().unwrap();
     assert!(r2 - r1 > r1 - (T0 + 1), "the backoff grows");
-    d.frame(r2, ServerFrame::Sent { id: id.clone(), seq: 7, at: T0 + 5 });
-    assert_eq!(d.statuses.last(), Some(&(id.clone(), MessageStatus::Sent { seq: 7, at: T0 + 5 })));
+    d.frame(
+        r2,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 7,
+            at: T0 + 5,
+        },
+    );
+    assert_eq!(
+        d.statuses.last(),
+        Some(&(id.clone(), MessageStatus::Sent { seq: 7, at: T0 + 5 }))
+    );
     // (Delivered also needs the device to hold its own message at 7.)
     hold(&mut d, r2, chain_with_own(7, 7, &id, "hello"));
     // Delivered when every other member user has a device through 7.
-    d.frame(r2, ServerFrame::Delivered { cursors: vec![
-        Cursor { user: "bob".into(), device: "b1".into(), through: 7 },
-        Cursor { user: "cat".into(), device: "c1".into(), through: 6 },
-        Cursor { user: "cat".into(), device: "c2".into(), through: 3 },
-    ], members: 0 });
-    assert!(!matches!(d.statuses.last(), Some((_, MessageStatus::Delivered { .. }))));
-    d.frame(r2, ServerFrame::Delivered { cursors: vec![Cursor { user: "cat".into(), device: "c2".into(), through: 9 }], members: 0 });
-    assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 7 })));
+    d.frame(
+        r2,
+        ServerFrame::Delivered {
+            cursors: vec![
+                Cursor {
+                    user: "bob".into(),
+                    device: "b1".into(),
+                    through: 7,
+                },
+                Cursor {
+                    user: "cat".into(),
+                    device: "c1".into(),
+                    through: 6,
+                },
+                Cursor {
+                    user: "cat".into(),
+                    device: "c2".into(),
+                    through: 3,
+                },
+            ],
+            members: 0,
+        },
+    );
+    assert!(!matches!(
+        d.statuses.last(),
+        Some((_, MessageStatus::Delivered { .. }))
+    ));
+    d.frame(
+        r2,
+        ServerFrame::Delivered {
+            cursors: vec![Cursor {
+                user: "cat".into(),
+                device: "c2".into(),
+                through: 9,
+            }],
+            members: 0,
+        },
+    );
+    assert_eq!(
+        d.statuses.last(),
+        Some(&(id, MessageStatus::Delivered { seq: 7 }))
+    );
     assert_eq!(d.c.outbox_len(), 0);
 }
 
@@ -722,10 +1144,22 @@ fn client_paces_sends_to_the_budget_its_welcome_announced() {
     // 80% of the server's budget goes to sends: a bucket of 4, refilled at 8/s.
     let mut w = welcome(0, ChainHash::GENESIS, vec![]);
     if let ServerFrame::Welcome { rate, .. } = &mut w {
-        *rate = Some(RateLimit { per_sec: 10, burst: 5 });
+        *rate = Some(RateLimit {
+            per_sec: 10,
+            burst: 5,
+        });
     }
     d.frame(T0, w);
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     d.take_sent();
     for i in 0..10 {
@@ -733,7 +1167,12 @@ fn client_paces_sends_to_the_budget_its_welcome_announced() {
     }
     d.drain();
     d.durable(T0);
-    let sends = |d: &mut Dev| d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Send { .. })).count();
+    let sends = |d: &mut Dev| {
+        d.take_sent()
+            .into_iter()
+            .filter(|f| matches!(f, ClientFrame::Send { .. }))
+            .count()
+    };
     assert_eq!(sends(&mut d), 4, "the burst share goes at once");
     let next = d.c.poll_timeout().unwrap();
     assert_eq!(next, T0 + 125, "the next token after 1/8 s");
@@ -744,11 +1183,21 @@ fn client_paces_sends_to_the_budget_its_welcome_announced() {
     d.input(next + 1_000, ClientInput::Timeout);
     assert_eq!(sends(&mut d), 4, "a full bucket again, never more");
     // A new connection starts a new budget; without a rate, nothing is paced.
-    d.input(next + 1_000, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        next + 1_000,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(next + 1_000, ClientInput::Connected);
     d.take_sent();
     d.frame(next + 1_000, welcome(0, ChainHash::GENESIS, vec![]));
-    assert_eq!(sends(&mut d), 10, "every unconfirmed send goes again at once");
+    assert_eq!(
+        sends(&mut d),
+        10,
+        "every unconfirmed send goes again at once"
+    );
 }
 
 #[test]
@@ -761,7 +1210,13 @@ fn server_announces_its_rate_limit_in_welcome() {
         _ => None,
     });
     let cfg = ServerConfig::new("c");
-    assert_eq!(welcome_rate, Some(Some(RateLimit { per_sec: cfg.rate_per_sec, burst: cfg.rate_burst })));
+    assert_eq!(
+        welcome_rate,
+        Some(Some(RateLimit {
+            per_sec: cfg.rate_per_sec,
+            burst: cfg.rate_burst
+        }))
+    );
 }
 
 #[test]
@@ -778,10 +1233,17 @@ fn client_restores_its_outbox_and_resends_the_same_id_after_reload() {
             _ => None,
         })
         .collect();
-    let mut d2 = Dev::new(ClientSnapshot { outbox, ..ClientSnapshot::default() });
+    let mut d2 = Dev::new(ClientSnapshot {
+        outbox,
+        ..ClientSnapshot::default()
+    });
     d2.input(T0 + 10, ClientInput::Connected);
     d2.frame(T0 + 10, welcome(0, ChainHash::GENESIS, vec![]));
-    assert!(d2.take_sent().contains(&ClientFrame::Send { id, body: "survive me".into(), after: None }));
+    assert!(d2.take_sent().contains(&ClientFrame::Send {
+        id,
+        body: "survive me".into(),
+        after: None
+    }));
 }
 
 #[test]
@@ -789,28 +1251,82 @@ fn client_refetches_on_a_chain_mismatch_and_reports_persistent_divergence() {
     let mut d = ready_device();
     let mut msgs = chain_of(2);
     msgs[1].body = "tampered".into();
-    d.frame(T0, ServerFrame::Push { messages: msgs.clone() });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: msgs.clone(),
+        },
+    );
     d.durable(T0);
     assert_eq!(d.shown, vec![1]);
     assert_eq!(d.errors, vec![ClientError::ChainMismatch { seq: 2 }]);
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(1), before: None, limit: 500 }));
-    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false, ticket: None });
-    d.frame(T0, ServerFrame::Batch { messages: vec![msgs[1].clone()], head: 2, more: false, follows: false, ticket: None });
-    assert!(matches!(d.errors.last(), Some(ClientError::Diverged { seq: 2, .. })));
+    assert!(d.take_sent().contains(&ClientFrame::Sync {
+        after: Some(1),
+        before: None,
+        limit: 500
+    }));
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![msgs[1].clone()],
+            head: 2,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![msgs[1].clone()],
+            head: 2,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
+    assert!(matches!(
+        d.errors.last(),
+        Some(ClientError::Diverged { seq: 2, .. })
+    ));
     assert_eq!(d.shown, vec![1], "nothing unverified is shown");
 }
 
 #[test]
 fn client_detects_a_server_rolled_back_below_its_watermark() {
     let mut d = ready_device();
-    d.frame(T0, ServerFrame::Push { messages: chain_of(3) });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: chain_of(3),
+        },
+    );
     d.durable(T0);
-    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 1,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 2, ClientInput::Connected);
     let c3 = chain_of(3)[2].chain;
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: Some(3), chain: Some(c3), bundles: true }]);
+    assert_eq!(
+        d.take_sent(),
+        vec![ClientFrame::Hello {
+            after: Some(3),
+            chain: Some(c3),
+            bundles: true
+        }]
+    );
     d.frame(T0 + 3, welcome(2, chain_of(2)[1].chain, vec![]));
-    assert_eq!(d.errors, vec![ClientError::Diverged { seq: 2, server_head: 2 }]);
+    assert_eq!(
+        d.errors,
+        vec![ClientError::Diverged {
+            seq: 2,
+            server_head: 2
+        }]
+    );
 }
 
 #[test]
@@ -820,24 +1336,64 @@ fn fresh_device_gets_the_latest_page_then_pages_back_with_verification() {
     d.input(T0, ClientInput::Connected);
     d.take_sent();
     d.frame(T0, fresh_welcome(10, msgs[9].chain, 8));
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: msgs[7..].to_vec(),
+            head: 10,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     assert_eq!(d.shown, vec![8, 9, 10]);
     assert!(!d.c.history_complete());
     assert_eq!(d.c.load_older(T0), Ok(true));
     d.drain();
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: None, before: Some(8), limit: 500 }));
+    assert!(d.take_sent().contains(&ClientFrame::Sync {
+        after: None,
+        before: Some(8),
+        limit: 500
+    }));
     // A page that does not chain into seq 8 is refused.
     let mut bad = msgs[4..7].to_vec();
     bad[2].body = "forged".into();
-    d.frame(T0, ServerFrame::Batch { messages: bad, head: 10, more: true, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: bad,
+            head: 10,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     assert_eq!(d.errors, vec![ClientError::HistoryMismatch { seq: 8 }]);
-    d.frame(T0, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: msgs[4..7].to_vec(),
+            head: 10,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7]]);
     assert_eq!(d.c.load_older(T0), Ok(true));
     d.drain();
-    d.frame(T0, ServerFrame::Batch { messages: msgs[..4].to_vec(), head: 10, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: msgs[..4].to_vec(),
+            head: 10,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     assert_eq!(d.history, vec![vec![5, 6, 7], vec![1, 2, 3, 4]]);
     assert!(d.c.history_complete());
@@ -863,7 +1419,10 @@ fn client_gives_up_on_a_silent_connection() {
 // ------------------------------------------------ connection policy (the core decides)
 
 fn closed(code: u16, reason: &str) -> ClientInput {
-    ClientInput::Disconnected { code, reason: reason.into() }
+    ClientInput::Disconnected {
+        code,
+        reason: reason.into(),
+    }
 }
 
 fn dev_with(config: ClientConfig) -> Dev {
@@ -897,7 +1456,11 @@ fn reconnects_back_off_with_full_jitter_and_a_welcome_resets_them() {
             c.handle(now, closed(1006, ""));
             let next = c.poll_timeout().expect("a retry is planned");
             let ceiling = (cfg.reconnect_initial << attempt).min(cfg.reconnect_max);
-            assert!(next - now >= 50 && next - now <= ceiling, "attempt {attempt}: {}", next - now);
+            assert!(
+                next - now >= 50 && next - now <= ceiling,
+                "attempt {attempt}: {}",
+                next - now
+            );
             *worst = (*worst).max(next - now);
             now = next;
             c.handle(now, ClientInput::Timeout);
@@ -905,7 +1468,10 @@ fn reconnects_back_off_with_full_jitter_and_a_welcome_resets_them() {
         }
     }
     // The ceilings really grow (spread, not lockstep), up to the cap.
-    assert!(worst[0] <= 250 && worst[3] > 1_000 && worst[9] > 7_500, "{worst:?}");
+    assert!(
+        worst[0] <= 250 && worst[3] > 1_000 && worst[9] > 7_500,
+        "{worst:?}"
+    );
 }
 
 #[test]
@@ -920,10 +1486,18 @@ fn going_online_reconnects_at_once_and_offline_waits_for_it() {
     d.input(T0 + 2, closed(1006, ""));
     assert!(d.c.poll_timeout().unwrap() > T0 + 2, "backing off");
     d.input(T0 + 3, ClientInput::Network { online: false });
-    assert_eq!(d.c.poll_timeout(), None, "no attempts while the platform is offline");
+    assert_eq!(
+        d.c.poll_timeout(),
+        None,
+        "no attempts while the platform is offline"
+    );
     let before = d.connects;
     d.input(T0 + 4, ClientInput::Network { online: true });
-    assert_eq!(d.connects, before + 1, "online: the next attempt goes at once");
+    assert_eq!(
+        d.connects,
+        before + 1,
+        "online: the next attempt goes at once"
+    );
     // And the backoff starts over.
     d.input(T0 + 5, closed(1006, ""));
     assert!(d.c.poll_timeout().unwrap() <= T0 + 5 + 250);
@@ -938,7 +1512,11 @@ fn heartbeat_pings_a_quiet_connection_and_closes_a_dead_one() {
     let t = d.c.poll_timeout().unwrap();
     assert!(t <= quiet_from + cfg.ping_after, "{}", t - quiet_from);
     d.input(quiet_from + cfg.ping_after, ClientInput::Timeout);
-    assert!(matches!(d.sent[sent..], [ClientFrame::Ping { .. }]), "{:?}", &d.sent[sent..]);
+    assert!(
+        matches!(d.sent[sent..], [ClientFrame::Ping { .. }]),
+        "{:?}",
+        &d.sent[sent..]
+    );
     // A pong (any frame) keeps it alive.
     let pong_at = quiet_from + cfg.ping_after + 20;
     d.frame(pong_at, ServerFrame::Pong { nonce: 1 });
@@ -946,12 +1524,23 @@ fn heartbeat_pings_a_quiet_connection_and_closes_a_dead_one() {
     assert_eq!(d.disconnects, 0);
     // Silence after that: pinged again, then given up at dead_after.
     d.input(pong_at + cfg.ping_after, ClientInput::Timeout);
-    d.input(pong_at + cfg.ping_after + cfg.ping_after / 3, ClientInput::Timeout);
-    let pings = d.sent.iter().filter(|f| matches!(f, ClientFrame::Ping { .. })).count();
+    d.input(
+        pong_at + cfg.ping_after + cfg.ping_after / 3,
+        ClientInput::Timeout,
+    );
+    let pings = d
+        .sent
+        .iter()
+        .filter(|f| matches!(f, ClientFrame::Ping { .. }))
+        .count();
     assert_eq!(pings, 3);
     d.input(pong_at + cfg.dead_after, ClientInput::Timeout);
     assert_eq!(d.disconnects, 1);
-    assert!(matches!(d.errors.last(), Some(ClientError::ConnectionDead { .. })), "{:?}", d.errors);
+    assert!(
+        matches!(d.errors.last(), Some(ClientError::ConnectionDead { .. })),
+        "{:?}",
+        d.errors
+    );
     assert_eq!(d.c.link_status(), LinkStatus::Offline);
     assert!(d.c.poll_timeout().is_some(), "a reconnect is planned");
 }
@@ -968,7 +1557,12 @@ fn a_refused_token_is_retried_once_with_a_fresh_one_then_the_client_waits() {
     d.input(T0 + 2, closed(close::UNAUTHORIZED, "token_expired"));
     assert_eq!(d.connects, 2, "no second retry");
     assert_eq!(d.c.link_status(), LinkStatus::Auth);
-    assert_eq!(d.errors, vec![ClientError::Unauthorized { reason: "token_expired".into() }]);
+    assert_eq!(
+        d.errors,
+        vec![ClientError::Unauthorized {
+            reason: "token_expired".into()
+        }]
+    );
     assert_eq!(d.errors[0].code(), "unauthorized");
     assert_eq!(d.c.poll_timeout(), None, "no retry storm");
     // The page coming back (online, visible) tries once more.
@@ -993,7 +1587,12 @@ fn a_fixed_token_that_is_refused_stops_at_once() {
 #[test]
 fn forbidden_and_full_conversations_stop_for_good() {
     for (code, error) in [
-        (close::FORBIDDEN, ClientError::Forbidden { reason: "forbidden_conversation".into() }),
+        (
+            close::FORBIDDEN,
+            ClientError::Forbidden {
+                reason: "forbidden_conversation".into(),
+            },
+        ),
         (close::CONVERSATION_FULL, ClientError::ConversationFull),
     ] {
         let mut d = Dev::new(ClientSnapshot::default());
@@ -1011,11 +1610,21 @@ fn forbidden_and_full_conversations_stop_for_good() {
 #[test]
 fn replaced_by_a_newer_connection_of_the_same_device_waits_long() {
     let mut d = ready_device();
-    d.input(T0 + 10, closed(close::REPLACED, "replaced by a newer connection"));
+    d.input(
+        T0 + 10,
+        closed(close::REPLACED, "replaced by a newer connection"),
+    );
     let cfg = ClientConfig::new("ann", "a1");
     let next = d.c.poll_timeout().unwrap();
-    assert!(next - (T0 + 10) >= cfg.replaced_wait * 4 / 5, "{}", next - T0);
-    assert!(matches!(d.errors.last(), Some(ClientError::ConnectionClosed { code: 4001, .. })));
+    assert!(
+        next - (T0 + 10) >= cfg.replaced_wait * 4 / 5,
+        "{}",
+        next - T0
+    );
+    assert!(matches!(
+        d.errors.last(),
+        Some(ClientError::ConnectionClosed { code: 4001, .. })
+    ));
 }
 
 #[test]
@@ -1025,7 +1634,16 @@ fn history_requests_end_with_a_page_or_an_error_never_neither() {
     let page: Vec<StoredMessage> = chain_of(4).into_iter().skip(2).collect();
     d.input(T0, ClientInput::Connected);
     d.frame(T0 + 1, fresh_welcome(4, page[1].chain, page[0].seq));
-    d.frame(T0 + 2, ServerFrame::Batch { messages: page, head: 4, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 2,
+        ServerFrame::Batch {
+            messages: page,
+            head: 4,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 3);
     assert_eq!(d.c.load_older(T0 + 4), Ok(true));
     // The connection drops before the answer: the request fails.
@@ -1037,7 +1655,9 @@ fn history_requests_end_with_a_page_or_an_error_never_neither() {
 #[test]
 fn client_refuses_oversized_bodies() {
     let mut d = ready_device();
-    let err = d.c.send(T0, "x".repeat(protocol::limits::MAX_BODY_BYTES + 1)).unwrap_err();
+    let err =
+        d.c.send(T0, "x".repeat(protocol::limits::MAX_BODY_BYTES + 1))
+            .unwrap_err();
     assert_eq!(err.code(), "body_too_large");
 }
 
@@ -1053,13 +1673,25 @@ fn regression_ack_timer_with_nothing_to_ack_does_not_spin() {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     // The empty first page overtakes the welcome.
-    d.frame(T0 + 1, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 2);
     d.frame(T0 + 3, welcome(0, ChainHash::GENESIS, vec![]));
     for _ in 0..10 {
         let Some(t) = d.c.poll_timeout() else { break };
         d.input(t, ClientInput::Timeout);
-        assert!(d.c.poll_timeout().is_none_or(|next| next > t), "the timer must move forward");
+        assert!(
+            d.c.poll_timeout().is_none_or(|next| next > t),
+            "the timer must move forward"
+        );
     }
     assert!(d.acks().is_empty());
 }
@@ -1073,7 +1705,16 @@ fn regression_fresh_device_acks_nothing_before_its_first_record_is_durable() {
     d.input(T0, ClientInput::Connected);
     d.take_sent();
     d.frame(T0, fresh_welcome(10, msgs[9].chain, 8));
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: msgs[7..].to_vec(),
+            head: 10,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.input(T0 + 1_000, ClientInput::Timeout);
     assert!(d.acks().is_empty());
     d.durable(T0 + 1_001);
@@ -1088,16 +1729,32 @@ fn regression_fresh_device_acks_nothing_before_its_first_record_is_durable() {
 fn regression_expired_gap_fill_with_nothing_missing_does_not_spin() {
     let mut d = ready_device();
     let msgs = chain_of(2);
-    d.frame(T0, ServerFrame::Push { messages: vec![msgs[1].clone()] });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: vec![msgs[1].clone()],
+        },
+    );
     d.durable(T0);
     d.input(T0 + 1_000, ClientInput::Timeout);
-    assert!(d.take_sent().iter().any(|f| matches!(f, ClientFrame::Sync { .. })));
-    d.frame(T0 + 1_001, ServerFrame::Push { messages: vec![msgs[0].clone()] });
+    assert!(d
+        .take_sent()
+        .iter()
+        .any(|f| matches!(f, ClientFrame::Sync { .. })));
+    d.frame(
+        T0 + 1_001,
+        ServerFrame::Push {
+            messages: vec![msgs[0].clone()],
+        },
+    );
     d.durable(T0 + 1_002);
     for _ in 0..10 {
         let Some(t) = d.c.poll_timeout() else { break };
         d.input(t, ClientInput::Timeout);
-        assert!(d.c.poll_timeout().is_none_or(|next| next > t), "the timer must move forward");
+        assert!(
+            d.c.poll_timeout().is_none_or(|next| next > t),
+            "the timer must move forward"
+        );
     }
 }
 
@@ -1107,12 +1764,37 @@ fn regression_expired_gap_fill_with_nothing_missing_does_not_spin() {
 fn regression_welcome_overtaken_by_its_own_connection_is_not_divergence() {
     let msgs = chain_of(11);
     let mut d = ready_device();
-    d.frame(T0, ServerFrame::Push { messages: msgs[..5].to_vec() });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: msgs[..5].to_vec(),
+        },
+    );
     d.durable(T0);
-    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 1,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 2, ClientInput::Connected);
-    d.frame(T0 + 3, ServerFrame::Batch { messages: msgs[5..9].to_vec(), head: 9, more: false, follows: false, ticket: None });
-    d.frame(T0 + 3, ServerFrame::Push { messages: msgs[9..].to_vec() });
+    d.frame(
+        T0 + 3,
+        ServerFrame::Batch {
+            messages: msgs[5..9].to_vec(),
+            head: 9,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
+    d.frame(
+        T0 + 3,
+        ServerFrame::Push {
+            messages: msgs[9..].to_vec(),
+        },
+    );
     d.durable(T0 + 4);
     d.frame(T0 + 5, welcome(9, msgs[8].chain, vec![]));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
@@ -1127,7 +1809,14 @@ fn regression_lost_delivered_notice_is_repaired_by_a_refreshing_hello() {
     let id = d.c.send(T0, "tick me").unwrap();
     d.drain();
     d.durable(T0);
-    d.frame(T0 + 10, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    d.frame(
+        T0 + 10,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 1,
+            at: T0,
+        },
+    );
     let own = chain_with_own(1, 1, &id, "tick me");
     let own_chain = own[0].chain;
     hold(&mut d, T0 + 10, own);
@@ -1139,15 +1828,35 @@ fn regression_lost_delivered_notice_is_repaired_by_a_refreshing_hello() {
     for _ in 0..20 {
         t = d.c.poll_timeout().unwrap();
         d.input(t, ClientInput::Timeout);
-        hello = d.take_sent().into_iter().find(|f| matches!(f, ClientFrame::Hello { .. }));
+        hello = d
+            .take_sent()
+            .into_iter()
+            .find(|f| matches!(f, ClientFrame::Hello { .. }));
         if hello.is_some() {
             break;
         }
     }
     assert!(t <= T0 + 10 + ClientConfig::new("a", "b").status_refresh);
-    assert!(matches!(hello, Some(ClientFrame::Hello { after: Some(1), .. })));
-    d.frame(t + 5, welcome(1, own_chain, vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }]));
-    assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 1 })));
+    assert!(matches!(
+        hello,
+        Some(ClientFrame::Hello { after: Some(1), .. })
+    ));
+    d.frame(
+        t + 5,
+        welcome(
+            1,
+            own_chain,
+            vec![Cursor {
+                user: "bob".into(),
+                device: "b1".into(),
+                through: 1,
+            }],
+        ),
+    );
+    assert_eq!(
+        d.statuses.last(),
+        Some(&(id, MessageStatus::Delivered { seq: 1 }))
+    );
 }
 
 /// Seed 9100005: with the out-of-order buffer full, the message that fills
@@ -1160,18 +1869,45 @@ fn regression_full_buffer_still_takes_the_message_that_fills_the_hole() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, fresh_welcome(0, ChainHash::GENESIS, 1));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     let msgs = chain_of(5);
-    d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone(), msgs[4].clone()] });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: vec![msgs[2].clone(), msgs[3].clone(), msgs[4].clone()],
+        },
+    );
     d.durable(T0);
-    d.frame(T0 + 1, ServerFrame::Batch { messages: msgs[..2].to_vec(), head: 5, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Batch {
+            messages: msgs[..2].to_vec(),
+            head: 5,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 2);
     // 3 and 4 were kept (5 dropped unacknowledged); 1 evicted 4, then 1 and 2
     // filled the hole; 4 and 5 are fetched again.
     assert_eq!(d.shown, vec![1, 2, 3]);
     d.input(T0 + 2, ClientInput::Timeout);
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(3), before: None, limit: 500 }));
+    assert!(d.take_sent().contains(&ClientFrame::Sync {
+        after: Some(3),
+        before: None,
+        limit: 500
+    }));
 }
 
 /// Seed 9100766: an evicted buffered message had already been acknowledged
@@ -1185,22 +1921,69 @@ fn regression_evicted_acknowledged_message_is_fetched_again() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, fresh_welcome(0, ChainHash::GENESIS, 1));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     let msgs = chain_of(4);
-    d.frame(T0, ServerFrame::Push { messages: vec![msgs[2].clone(), msgs[3].clone()] });
+    d.frame(
+        T0,
+        ServerFrame::Push {
+            messages: vec![msgs[2].clone(), msgs[3].clone()],
+        },
+    );
     d.durable(T0);
     d.input(T0 + 100, ClientInput::Timeout);
-    assert!(d.acks().contains(&(0, vec![[3, 4]])), "3 and 4 acknowledged selectively");
-    d.frame(T0 + 101, ServerFrame::Push { messages: vec![msgs[1].clone()] });
-    d.frame(T0 + 102, ServerFrame::Push { messages: vec![msgs[0].clone()] });
+    assert!(
+        d.acks().contains(&(0, vec![[3, 4]])),
+        "3 and 4 acknowledged selectively"
+    );
+    d.frame(
+        T0 + 101,
+        ServerFrame::Push {
+            messages: vec![msgs[1].clone()],
+        },
+    );
+    d.frame(
+        T0 + 102,
+        ServerFrame::Push {
+            messages: vec![msgs[0].clone()],
+        },
+    );
     d.durable(T0 + 103);
     assert_eq!(d.shown, vec![1, 2]);
     // The eviction made it ask for the hole at once; its answer arrives.
-    assert!(d.take_sent().contains(&ClientFrame::Sync { after: Some(0), before: Some(2), limit: 500 }));
-    d.frame(T0 + 104, ServerFrame::Batch { messages: vec![msgs[0].clone()], head: 4, more: false, follows: false, ticket: None });
+    assert!(d.take_sent().contains(&ClientFrame::Sync {
+        after: Some(0),
+        before: Some(2),
+        limit: 500
+    }));
+    d.frame(
+        T0 + 104,
+        ServerFrame::Batch {
+            messages: vec![msgs[0].clone()],
+            head: 4,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     let sent = d.take_sent();
-    assert!(sent.contains(&ClientFrame::Sync { after: Some(2), before: None, limit: 500 }), "{sent:?}");
+    assert!(
+        sent.contains(&ClientFrame::Sync {
+            after: Some(2),
+            before: None,
+            limit: 500
+        }),
+        "{sent:?}"
+    );
 }
 
 /// Seed 20189526 (found by a 300,000-seed soak): after an eviction raised the
@@ -1214,22 +1997,63 @@ fn regression_late_welcome_does_not_lower_the_catch_up_target() {
     d.c = Client::new(cfg, 42, ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, fresh_welcome(0, ChainHash::GENESIS, 1));
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     // Reconnect; pushes 6 and 7 overtake the welcome and the first page.
-    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 1,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 2, ClientInput::Connected);
     let msgs = chain_of(7);
-    d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[5].clone()] });
-    d.frame(T0 + 3, ServerFrame::Push { messages: vec![msgs[6].clone()] });
+    d.frame(
+        T0 + 3,
+        ServerFrame::Push {
+            messages: vec![msgs[5].clone()],
+        },
+    );
+    d.frame(
+        T0 + 3,
+        ServerFrame::Push {
+            messages: vec![msgs[6].clone()],
+        },
+    );
     d.durable(T0 + 4);
-    d.frame(T0 + 5, ServerFrame::Batch { messages: msgs[..5].to_vec(), head: 5, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 5,
+        ServerFrame::Batch {
+            messages: msgs[..5].to_vec(),
+            head: 5,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 6);
     assert_eq!(d.shown, vec![1, 2, 3, 4, 5, 6]);
     d.take_sent();
     d.frame(T0 + 7, welcome(5, msgs[4].chain, vec![]));
     let sent = d.take_sent();
-    assert!(sent.contains(&ClientFrame::Sync { after: Some(6), before: None, limit: 500 }), "{sent:?}");
+    assert!(
+        sent.contains(&ClientFrame::Sync {
+            after: Some(6),
+            before: None,
+            limit: 500
+        }),
+        "{sent:?}"
+    );
 }
 
 /// Selective acks are advisory: with everything above the cumulative ack
@@ -1248,17 +2072,37 @@ fn server_probes_selectively_acked_pushes_and_closes_without_progress() {
         s.send(T0, 1, send(&format!("m{i}"), "x"));
     }
     s.durable(T0);
-    s.send(T0, 1, ClientFrame::Ack { seq: 3, ranges: vec![] });
-    s.send(T0, 2, ClientFrame::Ack { seq: 1, ranges: vec![[2, 3]] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: 3,
+            ranges: vec![],
+        },
+    );
+    s.send(
+        T0,
+        2,
+        ClientFrame::Ack {
+            seq: 1,
+            ranges: vec![[2, 3]],
+        },
+    );
     s.durable(T0);
     s.take();
     let mut probes = Vec::new();
     while s.closes.is_empty() {
-        let Some(t) = s.conv.poll_timeout() else { break };
+        let Some(t) = s.conv.poll_timeout() else {
+            break;
+        };
         s.input(t, ServerInput::Timeout);
         probes.extend(pushed(&s.take(), 2));
     }
-    assert_eq!(probes, vec![2, 2], "one probe per retry, the lowest selectively acked push");
+    assert_eq!(
+        probes,
+        vec![2, 2],
+        "one probe per retry, the lowest selectively acked push"
+    );
     assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
 }
 
@@ -1278,7 +2122,14 @@ fn history(n: u64, body_len: usize) -> Mem {
         s.send(T0, 1, send(&format!("m{i}"), &"x".repeat(body_len)));
         s.durable(T0);
     }
-    s.send(T0, 1, ClientFrame::Ack { seq: n, ranges: vec![] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: n,
+            ranges: vec![],
+        },
+    );
     s.durable(T0);
     assert_eq!(s.store.messages.len() as u64, n);
     s.store
@@ -1291,10 +2142,15 @@ fn batches(frames: &[(ConnId, ServerFrame)], to: u64) -> Vec<(Vec<u64>, bool, us
         .iter()
         .filter(|(c, _)| c.0 == to)
         .filter_map(|(_, f)| match f {
-            ServerFrame::Batch { messages, follows, .. } => Some((
+            ServerFrame::Batch {
+                messages, follows, ..
+            } => Some((
                 messages.iter().map(|m| m.seq).collect(),
                 *follows,
-                messages.iter().map(|m| serde_json::to_string(m).unwrap().len()).sum(),
+                messages
+                    .iter()
+                    .map(|m| serde_json::to_string(m).unwrap().len())
+                    .sum(),
             )),
             _ => None,
         })
@@ -1334,17 +2190,35 @@ fn server_bounds_unread_answers_by_the_budget_and_closes_a_stalled_reader() {
     s.connect(T0, 2, "bob", "b1");
     s.send_no_rx(T0, 2, hello(Some(200)));
     for i in 0..100 {
-        s.send_no_rx(T0 + i, 2, ClientFrame::Sync { after: Some(0), before: None, limit: 500 });
+        s.send_no_rx(
+            T0 + i,
+            2,
+            ClientFrame::Sync {
+                after: Some(0),
+                before: None,
+                limit: 500,
+            },
+        );
     }
     let pages = batches(&s.take(), 2);
     let bytes: usize = pages.iter().map(|p| p.2).sum();
     let answered: usize = pages.iter().map(|p| p.0.len()).sum();
     assert!(!pages.is_empty(), "answers go out within the budget");
-    assert!(bytes <= cfg.answer_budget + cfg.page_bytes, "{bytes} bytes of answers sent unread");
-    assert!(answered < 200, "the catch-up is not sent to a client that does not read");
+    assert!(
+        bytes <= cfg.answer_budget + cfg.page_bytes,
+        "{bytes} bytes of answers sent unread"
+    );
+    assert!(
+        answered < 200,
+        "the catch-up is not sent to a client that does not read"
+    );
     assert!(s.closes.is_empty());
     let due = s.conv.poll_timeout().expect("the stall timer is armed");
-    assert_eq!(due, T0 + cfg.stall_timeout, "counted from the oldest unread answer");
+    assert_eq!(
+        due,
+        T0 + cfg.stall_timeout,
+        "counted from the oldest unread answer"
+    );
     s.input(due - 1, ServerInput::Timeout);
     assert!(s.closes.is_empty());
     s.input(due, ServerInput::Timeout);
@@ -1364,7 +2238,15 @@ fn server_bounds_unread_answers_by_the_budget_and_closes_a_stalled_reader() {
         }
         match pages.last() {
             // The stream ended: ask for the rest.
-            Some((_, false, _)) => s.send(T0, 3, ClientFrame::Sync { after: got.last().copied(), before: None, limit: 500 }),
+            Some((_, false, _)) => s.send(
+                T0,
+                3,
+                ClientFrame::Sync {
+                    after: got.last().copied(),
+                    before: None,
+                    limit: 500,
+                },
+            ),
             // Paused by the budget: any frame with rx confirms and resumes it.
             _ => s.send(T0, 3, ClientFrame::Ping { nonce: round }),
         }
@@ -1381,12 +2263,27 @@ fn server_new_sync_replaces_the_request_still_being_answered() {
     s.connect(T0, 2, "bob", "b1");
     s.send_no_rx(T0, 2, hello(Some(200)));
     for i in 0..50 {
-        s.send_no_rx(T0, 2, ClientFrame::Sync { after: Some(i), before: None, limit: 500 });
+        s.send_no_rx(
+            T0,
+            2,
+            ClientFrame::Sync {
+                after: Some(i),
+                before: None,
+                limit: 500,
+            },
+        );
     }
     let pages = batches(&s.take(), 2);
     let bytes: usize = pages.iter().map(|p| p.2).sum();
-    assert!(bytes <= cfg.answer_budget + cfg.page_bytes, "{bytes} bytes for 50 unread syncs");
-    assert_eq!(pages.first().map(|p| p.0[0]), Some(1), "the first sync was answered");
+    assert!(
+        bytes <= cfg.answer_budget + cfg.page_bytes,
+        "{bytes} bytes for 50 unread syncs"
+    );
+    assert_eq!(
+        pages.first().map(|p| p.0[0]),
+        Some(1),
+        "the first sync was answered"
+    );
     // Confirming resumes only the latest request (after 49), streamed alone.
     let mut got: Vec<u64> = Vec::new();
     for round in 0..100 {
@@ -1398,7 +2295,11 @@ fn server_new_sync_replaces_the_request_still_being_answered() {
         }
     }
     assert_eq!(got.first(), Some(&50), "{got:?}");
-    assert_eq!(got, (50..50 + got.len() as u64).collect::<Vec<_>>(), "one contiguous stream");
+    assert_eq!(
+        got,
+        (50..50 + got.len() as u64).collect::<Vec<_>>(),
+        "one contiguous stream"
+    );
     let pages = batches(&s.take(), 2);
     assert!(pages.is_empty(), "nothing owed after the stream");
 }
@@ -1421,7 +2322,14 @@ fn server_welcome_cursors_are_one_per_user_plus_own_however_many_devices_joined(
     for k in 0..5 {
         for (i, seq) in [(5 + k, k + 1), (10 + k, k + 6)] {
             s.send(T0, i as u64, hello(None));
-            s.send(T0, i as u64, ClientFrame::Ack { seq: seq as u64, ranges: vec![] });
+            s.send(
+                T0,
+                i as u64,
+                ClientFrame::Ack {
+                    seq: seq as u64,
+                    ranges: vec![],
+                },
+            );
         }
     }
     s.durable(T0);
@@ -1433,10 +2341,24 @@ fn server_welcome_cursors_are_one_per_user_plus_own_however_many_devices_joined(
     assert!(cursors.len() <= 6, "{} cursors", cursors.len());
     for k in 0..5 {
         let (user, device) = dev(10 + k);
-        let expected = Cursor { user, device, through: k as u64 + 6 };
-        assert!(cursors.contains(&expected), "{expected:?} missing from {cursors:?}");
+        let expected = Cursor {
+            user,
+            device,
+            through: k as u64 + 6,
+        };
+        assert!(
+            cursors.contains(&expected),
+            "{expected:?} missing from {cursors:?}"
+        );
     }
-    assert!(cursors.contains(&Cursor { user: "u2".into(), device: "fresh".into(), through: 0 }), "its own cursor");
+    assert!(
+        cursors.contains(&Cursor {
+            user: "u2".into(),
+            device: "fresh".into(),
+            through: 0
+        }),
+        "its own cursor"
+    );
 }
 
 #[test]
@@ -1446,7 +2368,11 @@ fn server_namespaces_devices_by_user() {
     s.connect(T0, 1, "ann", "x1");
     s.send(T0, 1, hello(Some(0)));
     s.connect(T0, 2, "bob", "x1");
-    assert!(s.closes.is_empty(), "bob's x1 does not replace ann's x1: {:?}", s.closes);
+    assert!(
+        s.closes.is_empty(),
+        "bob's x1 does not replace ann's x1: {:?}",
+        s.closes
+    );
     s.send(T0, 2, hello(Some(0)));
     s.send(T0, 1, send("m1", "from ann"));
     s.durable(T0);
@@ -1454,19 +2380,52 @@ fn server_namespaces_devices_by_user() {
     s.durable(T0);
     let f = s.take();
     assert_eq!(sent_seqs(&frames_to(&f, 1)), vec![("m1".into(), 1)]);
-    assert_eq!(sent_seqs(&frames_to(&f, 2)), vec![("m1".into(), 2)], "the same client id of another user is a new message");
+    assert_eq!(
+        sent_seqs(&frames_to(&f, 2)),
+        vec![("m1".into(), 2)],
+        "the same client id of another user is a new message"
+    );
     assert_eq!(s.store.messages[&2].body, "from bob");
-    s.send(T0 + 1, 2, ClientFrame::Ack { seq: 2, ranges: vec![] });
+    s.send(
+        T0 + 1,
+        2,
+        ClientFrame::Ack {
+            seq: 2,
+            ranges: vec![],
+        },
+    );
     s.durable(T0 + 1);
-    let through = |s: &Server, user: &str| s.store.cursors[&(user.to_owned(), "x1".to_owned())].0.through;
+    let through = |s: &Server, user: &str| {
+        s.store.cursors[&(user.to_owned(), "x1".to_owned())]
+            .0
+            .through
+    };
     assert_eq!((through(&s, "ann"), through(&s, "bob")), (0, 2));
-    assert_eq!(s.conv.stats().pending_pushes, 2, "ann's pushes are still unacknowledged");
+    assert_eq!(
+        s.conv.stats().pending_pushes,
+        2,
+        "ann's pushes are still unacknowledged"
+    );
     assert_eq!(s.conv.stats().devices, 2);
     s.connect(T0 + 2, 3, "cat", "c1");
     s.send(T0 + 2, 3, hello(None));
     let cursors = welcome_cursors(&s.take(), 3);
-    assert!(cursors.contains(&Cursor { user: "ann".into(), device: "x1".into(), through: 0 }), "{cursors:?}");
-    assert!(cursors.contains(&Cursor { user: "bob".into(), device: "x1".into(), through: 2 }), "{cursors:?}");
+    assert!(
+        cursors.contains(&Cursor {
+            user: "ann".into(),
+            device: "x1".into(),
+            through: 0
+        }),
+        "{cursors:?}"
+    );
+    assert!(
+        cursors.contains(&Cursor {
+            user: "bob".into(),
+            device: "x1".into(),
+            through: 2
+        }),
+        "{cursors:?}"
+    );
     assert!(s.closes.is_empty());
 }
 
@@ -1490,7 +2449,11 @@ fn server_strikes_survive_a_rebuild_through_the_memo() {
     }
     assert!(s.closes.is_empty());
     s.raw(T0 + 1, 1, "{");
-    assert_eq!(s.closes, vec![(ConnId(1), close::POLICY)], "15 + 5 violations");
+    assert_eq!(
+        s.closes,
+        vec![(ConnId(1), close::POLICY)],
+        "15 + 5 violations"
+    );
 }
 
 /// ann and bob connected, one message, acknowledged by ann only.
@@ -1502,7 +2465,14 @@ fn unacked_by_bob(cfg: &ServerConfig) -> Server {
     s.send(T0, 2, hello(Some(0)));
     s.send(T0, 1, send("m1", "x"));
     s.durable(T0);
-    s.send(T0, 1, ClientFrame::Ack { seq: 1, ranges: vec![] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: 1,
+            ranges: vec![],
+        },
+    );
     s.durable(T0);
     assert_eq!(pushed(&s.take(), 2), vec![1]);
     s
@@ -1529,7 +2499,10 @@ fn server_retries_survive_a_rebuild_between_retries() {
         rebuilds += 1;
     }
     assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)]);
-    assert!(rebuilds <= cfg.max_retries as usize + 1, "closed after {rebuilds} rebuilds");
+    assert!(
+        rebuilds <= cfg.max_retries as usize + 1,
+        "closed after {rebuilds} rebuilds"
+    );
 }
 
 #[test]
@@ -1541,7 +2514,9 @@ fn server_retries_survive_an_eviction_at_every_alarm() {
     let mut memo = ConnMemo::default();
     let mut alarms = 0;
     while s.closes.is_empty() && alarms < 50 {
-        let Some(t) = s.conv.poll_timeout() else { break };
+        let Some(t) = s.conv.poll_timeout() else {
+            break;
+        };
         // The edge's order: an alarm rebuilds the core, re-registers the
         // sockets that survived (with their last memo), then feeds the timeout.
         memo = s.memos.get(&ConnId(2)).cloned().unwrap_or(memo);
@@ -1550,8 +2525,15 @@ fn server_retries_survive_an_eviction_at_every_alarm() {
         s.input(t, ServerInput::Timeout);
         alarms += 1;
     }
-    assert_eq!(s.closes, vec![(ConnId(2), close::UNRESPONSIVE)], "after {alarms} alarms");
-    assert!(alarms <= cfg.max_retries as usize + 2, "closed after {alarms} alarms");
+    assert_eq!(
+        s.closes,
+        vec![(ConnId(2), close::UNRESPONSIVE)],
+        "after {alarms} alarms"
+    );
+    assert!(
+        alarms <= cfg.max_retries as usize + 2,
+        "closed after {alarms} alarms"
+    );
 }
 
 #[test]
@@ -1560,23 +2542,54 @@ fn server_forgets_devices_past_retention_unless_their_socket_is_resumed() {
     let cfg = ServerConfig::new("c");
     let mut store = Mem::default();
     let record = |user: &str, device: &str, seen: u64| {
-        ((user.to_owned(), device.to_owned()), (Cursor { user: user.into(), device: device.into(), through: 0 }, seen))
+        (
+            (user.to_owned(), device.to_owned()),
+            (
+                Cursor {
+                    user: user.into(),
+                    device: device.into(),
+                    through: 0,
+                },
+                seen,
+            ),
+        )
     };
-    store.cursors.extend([record("old", "o1", T0 - cfg.device_retention - 1), record("ann", "a1", T0 - 1_000)]);
+    store.cursors.extend([
+        record("old", "o1", T0 - cfg.device_retention - 1),
+        record("ann", "a1", T0 - 1_000),
+    ]);
     let key = ("old".to_owned(), "o1".to_owned());
 
     let mut s = Server::with_store(cfg.clone(), store.clone());
     s.connect(T0, 1, "ann", "a1");
-    assert!(s.writes.contains(&ServerWrite::Forget { user: "old".into(), device: "o1".into() }), "{:?}", s.writes);
+    assert!(
+        s.writes.contains(&ServerWrite::Forget {
+            user: "old".into(),
+            device: "o1".into()
+        }),
+        "{:?}",
+        s.writes
+    );
     assert!(!s.store.cursors.contains_key(&key));
     assert_eq!(s.conv.stats().devices, 1);
 
     // Its socket survived the eviction: re-registered first, it is kept.
     let mut s = Server::with_store(cfg, store);
     s.resume(T0, 7, "old", "o1", ConnMemo::default());
-    assert!(s.writes.is_empty(), "nothing decided before the sockets are back: {:?}", s.writes);
+    assert!(
+        s.writes.is_empty(),
+        "nothing decided before the sockets are back: {:?}",
+        s.writes
+    );
     s.input(T0 + 5, ServerInput::Timeout);
-    assert_eq!(s.writes, vec![ServerWrite::Seen { user: "old".into(), device: "o1".into(), at: T0 + 5 }]);
+    assert_eq!(
+        s.writes,
+        vec![ServerWrite::Seen {
+            user: "old".into(),
+            device: "o1".into(),
+            at: T0 + 5
+        }]
+    );
     assert_eq!(s.store.cursors[&key].1, T0 + 5);
     assert_eq!(s.conv.stats().devices, 2);
     assert!(s.closes.is_empty());
@@ -1587,11 +2600,23 @@ fn server_refuses_oversized_and_binary_messages_with_a_strike() {
     // Rule: Oversized is frame_too_large without parsing, Binary is bad_json; each is a strike.
     let mut s = Server::new(ServerConfig::new("c"));
     s.connect(T0, 1, "ann", "a1");
-    s.input(T0, ServerInput::Oversized { conn: ConnId(1), len: 10 * 1024 * 1024 });
+    s.input(
+        T0,
+        ServerInput::Oversized {
+            conn: ConnId(1),
+            len: 10 * 1024 * 1024,
+        },
+    );
     assert_eq!(error_codes(&s.take()), vec![ErrorCode::FrameTooLarge]);
     assert_eq!(s.memos[&ConnId(1)].strikes, 1);
     // Length first: an oversized text is neither parsed nor UTF-8 checked.
-    s.input(T0, ServerInput::Frame { conn: ConnId(1), bytes: vec![0xff; limits::MAX_FRAME_BYTES + 1] });
+    s.input(
+        T0,
+        ServerInput::Frame {
+            conn: ConnId(1),
+            bytes: vec![0xff; limits::MAX_FRAME_BYTES + 1],
+        },
+    );
     assert_eq!(error_codes(&s.take()), vec![ErrorCode::FrameTooLarge]);
     assert_eq!(s.memos[&ConnId(1)].strikes, 2);
     s.input(T0, ServerInput::Binary { conn: ConnId(1) });
@@ -1609,9 +2634,23 @@ fn server_refuses_acks_beyond_the_head_as_bad_frames() {
     s.send(T0, 1, send("m1", "x"));
     s.durable(T0);
     s.take();
-    s.send(T0, 1, ClientFrame::Ack { seq: 0, ranges: vec![[2, 3]] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: 0,
+            ranges: vec![[2, 3]],
+        },
+    );
     assert_eq!(error_codes(&s.take()), vec![ErrorCode::BadFrame]);
-    s.send(T0, 1, ClientFrame::Ack { seq: 5, ranges: vec![] });
+    s.send(
+        T0,
+        1,
+        ClientFrame::Ack {
+            seq: 5,
+            ranges: vec![],
+        },
+    );
     assert_eq!(error_codes(&s.take()), vec![ErrorCode::BadFrame]);
     assert_eq!(s.memos[&ConnId(1)].strikes, 2);
     s.durable(T0);
@@ -1625,7 +2664,16 @@ fn server_closes_a_connection_when_its_token_expires() {
     // Rule: Connected { expires } closes the connection with 4003 at that time.
     let mut s = Server::new(ServerConfig::new("c"));
     let expires = T0 + 5_000;
-    s.input(T0, ServerInput::Connected { conn: ConnId(1), user: "ann".into(), device: "a1".into(), resumed: None, expires: Some(expires) });
+    s.input(
+        T0,
+        ServerInput::Connected {
+            conn: ConnId(1),
+            user: "ann".into(),
+            device: "a1".into(),
+            resumed: None,
+            expires: Some(expires),
+        },
+    );
     s.send(T0, 1, hello(None));
     assert_eq!(s.conv.poll_timeout(), Some(expires));
     s.input(expires - 1, ServerInput::Timeout);
@@ -1650,22 +2698,36 @@ fn server_shares_its_answer_rate_among_catching_up_connections_in_turn() {
     s.send(T0, 2, hello(Some(0)));
     s.send(T0, 3, hello(Some(0)));
     let first = s.take();
-    let bytes = |frames: &[(ConnId, ServerFrame)]| -> usize { frames.iter().map(|(_, f)| f.encode().len()).sum() };
-    assert!(bytes(&first) <= cfg.answer_burst as usize + 2 * (cfg.page_bytes + 400), "{} bytes at once", bytes(&first));
-    assert!(frames_to(&first, 3).is_empty(), "bob's catch-up took the burst: cat's welcome waits its turn");
+    let bytes = |frames: &[(ConnId, ServerFrame)]| -> usize {
+        frames.iter().map(|(_, f)| f.encode().len()).sum()
+    };
+    assert!(
+        bytes(&first) <= cfg.answer_burst as usize + 2 * (cfg.page_bytes + 400),
+        "{} bytes at once",
+        bytes(&first)
+    );
+    assert!(
+        frames_to(&first, 3).is_empty(),
+        "bob's catch-up took the burst: cat's welcome waits its turn"
+    );
     // From here the timer paces answers; both connections advance in turn.
     let mut now = T0;
     let mut sent = 0;
     let mut got = [0usize; 2];
     for _ in 0..500 {
-        let Some(due) = s.conv.poll_timeout() else { break };
+        let Some(due) = s.conv.poll_timeout() else {
+            break;
+        };
         assert!(due > now || due == now, "the timer never goes back");
         now = due.max(now + 1);
         s.input(now, ServerInput::Timeout);
         let frames = s.take();
         sent += bytes(&frames);
         for (i, conn) in [2u64, 3].iter().enumerate() {
-            got[i] += batches(&frames, *conn).iter().map(|p| p.0.len()).sum::<usize>();
+            got[i] += batches(&frames, *conn)
+                .iter()
+                .map(|p| p.0.len())
+                .sum::<usize>();
         }
         // Both read and confirm what they got.
         s.send(now, 2, ClientFrame::Ping { nonce: 1 });
@@ -1676,16 +2738,29 @@ fn server_shares_its_answer_rate_among_catching_up_connections_in_turn() {
         }
     }
     let elapsed = now - T0;
-    assert!(got.iter().all(|g| *g >= 40), "both advanced through their streamed pages: {got:?}");
-    assert!(got[0].abs_diff(got[1]) <= 20, "in turn, not one after the other: {got:?}");
+    assert!(
+        got.iter().all(|g| *g >= 40),
+        "both advanced through their streamed pages: {got:?}"
+    );
+    assert!(
+        got[0].abs_diff(got[1]) <= 20,
+        "in turn, not one after the other: {got:?}"
+    );
     let allowed = cfg.answer_burst as usize + (elapsed as usize) * 10 + 2 * (cfg.page_bytes + 400);
-    assert!(sent <= allowed, "{sent} bytes in {elapsed} ms (allowed {allowed})");
+    assert!(
+        sent <= allowed,
+        "{sent} bytes in {elapsed} ms (allowed {allowed})"
+    );
 }
 
 // ---- Truthful ticks and per-sender order ----
 
 fn send_after(id: &str, body: &str, after: &str) -> ClientFrame {
-    ClientFrame::Send { id: id.into(), body: body.into(), after: Some(after.into()) }
+    ClientFrame::Send {
+        id: id.into(),
+        body: body.into(),
+        after: Some(after.into()),
+    }
 }
 
 #[test]
@@ -1704,12 +2779,18 @@ fn server_stores_a_send_only_after_the_message_it_comes_after() {
     // Accepted but not yet durable is enough: its seq is taken.
     s.send(T0, 1, send_after("m2", "two", "m1"));
     s.durable(T0);
-    assert_eq!(sent_seqs(&s.take()), vec![("m1".into(), 1), ("m2".into(), 2)]);
+    assert_eq!(
+        sent_seqs(&s.take()),
+        vec![("m1".into(), 1), ("m2".into(), 2)]
+    );
     // Another device's message of the same id does not count.
     s.connect(T0, 2, "bob", "a1");
     s.send(T0, 2, hello(None));
     s.send(T0, 2, send_after("x", "b", "m1"));
-    assert_eq!(error_codes(&frames_to(&s.take(), 2)), vec![ErrorCode::OutOfOrder]);
+    assert_eq!(
+        error_codes(&frames_to(&s.take(), 2)),
+        vec![ErrorCode::OutOfOrder]
+    );
 }
 
 #[test]
@@ -1728,11 +2809,39 @@ fn client_names_the_previous_unconfirmed_message_and_goes_back_on_a_refusal() {
             _ => None,
         })
         .collect();
-    assert_eq!(sends, vec![(a.clone(), None), (b.clone(), Some(a.clone())), (c.clone(), Some(b.clone()))]);
+    assert_eq!(
+        sends,
+        vec![
+            (a.clone(), None),
+            (b.clone(), Some(a.clone())),
+            (c.clone(), Some(b.clone()))
+        ]
+    );
     // a is refused (rate limited): b and c are resent no earlier than a.
-    d.frame(T0 + 1, ServerFrame::Error { code: ErrorCode::RateLimited, message: "slow".into(), id: Some(a.clone()) });
-    d.frame(T0 + 1, ServerFrame::Error { code: ErrorCode::OutOfOrder, message: "a first".into(), id: Some(b.clone()) });
-    d.frame(T0 + 1, ServerFrame::Error { code: ErrorCode::OutOfOrder, message: "b first".into(), id: Some(c.clone()) });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow".into(),
+            id: Some(a.clone()),
+        },
+    );
+    d.frame(
+        T0 + 1,
+        ServerFrame::Error {
+            code: ErrorCode::OutOfOrder,
+            message: "a first".into(),
+            id: Some(b.clone()),
+        },
+    );
+    d.frame(
+        T0 + 1,
+        ServerFrame::Error {
+            code: ErrorCode::OutOfOrder,
+            message: "b first".into(),
+            id: Some(c.clone()),
+        },
+    );
     let at = d.c.poll_timeout().unwrap();
     d.input(at, ClientInput::Timeout);
     let first: Vec<String> = d
@@ -1743,9 +2852,20 @@ fn client_names_the_previous_unconfirmed_message_and_goes_back_on_a_refusal() {
             _ => None,
         })
         .collect();
-    assert_eq!(first.first(), Some(&a), "the refused message goes first: {first:?}");
+    assert_eq!(
+        first.first(),
+        Some(&a),
+        "the refused message goes first: {first:?}"
+    );
     // Once a is confirmed, b goes with no `after`.
-    d.frame(at, ServerFrame::Sent { id: a.clone(), seq: 1, at: T0 });
+    d.frame(
+        at,
+        ServerFrame::Sent {
+            id: a.clone(),
+            seq: 1,
+            at: T0,
+        },
+    );
     let mut t = at;
     let mut after_b = None;
     for _ in 0..10 {
@@ -1764,11 +2884,20 @@ fn client_names_the_previous_unconfirmed_message_and_goes_back_on_a_refusal() {
 
 #[test]
 fn client_restores_its_outbox_in_id_order_and_continues_after_it() {
-    let entry = |id: &str, created: u64| OutboxEntry { id: id.into(), body: id.into(), created, seq: None, at: None };
+    let entry = |id: &str, created: u64| OutboxEntry {
+        id: id.into(),
+        body: id.into(),
+        created,
+        seq: None,
+        at: None,
+    };
     // The shell returned them by `created`, which a clock step made disagree with creation order.
     let newer = "01HF7YB000000000000000000Z";
     let older = "01HF7YA000000000000000000Z";
-    let snapshot = ClientSnapshot { outbox: vec![entry(newer, T0 + 10), entry(older, T0 + 20)], ..ClientSnapshot::default() };
+    let snapshot = ClientSnapshot {
+        outbox: vec![entry(newer, T0 + 10), entry(older, T0 + 20)],
+        ..ClientSnapshot::default()
+    };
     let mut d = Dev::new(snapshot);
     d.input(T0, ClientInput::Connected);
     d.frame(T0, welcome(0, ChainHash::GENESIS, vec![]));
@@ -1802,9 +2931,19 @@ fn server_starts_a_new_member_at_the_head_and_a_second_device_at_its_users_curso
     s.send(T0, 2, hello(None));
     s.durable(T0);
     let f = s.take();
-    let latest: Vec<u64> = batches(&f, 2).into_iter().flat_map(|(seqs, _, _)| seqs).collect();
+    let latest: Vec<u64> = batches(&f, 2)
+        .into_iter()
+        .flat_map(|(seqs, _, _)| seqs)
+        .collect();
     assert_eq!(latest, (51..=100).collect::<Vec<_>>(), "the latest page");
-    s.send(T0, 2, ClientFrame::Ack { seq: 100, ranges: vec![] });
+    s.send(
+        T0,
+        2,
+        ClientFrame::Ack {
+            seq: 100,
+            ranges: vec![],
+        },
+    );
     s.durable(T0);
     s.input(T0, ServerInput::Disconnected { conn: ConnId(2) });
     // 80 more while bob is away.
@@ -1822,7 +2961,14 @@ fn server_starts_a_new_member_at_the_head_and_a_second_device_at_its_users_curso
     assert_eq!(first[0].0, (101..=180).collect::<Vec<_>>());
     assert!(!first[0].1);
     // Had bob stored through 150, the latest page would reach down to it.
-    s.send(T0, 3, ClientFrame::Ack { seq: 150, ranges: vec![] });
+    s.send(
+        T0,
+        3,
+        ClientFrame::Ack {
+            seq: 150,
+            ranges: vec![],
+        },
+    );
     s.durable(T0);
     s.connect(T0, 4, "bob", "b3");
     s.send(T0, 4, hello(None));
@@ -1836,19 +2982,46 @@ fn client_counts_delivered_only_once_it_knows_every_member() {
     let id = d.c.send(T0, "hi").unwrap();
     d.drain();
     d.durable(T0);
-    d.frame(T0, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    d.frame(
+        T0,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 1,
+            at: T0,
+        },
+    );
     hold(&mut d, T0, chain_with_own(1, 1, &id, "hi"));
     // Three members, but the notice naming cat was lost: bob alone is not enough.
-    d.frame(T0, ServerFrame::Delivered {
-        cursors: vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }],
-        members: 3,
-    });
-    assert!(!d.statuses.iter().any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })));
-    d.frame(T0, ServerFrame::Delivered {
-        cursors: vec![Cursor { user: "cat".into(), device: "c1".into(), through: 1 }],
-        members: 3,
-    });
-    assert_eq!(d.statuses.last(), Some(&(id, MessageStatus::Delivered { seq: 1 })));
+    d.frame(
+        T0,
+        ServerFrame::Delivered {
+            cursors: vec![Cursor {
+                user: "bob".into(),
+                device: "b1".into(),
+                through: 1,
+            }],
+            members: 3,
+        },
+    );
+    assert!(!d
+        .statuses
+        .iter()
+        .any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })));
+    d.frame(
+        T0,
+        ServerFrame::Delivered {
+            cursors: vec![Cursor {
+                user: "cat".into(),
+                device: "c1".into(),
+                through: 1,
+            }],
+            members: 3,
+        },
+    );
+    assert_eq!(
+        d.statuses.last(),
+        Some(&(id, MessageStatus::Delivered { seq: 1 }))
+    );
 }
 
 #[test]
@@ -1861,10 +3034,22 @@ fn client_paces_its_acks_to_a_share_of_the_budget() {
     d.input(T0, ClientInput::Connected);
     let mut w = fresh_welcome(0, ChainHash::GENESIS, 1);
     if let ServerFrame::Welcome { rate, .. } = &mut w {
-        *rate = Some(RateLimit { per_sec: 20, burst: 20 });
+        *rate = Some(RateLimit {
+            per_sec: 20,
+            burst: 20,
+        });
     }
     d.frame(T0, w);
-    d.frame(T0, ServerFrame::Batch { messages: vec![], head: 0, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: vec![],
+            head: 0,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     d.take_sent();
     // 15% of 20: 3 acks at once, then one per 333 ms; none is lost, the last covers all.
@@ -1902,7 +3087,9 @@ fn stored_ids(writes: &[(WriteId, ClientWrite)]) -> Vec<(u64, String)> {
     writes
         .iter()
         .flat_map(|(_, w)| match w {
-            ClientWrite::Inbox { messages, .. } => messages.iter().map(|m| (m.seq, m.id.clone())).collect(),
+            ClientWrite::Inbox { messages, .. } => {
+                messages.iter().map(|m| (m.seq, m.id.clone())).collect()
+            }
             _ => vec![],
         })
         .collect()
@@ -1918,18 +3105,45 @@ fn regression_held_message_of_a_lost_history_is_fetched_again_from_the_new_conne
     let mut d = ready_device();
     hold(&mut d, T0, vec![old[0].clone()]);
     hold(&mut d, T0, vec![old[2].clone()]); // seq 3 held above the hole at 2
-    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 1,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     // The restored server kept seqs 1 and 2 but gave 3 to another message.
     let prev = old[1].chain;
     let (id, body) = ("x3", "a different seq 3");
-    let new3 = StoredMessage { seq: 3, user: "cat".into(), device: "c1".into(), id: id.into(), body: body.into(), at: T0 + 9, chain: prev.next(3, "cat", "c1", id, body) };
+    let new3 = StoredMessage {
+        seq: 3,
+        user: "cat".into(),
+        device: "c1".into(),
+        id: id.into(),
+        body: body.into(),
+        at: T0 + 9,
+        chain: prev.next(3, "cat", "c1", id, body),
+    };
     d.input(T0 + 2, ClientInput::Connected);
     d.writes.clear();
-    d.frame(T0 + 3, ServerFrame::Batch { messages: vec![old[1].clone(), new3.clone()], head: 3, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 3,
+        ServerFrame::Batch {
+            messages: vec![old[1].clone(), new3.clone()],
+            head: 3,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 4);
     d.frame(T0 + 5, welcome(3, new3.chain, vec![]));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
-    assert!(stored_ids(&d.writes).contains(&(3, "x3".to_owned())), "the new seq 3 is stored: {:?}", stored_ids(&d.writes));
+    assert!(
+        stored_ids(&d.writes).contains(&(3, "x3".to_owned())),
+        "the new seq 3 is stored: {:?}",
+        stored_ids(&d.writes)
+    );
     assert_eq!(d.shown, vec![1, 2, 3]);
 }
 
@@ -1942,14 +3156,39 @@ fn regression_delivered_before_the_welcome_is_ignored() {
     let id = d.c.send(T0, "tick me").unwrap();
     d.drain();
     d.durable(T0);
-    d.frame(T0 + 1, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 1,
+            at: T0,
+        },
+    );
     hold(&mut d, T0 + 1, chain_with_own(1, 1, &id, "tick me"));
-    d.input(T0 + 2, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 2,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 3, ClientInput::Connected);
-    let bob = vec![Cursor { user: "bob".into(), device: "b1".into(), through: 1 }];
-    d.frame(T0 + 4, ServerFrame::Delivered { cursors: bob, members: 2 });
+    let bob = vec![Cursor {
+        user: "bob".into(),
+        device: "b1".into(),
+        through: 1,
+    }];
+    d.frame(
+        T0 + 4,
+        ServerFrame::Delivered {
+            cursors: bob,
+            members: 2,
+        },
+    );
     assert!(
-        !d.statuses.iter().any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })),
+        !d.statuses
+            .iter()
+            .any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })),
         "no delivery before the welcome: {:?}",
         d.statuses
     );
@@ -1970,26 +3209,67 @@ fn a_fresh_hello_does_not_vouch_for_an_earlier_servers_seq() {
     d.durable(T0);
     d.input(T0, ClientInput::Connected);
     d.frame(T0 + 1, welcome(4, ChainHash::GENESIS, vec![]));
-    d.frame(T0 + 2, ServerFrame::Sent { id: id.clone(), seq: 5, at: T0 });
-    d.input(T0 + 3, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.frame(
+        T0 + 2,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 5,
+            at: T0,
+        },
+    );
+    d.input(
+        T0 + 3,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.take_sent();
     let t = d.c.poll_timeout().unwrap();
     d.input(t, ClientInput::Timeout);
     d.input(t, ClientInput::Connected);
-    assert_eq!(d.take_sent(), vec![ClientFrame::Hello { after: None, chain: None, bundles: true }]);
+    assert_eq!(
+        d.take_sent(),
+        vec![ClientFrame::Hello {
+            after: None,
+            chain: None,
+            bundles: true
+        }]
+    );
     let msgs = chain_of(8);
     let mut w = welcome(8, msgs[7].chain, vec![]);
     if let ServerFrame::Welcome { start, .. } = &mut w {
         *start = Some(7);
     }
     d.frame(t + 1, w);
-    d.frame(t + 1, ServerFrame::Batch { messages: msgs[6..].to_vec(), head: 8, more: true, follows: false, ticket: None });
+    d.frame(
+        t + 1,
+        ServerFrame::Batch {
+            messages: msgs[6..].to_vec(),
+            head: 8,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(t + 2);
-    let bob = vec![Cursor { user: "bob".into(), device: "b1".into(), through: 8 }];
-    d.frame(t + 2, ServerFrame::Delivered { cursors: bob.clone(), members: 2 });
+    let bob = vec![Cursor {
+        user: "bob".into(),
+        device: "b1".into(),
+        through: 8,
+    }];
+    d.frame(
+        t + 2,
+        ServerFrame::Delivered {
+            cursors: bob.clone(),
+            members: 2,
+        },
+    );
     d.input(t + 2, ClientInput::Timeout);
     assert!(
-        !d.statuses.iter().any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })),
+        !d.statuses
+            .iter()
+            .any(|(_, s)| matches!(s, MessageStatus::Delivered { .. })),
         "{:?}",
         d.statuses
     );
@@ -2004,12 +3284,26 @@ fn regression_a_second_message_confirmed_at_our_seq_sends_the_first_again() {
     let first = d.c.send(T0, "lost in the rollback").unwrap();
     d.drain();
     d.durable(T0);
-    d.frame(T0 + 1, ServerFrame::Sent { id: first.clone(), seq: 1, at: T0 });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Sent {
+            id: first.clone(),
+            seq: 1,
+            at: T0,
+        },
+    );
     let second = d.c.send(T0 + 2, "stored at the same seq").unwrap();
     d.drain();
     d.durable(T0 + 2);
     d.take_sent();
-    d.frame(T0 + 3, ServerFrame::Sent { id: second.clone(), seq: 1, at: T0 + 3 });
+    d.frame(
+        T0 + 3,
+        ServerFrame::Sent {
+            id: second.clone(),
+            seq: 1,
+            at: T0 + 3,
+        },
+    );
     d.durable(T0 + 3);
     d.input(T0 + 4, ClientInput::Timeout);
     assert_eq!(sends_of(&d.take_sent()), vec![first]);
@@ -2022,9 +3316,24 @@ fn regression_a_second_message_confirmed_at_our_seq_sends_the_first_again() {
 fn regression_the_catch_up_target_does_not_outlive_the_connection() {
     let msgs = chain_of(2);
     let mut d = ready_device();
-    d.frame(T0, ServerFrame::Batch { messages: msgs.clone(), head: 5, more: false, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: msgs.clone(),
+            head: 5,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
-    d.input(T0 + 1, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.input(
+        T0 + 1,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 2, ClientInput::Connected);
     d.frame(T0 + 3, welcome(2, msgs[1].chain, vec![]));
     d.take_sent();
@@ -2037,14 +3346,26 @@ fn regression_the_catch_up_target_does_not_outlive_the_connection() {
         for f in d.take_sent() {
             if matches!(f, ClientFrame::Sync { .. }) {
                 syncs += 1;
-                d.frame(now, ServerFrame::Batch { messages: vec![], head: 2, more: false, follows: false, ticket: None });
+                d.frame(
+                    now,
+                    ServerFrame::Batch {
+                        messages: vec![],
+                        head: 2,
+                        more: false,
+                        follows: false,
+                        ticket: None,
+                    },
+                );
             }
             if let ClientFrame::Ping { nonce } = f {
                 d.frame(now, ServerFrame::Pong { nonce });
             }
         }
     }
-    assert_eq!(syncs, 0, "nothing to catch up with: the server's head is ours");
+    assert_eq!(
+        syncs, 0,
+        "nothing to catch up with: the server's head is ours"
+    );
 }
 
 /// Seed 11651 (rollbacks): our message was confirmed at seq 22, then the
@@ -2056,8 +3377,21 @@ fn regression_a_welcome_below_our_confirmed_seq_sends_the_message_again() {
     let id = d.c.send(T0, "confirmed, then lost").unwrap();
     d.drain();
     d.durable(T0);
-    d.frame(T0 + 1, ServerFrame::Sent { id: id.clone(), seq: 22, at: T0 });
-    d.input(T0 + 2, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.frame(
+        T0 + 1,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 22,
+            at: T0,
+        },
+    );
+    d.input(
+        T0 + 2,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 3, ClientInput::Connected);
     d.take_sent();
     d.frame(T0 + 4, welcome(0, ChainHash::GENESIS, vec![]));
@@ -2078,13 +3412,39 @@ fn regression_a_first_page_needs_its_own_connections_welcome() {
     d.durable(T0);
     d.input(T0, ClientInput::Connected);
     d.frame(T0 + 1, fresh_welcome(0, ChainHash::GENESIS, 1));
-    d.frame(T0 + 2, ServerFrame::Sent { id: id.clone(), seq: 1, at: T0 });
-    d.input(T0 + 3, ClientInput::Disconnected { code: 1006, reason: String::new() });
+    d.frame(
+        T0 + 2,
+        ServerFrame::Sent {
+            id: id.clone(),
+            seq: 1,
+            at: T0,
+        },
+    );
+    d.input(
+        T0 + 3,
+        ClientInput::Disconnected {
+            code: 1006,
+            reason: String::new(),
+        },
+    );
     d.input(T0 + 4, ClientInput::Connected);
     // This connection's welcome is lost; its first page arrives.
-    d.frame(T0 + 5, ServerFrame::Batch { messages: chain_of(3), head: 3, more: false, follows: false, ticket: None });
+    d.frame(
+        T0 + 5,
+        ServerFrame::Batch {
+            messages: chain_of(3),
+            head: 3,
+            more: false,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0 + 6);
-    assert!(d.shown.is_empty(), "a page without its welcome is no first page: {:?}", d.shown);
+    assert!(
+        d.shown.is_empty(),
+        "a page without its welcome is no first page: {:?}",
+        d.shown
+    );
 }
 
 /// Seed 5018070 (rollbacks): a history page was answered and being written
@@ -2096,10 +3456,28 @@ fn regression_a_reset_ends_a_history_request_whose_page_is_being_written() {
     let mut d = Dev::new(ClientSnapshot::default());
     d.input(T0, ClientInput::Connected);
     d.frame(T0, fresh_welcome(10, msgs[9].chain, 8));
-    d.frame(T0, ServerFrame::Batch { messages: msgs[7..].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    d.frame(
+        T0,
+        ServerFrame::Batch {
+            messages: msgs[7..].to_vec(),
+            head: 10,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     d.durable(T0);
     assert_eq!(d.c.load_older(T0 + 1), Ok(true));
-    d.frame(T0 + 2, ServerFrame::Batch { messages: msgs[4..7].to_vec(), head: 10, more: true, follows: false, ticket: None });
+    d.frame(
+        T0 + 2,
+        ServerFrame::Batch {
+            messages: msgs[4..7].to_vec(),
+            head: 10,
+            more: true,
+            follows: false,
+            ticket: None,
+        },
+    );
     // The page's write is not durable yet when the app resets the inbox.
     d.c.reset_inbox(T0 + 3);
     d.drain();
@@ -2119,16 +3497,28 @@ fn send_with_id_queues_the_given_id_once() {
     // Again before and after its write is durable: no second entry, no second write.
     assert_eq!(d.c.send_with_id(T0 + 1, id, "hi").unwrap(), id);
     d.drain();
-    let puts = |d: &Dev| d.writes.iter().filter(|(_, op)| matches!(op, ClientWrite::PutOutbox(_))).count();
+    let puts = |d: &Dev| {
+        d.writes
+            .iter()
+            .filter(|(_, op)| matches!(op, ClientWrite::PutOutbox(_)))
+            .count()
+    };
     assert_eq!(puts(&d), 1, "one outbox write");
     d.durable(T0 + 2);
     assert_eq!(d.c.send_with_id(T0 + 3, id, "hi").unwrap(), id);
     d.drain();
     assert_eq!(d.c.outbox_len(), 1);
-    let sends: Vec<_> = d.take_sent().into_iter().filter(|f| matches!(f, ClientFrame::Send { .. })).collect();
+    let sends: Vec<_> = d
+        .take_sent()
+        .into_iter()
+        .filter(|f| matches!(f, ClientFrame::Send { .. }))
+        .collect();
     assert_eq!(sends.len(), 1, "sent once: {sends:?}");
     assert!(matches!(&sends[0], ClientFrame::Send { id: sent, .. } if sent == id));
-    assert!(d.statuses.iter().any(|(i, s)| i == id && *s == MessageStatus::Pending));
+    assert!(d
+        .statuses
+        .iter()
+        .any(|(i, s)| i == id && *s == MessageStatus::Pending));
     // The core's own ids continue after it.
     let own = d.c.send(T0 + 3, "mine").unwrap();
     assert!(own.as_str() > id, "{own} after {id}");
@@ -2137,16 +3527,37 @@ fn send_with_id_queues_the_given_id_once() {
 #[test]
 fn send_with_id_refuses_what_is_not_a_ulid() {
     let mut d = ready_device();
-    for bad in ["", "m1", "01JDQ4S2X8A9B7C6D5E4F3G2H", "01JDQ4S2X8A9B7C6D5E4F3G2HU", "81JDQ4S2X8A9B7C6D5E4F3G2H1"] {
-        let err = d.c.send_with_id(T0, bad, "x").map(|ok| format!("{bad:?} accepted as {ok}")).unwrap_err();
-        assert!(matches!(err, ClientError::BadMessageId { .. }), "{bad:?}: {err:?}");
+    for bad in [
+        "",
+        "m1",
+        "01JDQ4S2X8A9B7C6D5E4F3G2H",
+        "01JDQ4S2X8A9B7C6D5E4F3G2HU",
+        "81JDQ4S2X8A9B7C6D5E4F3G2H1",
+    ] {
+        let err =
+            d.c.send_with_id(T0, bad, "x")
+                .map(|ok| format!("{bad:?} accepted as {ok}"))
+                .unwrap_err();
+        assert!(
+            matches!(err, ClientError::BadMessageId { .. }),
+            "{bad:?}: {err:?}"
+        );
         assert_eq!(err.code(), "bad_message_id");
     }
-    let err = d.c.send_with_id(T0, "01JDQ4S2X8A9B7C6D5E4F3G2H1", "x".repeat(limits::MAX_BODY_BYTES + 1)).unwrap_err();
+    let err =
+        d.c.send_with_id(
+            T0,
+            "01JDQ4S2X8A9B7C6D5E4F3G2H1",
+            "x".repeat(limits::MAX_BODY_BYTES + 1),
+        )
+        .unwrap_err();
     assert!(matches!(err, ClientError::BodyTooLarge { .. }));
     d.drain();
     assert_eq!(d.c.outbox_len(), 0);
-    assert!(!d.writes.iter().any(|(_, op)| matches!(op, ClientWrite::PutOutbox(_))));
+    assert!(!d
+        .writes
+        .iter()
+        .any(|(_, op)| matches!(op, ClientWrite::PutOutbox(_))));
 }
 
 /// A message restored from the outbox (queued before a tab takeover) and
@@ -2154,9 +3565,22 @@ fn send_with_id_refuses_what_is_not_a_ulid() {
 #[test]
 fn send_with_id_is_idempotent_on_a_restored_outbox_entry() {
     let id = "01JDQ4S2X8A9B7C6D5E4F3G2H1";
-    let entry = OutboxEntry { id: id.into(), body: "hi".into(), created: T0, seq: None, at: None };
-    let mut d = Dev::new(ClientSnapshot { outbox: vec![entry], ..ClientSnapshot::default() });
-    assert_eq!(d.c.send_with_id(T0 + 1, &id.to_lowercase(), "hi").unwrap(), id, "canonical spelling");
+    let entry = OutboxEntry {
+        id: id.into(),
+        body: "hi".into(),
+        created: T0,
+        seq: None,
+        at: None,
+    };
+    let mut d = Dev::new(ClientSnapshot {
+        outbox: vec![entry],
+        ..ClientSnapshot::default()
+    });
+    assert_eq!(
+        d.c.send_with_id(T0 + 1, &id.to_lowercase(), "hi").unwrap(),
+        id,
+        "canonical spelling"
+    );
     d.drain();
     assert_eq!(d.c.outbox_len(), 1);
     assert!(d.writes.is_empty());

@@ -10,7 +10,12 @@ use support::pair::{Pair, T0};
 
 /// The seq the server stored ann's message `id` under.
 fn stored_seq(p: &Pair, id: &str) -> Option<Seq> {
-    p.server.store.find("ann", "a1", id).ok().flatten().map(|m| m.seq)
+    p.server
+        .store
+        .find("ann", "a1", id)
+        .ok()
+        .flatten()
+        .map(|m| m.seq)
 }
 
 fn is_sent(s: &MessageStatus) -> bool {
@@ -40,29 +45,56 @@ fn a_message_goes_pending_sent_delivered_and_reaches_the_other_member_once() {
     let (mut p, ann, bob) = ann_and_bob();
     let start = p.now;
     let id = p.send(ann, "hello bob");
-    assert!(p.drive(), "everything settles once the message is delivered");
+    assert!(
+        p.drive(),
+        "everything settles once the message is delivered"
+    );
 
     let statuses = p.device(ann).status_of(&id);
     assert_eq!(statuses.len(), 3, "{statuses:?}");
     assert_eq!(statuses[0], MessageStatus::Pending);
-    assert!(matches!(statuses[1], MessageStatus::Sent { seq: 1, .. }), "{statuses:?}");
+    assert!(
+        matches!(statuses[1], MessageStatus::Sent { seq: 1, .. }),
+        "{statuses:?}"
+    );
     assert_eq!(statuses[2], MessageStatus::Delivered { seq: 1 });
 
     // Each step costs what it must: sent needs the outbox write, a round
     // trip and the server's write; delivered needs bob's write and ack too.
     let sent = p.device(ann).when(&id, is_sent).expect("sent");
     let delivered = p.device(ann).when(&id, is_delivered).expect("delivered");
-    assert!(sent - start >= 2 * p.latency + 2 * p.disk_latency, "sent after {} ms", sent - start);
-    assert!(delivered - sent >= 2 * p.latency + 2 * p.disk_latency, "delivered {} ms after sent", delivered - sent);
+    assert!(
+        sent - start >= 2 * p.latency + 2 * p.disk_latency,
+        "sent after {} ms",
+        sent - start
+    );
+    assert!(
+        delivered - sent >= 2 * p.latency + 2 * p.disk_latency,
+        "delivered {} ms after sent",
+        delivered - sent
+    );
 
     let shown = &p.device(bob).shown;
     assert_eq!(shown.len(), 1, "{shown:?}");
-    assert_eq!((shown[0].seq, shown[0].user.as_str(), shown[0].body.as_str()), (1, "ann", "hello bob"));
-    assert_eq!(p.device(ann).client.outbox_len(), 0, "a delivered message leaves the outbox");
+    assert_eq!(
+        (shown[0].seq, shown[0].user.as_str(), shown[0].body.as_str()),
+        (1, "ann", "hello bob")
+    );
+    assert_eq!(
+        p.device(ann).client.outbox_len(),
+        0,
+        "a delivered message leaves the outbox"
+    );
     assert_eq!(p.server.store.messages.len(), 1);
     let bob_cursor = &p.server.store.cursors[&("bob".to_owned(), "b1".to_owned())].0;
-    assert_eq!(bob_cursor.through, 1, "bob's cursor is durable on the server");
-    assert!(p.device(bob).disk.messages.contains_key(&1), "bob's disk holds what he was shown");
+    assert_eq!(
+        bob_cursor.through, 1,
+        "bob's cursor is durable on the server"
+    );
+    assert!(
+        p.device(bob).disk.messages.contains_key(&1),
+        "bob's disk holds what he was shown"
+    );
 }
 
 #[test]
@@ -71,9 +103,14 @@ fn messages_written_offline_go_out_on_reconnect_and_a_reconnecting_reader_catche
     // one, in send order; a device that missed messages gap-fills them once.
     let (mut p, ann, bob) = ann_and_bob();
     p.disconnect(ann);
-    let ids: Vec<String> = (1..=3).map(|i| p.send(ann, &format!("offline {i}"))).collect();
+    let ids: Vec<String> = (1..=3)
+        .map(|i| p.send(ann, &format!("offline {i}")))
+        .collect();
     p.drive();
-    assert!(p.server.store.messages.is_empty(), "nothing reaches the server without a socket");
+    assert!(
+        p.server.store.messages.is_empty(),
+        "nothing reaches the server without a socket"
+    );
     for id in &ids {
         assert_eq!(p.device(ann).status_of(id), vec![MessageStatus::Pending]);
     }
@@ -81,26 +118,46 @@ fn messages_written_offline_go_out_on_reconnect_and_a_reconnecting_reader_catche
     p.connect(ann);
     assert!(p.drive());
     let seqs: Vec<Option<Seq>> = ids.iter().map(|id| stored_seq(&p, id)).collect();
-    assert_eq!(seqs, vec![Some(1), Some(2), Some(3)], "stored in send order");
+    assert_eq!(
+        seqs,
+        vec![Some(1), Some(2), Some(3)],
+        "stored in send order"
+    );
     for id in &ids {
-        assert!(p.device(ann).when(id, is_delivered).is_some(), "{id}: {:?}", p.device(ann).status_of(id));
+        assert!(
+            p.device(ann).when(id, is_delivered).is_some(),
+            "{id}: {:?}",
+            p.device(ann).status_of(id)
+        );
     }
     assert_eq!(p.device(bob).shown_seqs(), vec![1, 2, 3]);
 
     // Now bob misses two messages and comes back.
     p.disconnect(bob);
     p.drive();
-    let later: Vec<String> = (4..=5).map(|i| p.send(ann, &format!("while bob is away {i}"))).collect();
+    let later: Vec<String> = (4..=5)
+        .map(|i| p.send(ann, &format!("while bob is away {i}")))
+        .collect();
     p.drive();
     for id in &later {
         assert!(p.device(ann).when(id, is_sent).is_some());
-        assert!(p.device(ann).when(id, is_delivered).is_none(), "no device of bob stored it yet");
+        assert!(
+            p.device(ann).when(id, is_delivered).is_none(),
+            "no device of bob stored it yet"
+        );
     }
     p.connect(bob);
     assert!(p.drive());
-    assert_eq!(p.device(bob).shown_seqs(), vec![1, 2, 3, 4, 5], "each message once, in order");
+    assert_eq!(
+        p.device(bob).shown_seqs(),
+        vec![1, 2, 3, 4, 5],
+        "each message once, in order"
+    );
     for id in &later {
-        assert!(p.device(ann).when(id, is_delivered).is_some(), "delivered once bob caught up");
+        assert!(
+            p.device(ann).when(id, is_delivered).is_some(),
+            "delivered once bob caught up"
+        );
     }
 }
 
@@ -116,27 +173,51 @@ fn a_restarted_server_rebuilds_from_its_store_and_answers_a_retry_with_the_store
     // `sent` is still on its way back when the process dies.
     p.advance(p.disk_latency + p.latency + p.disk_latency + 1);
     assert_eq!(p.server.store.messages.len(), 2, "the server stored it");
-    assert!(p.device(ann).when(&retried, is_sent).is_none(), "ann has no confirmation yet");
+    assert!(
+        p.device(ann).when(&retried, is_sent).is_none(),
+        "ann has no confirmation yet"
+    );
 
     p.restart_server();
     let stats = p.server.conv.stats();
-    assert_eq!((stats.head, stats.durable_head, stats.devices, stats.members), (2, 2, 2, 2), "rebuilt from the store");
-    assert!(p.device(ann).conn.is_none() && p.device(bob).conn.is_none(), "the restart closed every socket");
+    assert_eq!(
+        (stats.head, stats.durable_head, stats.devices, stats.members),
+        (2, 2, 2, 2),
+        "rebuilt from the store"
+    );
+    assert!(
+        p.device(ann).conn.is_none() && p.device(bob).conn.is_none(),
+        "the restart closed every socket"
+    );
 
     p.connect(ann);
     p.connect(bob);
     let after = p.send(ann, "after the restart");
     assert!(p.drive());
-    assert_eq!(p.server.store.messages.len(), 3, "the retry was not stored twice");
+    assert_eq!(
+        p.server.store.messages.len(),
+        3,
+        "the retry was not stored twice"
+    );
     assert_eq!(stored_seq(&p, &retried), Some(2));
     let sent_seq = |id: &str| {
-        p.device(ann).status_of(id).into_iter().find_map(|s| match s {
-            MessageStatus::Sent { seq, .. } => Some(seq),
-            _ => None,
-        })
+        p.device(ann)
+            .status_of(id)
+            .into_iter()
+            .find_map(|s| match s {
+                MessageStatus::Sent { seq, .. } => Some(seq),
+                _ => None,
+            })
     };
-    assert_eq!((sent_seq(&first), sent_seq(&retried), sent_seq(&after)), (Some(1), Some(2), Some(3)));
-    assert_eq!(p.device(bob).shown_seqs(), vec![1, 2, 3], "bob sees each message once");
+    assert_eq!(
+        (sent_seq(&first), sent_seq(&retried), sent_seq(&after)),
+        (Some(1), Some(2), Some(3))
+    );
+    assert_eq!(
+        p.device(bob).shown_seqs(),
+        vec![1, 2, 3],
+        "bob sees each message once"
+    );
     assert!(p.device(ann).when(&after, is_delivered).is_some());
 }
 
@@ -151,7 +232,11 @@ fn a_reloaded_device_restores_its_outbox_from_disk_and_sends_it() {
     p.reload_device(ann);
     p.connect(ann);
     assert!(p.drive());
-    assert!(p.device(ann).when(&id, is_delivered).is_some(), "{:?}", p.device(ann).statuses);
+    assert!(
+        p.device(ann).when(&id, is_delivered).is_some(),
+        "{:?}",
+        p.device(ann).statuses
+    );
     assert_eq!(stored_seq(&p, &id), Some(1));
     assert_eq!(p.device(bob).shown_seqs(), vec![1]);
 }

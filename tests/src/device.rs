@@ -43,7 +43,13 @@ pub struct Device {
 
 impl Device {
     /// Connects and says hello with `after` as its watermark.
-    pub fn join(edge: &Edge, conversation: &str, user: &str, device: &str, after: Option<Seq>) -> Device {
+    pub fn join(
+        edge: &Edge,
+        conversation: &str,
+        user: &str,
+        device: &str,
+        after: Option<Seq>,
+    ) -> Device {
         let mut d = Device {
             name: device.to_owned(),
             ws: edge.connect(conversation, user, device),
@@ -58,7 +64,11 @@ impl Device {
             catching_up: after.is_some(),
             acked: after.unwrap_or(0),
         };
-        d.ws.send(&ClientFrame::Hello { after, chain: None, bundles: false });
+        d.ws.send(&ClientFrame::Hello {
+            after,
+            chain: None,
+            bundles: false,
+        });
         d.ws.set_read_timeout(Duration::from_secs(10));
         loop {
             let frame = d.ws.recv();
@@ -83,15 +93,25 @@ impl Device {
     /// Sends `(id, body)` pairs keeping at most `window` unconfirmed and at most
     /// [`SENDS_PER_SEC`] per second (under the server's per-connection rate
     /// limit, as a well-behaved client), and waits until all are confirmed.
-    pub fn send_windowed(&mut self, messages: &[(String, String)], window: usize, timeout: Duration) {
+    pub fn send_windowed(
+        &mut self,
+        messages: &[(String, String)],
+        window: usize,
+        timeout: Duration,
+    ) {
         let start = Instant::now();
         let deadline = start + timeout;
         let base = self.sent.len();
         let mut next = 0;
         while self.sent.len() < base + messages.len() {
-            assert!(Instant::now() < deadline, "{}: sends not confirmed in {timeout:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{}: sends not confirmed in {timeout:?}",
+                self.name
+            );
             let allowed = (start.elapsed().as_secs_f64() * SENDS_PER_SEC) as usize + 1;
-            while next < messages.len() && next < self.sent.len() - base + window && next < allowed {
+            while next < messages.len() && next < self.sent.len() - base + window && next < allowed
+            {
                 let (id, body) = &messages[next];
                 self.send(id, body);
                 next += 1;
@@ -258,11 +278,15 @@ pub fn pump_all(devices: &mut [Device], timeout: Duration, done: impl Fn(&Device
         if devices.iter().all(&done) {
             return;
         }
-        assert!(Instant::now() < deadline, "devices did not converge in {timeout:?}: {}", devices
-            .iter()
-            .map(|d| format!("{} wm={} sent={}", d.name, d.watermark, d.sent.len()))
-            .collect::<Vec<_>>()
-            .join(", "));
+        assert!(
+            Instant::now() < deadline,
+            "devices did not converge in {timeout:?}: {}",
+            devices
+                .iter()
+                .map(|d| format!("{} wm={} sent={}", d.name, d.watermark, d.sent.len()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         for d in devices.iter_mut() {
             d.pump_for(Duration::from_millis(30));
         }

@@ -114,7 +114,10 @@ impl Edge {
             port: free_port(),
             storage: storage.to_path_buf(),
             log: storage.with_extension("log"),
-            vars: vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         edge.spawn();
         edge
@@ -143,11 +146,18 @@ impl Edge {
             .arg(self.port.to_string())
             .arg("--persist-to")
             .arg(&self.storage)
-            .args(["--live-reload=false", "--show-interactive-dev-session=false"])
+            .args([
+                "--live-reload=false",
+                "--show-interactive-dev-session=false",
+            ])
             .arg("--var")
             .arg(format!("ACKLINE_JWT_SECRET:{TEST_SECRET}"))
             .args(["--var", "ACKLINE_DEV_TOKENS:1"])
-            .args(self.vars.iter().flat_map(|(k, v)| ["--var".to_owned(), format!("{k}:{v}")]))
+            .args(
+                self.vars
+                    .iter()
+                    .flat_map(|(k, v)| ["--var".to_owned(), format!("{k}:{v}")]),
+            )
             // The inspector port defaults to a fixed number: two edges would clash.
             .arg("--inspector-port")
             .arg(free_port().to_string())
@@ -172,12 +182,18 @@ impl Edge {
             }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("wrangler dev exited early ({status}); log: {}", self.log.display());
+                    panic!(
+                        "wrangler dev exited early ({status}); log: {}",
+                        self.log.display()
+                    );
                 }
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("wrangler dev not ready after 90 s; log: {}", self.log.display());
+        panic!(
+            "wrangler dev not ready after 90 s; log: {}",
+            self.log.display()
+        );
     }
 
     /// SIGKILLs wrangler and workerd at once, with no chance to flush anything.
@@ -199,15 +215,26 @@ impl Edge {
     /// Resident memory of the edge's workerd processes, in KiB (read from
     /// /proc: the processes of wrangler's process group named `workerd`).
     pub fn workerd_rss_kib(&self) -> u64 {
-        let Some(group) = self.child.as_ref().map(Child::id) else { return 0 };
-        let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+        let Some(group) = self.child.as_ref().map(Child::id) else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         let mut total = 0;
         for entry in entries.flatten() {
             let dir = entry.path();
-            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else { continue };
+            let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+                continue;
+            };
             // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
-            let pgrp = rest.split_whitespace().nth(2).and_then(|p| p.parse::<u32>().ok());
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let pgrp = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(|p| p.parse::<u32>().ok());
             if pgrp != Some(group) || !head.contains("workerd") {
                 continue;
             }
@@ -225,19 +252,32 @@ impl Edge {
     /// far, in seconds (from /proc/<pid>/stat of the processes of wrangler's
     /// process group named `workerd`): what an operator pays for.
     pub fn workerd_cpu_seconds(&self) -> f64 {
-        let Some(group) = self.child.as_ref().map(Child::id) else { return 0.0 };
-        let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+        let Some(group) = self.child.as_ref().map(Child::id) else {
+            return 0.0;
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
         let mut ticks = 0u64;
         for entry in entries.flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
             // After the comm: state ppid pgrp ... utime (14th field) stime (15th).
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let pgrp = fields.get(2).and_then(|p| p.parse::<u32>().ok());
             if pgrp != Some(group) || !head.contains("workerd") {
                 continue;
             }
-            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let field = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
             ticks += field(11) + field(12);
         }
         ticks as f64 / clock_ticks_per_second() as f64
@@ -287,16 +327,31 @@ impl Edge {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-        Ok((status, if chunked { dechunk(body) } else { body.to_owned() }))
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        Ok((
+            status,
+            if chunked {
+                dechunk(body)
+            } else {
+                body.to_owned()
+            },
+        ))
     }
 
     /// Asks the dev token endpoint for a token of `user` on `device` for
     /// `conversations`; the HTTP status and body.
     pub fn dev_token(&self, user: &str, device: &str, conversations: &[&str]) -> (u16, String) {
-        let body = serde_json::json!({ "user": user, "device": device, "conversations": conversations });
-        self.http("POST", "/v1/dev/token", &[("Content-Type", "application/json")], &body.to_string())
-            .expect("HTTP")
+        let body =
+            serde_json::json!({ "user": user, "device": device, "conversations": conversations });
+        self.http(
+            "POST",
+            "/v1/dev/token",
+            &[("Content-Type", "application/json")],
+            &body.to_string(),
+        )
+        .expect("HTTP")
     }
 
     /// Opens a WebSocket to a conversation as `user` on `device`, with a valid token.
@@ -319,7 +374,12 @@ impl Edge {
                 if let MaybeTlsStream::Plain(tcp) = socket.get_ref() {
                     let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
                 }
-                Ok(Ws { socket, read_ticket: None, echo_tickets: true, bytes_received: 0 })
+                Ok(Ws {
+                    socket,
+                    read_ticket: None,
+                    echo_tickets: true,
+                    bytes_received: 0,
+                })
             }
             Err(tungstenite::Error::Http(response)) => {
                 // tungstenite keeps only the body bytes that arrived with the
@@ -380,7 +440,9 @@ impl Drop for Edge {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             break;
         }
@@ -448,7 +510,11 @@ impl Ws {
         use tungstenite::protocol::frame::coding::{Data, OpCode};
         use tungstenite::protocol::frame::Frame;
         self.socket
-            .send(Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true)))
+            .send(Message::Frame(Frame::message(
+                payload,
+                OpCode::Data(Data::Text),
+                true,
+            )))
             .expect("WebSocket send");
     }
 
@@ -462,13 +528,17 @@ impl Ws {
     /// The next frame if one arrives within the read timeout; panics on close.
     pub fn try_recv(&mut self) -> Option<ServerFrame> {
         match self.socket.read() {
-            Ok(Message::Text(text)) => {
-                Some(self.decode(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}")))
-            }
+            Ok(Message::Text(text)) => Some(
+                self.decode(&text)
+                    .unwrap_or_else(|e| panic!("bad server frame {text}: {e}")),
+            ),
             Ok(Message::Close(frame)) => panic!("server closed the socket: {frame:?}"),
             Ok(_) => None,
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 None
             }
@@ -489,7 +559,9 @@ impl Ws {
                     }
                 }
                 Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return 1006,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return 1006
+                }
                 Err(tungstenite::Error::Protocol(_)) => return 1006,
                 Err(e) => panic!("expected a close, got {e}"),
             }
@@ -501,9 +573,9 @@ impl Ws {
     pub fn first_read_close(&mut self) -> (u16, String) {
         self.set_read_timeout(Duration::from_secs(10));
         match self.socket.read() {
-            Ok(Message::Close(frame)) => {
-                frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.into_owned()))
-            }
+            Ok(Message::Close(frame)) => frame.map_or((1005, String::new()), |f| {
+                (u16::from(f.code), f.reason.into_owned())
+            }),
             Ok(other) => panic!("expected a Close frame first, got {other:?}"),
             Err(e) => panic!("expected a Close frame first, got {e}"),
         }
@@ -515,13 +587,18 @@ impl Ws {
         self.set_read_timeout(quiet);
         loop {
             match self.socket.read() {
-                Ok(Message::Close(frame)) => return Some(frame.map_or(1005, |f| u16::from(f.code))),
+                Ok(Message::Close(frame)) => {
+                    return Some(frame.map_or(1005, |f| u16::from(f.code)))
+                }
                 Ok(Message::Text(text)) => {
                     let _ = self.decode(&text);
                 }
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return None
                 }
@@ -533,21 +610,32 @@ impl Ws {
     /// True if a ping is answered with its pong (other frames are skipped).
     pub fn send_ping_probe(&mut self) -> bool {
         const NONCE: u64 = 0x0a11_ce;
-        if self.socket.send(Message::Text(ClientFrame::Ping { nonce: NONCE }.encode().into())).is_err() {
+        if self
+            .socket
+            .send(Message::Text(
+                ClientFrame::Ping { nonce: NONCE }.encode().into(),
+            ))
+            .is_err()
+        {
             return false;
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             match self.socket.read() {
                 Ok(Message::Text(text)) => {
-                    if let Ok(ServerFrame::Pong { nonce: NONCE }) = ServerFrame::decode(text.as_bytes()) {
+                    if let Ok(ServerFrame::Pong { nonce: NONCE }) =
+                        ServerFrame::decode(text.as_bytes())
+                    {
                         return true;
                     }
                 }
                 Ok(Message::Close(_)) => return false,
                 Ok(_) => {}
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return false,
             }
         }
@@ -559,7 +647,9 @@ impl Ws {
         loop {
             match self.socket.read().expect("WebSocket read") {
                 Message::Text(text) => {
-                    return self.decode(&text).unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
+                    return self
+                        .decode(&text)
+                        .unwrap_or_else(|e| panic!("bad server frame {text}: {e}"))
                 }
                 Message::Close(frame) => panic!("server closed the socket: {frame:?}"),
                 _ => continue,

@@ -9,7 +9,9 @@
 //! and never panics: a panic there kills the Durable Object's wasm instance,
 //! so every case returns its failure as an `Err` instead.
 
-use protocol::server::{ConnId, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite};
+use protocol::server::{
+    ConnId, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite,
+};
 use protocol::store::{CommitError, DurableStore};
 use protocol::{limits, ChainHash, Cursor, Millis, Seq, ServerFrame, StoredMessage, MAX_SEQ};
 
@@ -34,22 +36,70 @@ pub struct Case<B> {
 /// Every case, in a stable order. Each expects a fresh, empty store.
 pub fn cases<B: Backend>() -> Vec<Case<B>> {
     vec![
-        Case { name: "empty_store_reads_nothing", run: empty_store_reads_nothing::<B> },
-        Case { name: "appends_round_trip_field_by_field", run: appends_round_trip_field_by_field::<B> },
-        Case { name: "pages_after_and_before", run: pages_after_and_before::<B> },
-        Case { name: "batch_applies_in_order", run: batch_applies_in_order::<B> },
-        Case { name: "cursors_only_move_forward", run: cursors_only_move_forward::<B> },
-        Case { name: "seen_creates_a_record_and_never_moves_back", run: seen_creates_a_record_and_never_moves_back::<B> },
-        Case { name: "forget_deletes_one_device_and_keeps_its_messages", run: forget_deletes_one_device_and_keeps_its_messages::<B> },
-        Case { name: "devices_and_ids_are_namespaced_by_user_and_device", run: devices_and_ids_are_namespaced_by_user_and_device::<B> },
-        Case { name: "dedup_index_refuses_a_repeated_client_id_atomically", run: dedup_index_refuses_a_repeated_client_id_atomically::<B> },
-        Case { name: "taken_seq_is_refused_atomically", run: taken_seq_is_refused_atomically::<B> },
-        Case { name: "out_of_range_values_are_refused_atomically", run: out_of_range_values_are_refused_atomically::<B> },
-        Case { name: "max_values_round_trip", run: max_values_round_trip::<B> },
-        Case { name: "bodies_at_the_limit_and_unicode_round_trip", run: bodies_at_the_limit_and_unicode_round_trip::<B> },
-        Case { name: "reload_keeps_everything", run: reload_keeps_everything::<B> },
-        Case { name: "core_rebuilds_from_the_store", run: core_rebuilds_from_the_store::<B> },
-        Case { name: "retention_forgets_stale_devices_through_the_core", run: retention_forgets_stale_devices_through_the_core::<B> },
+        Case {
+            name: "empty_store_reads_nothing",
+            run: empty_store_reads_nothing::<B>,
+        },
+        Case {
+            name: "appends_round_trip_field_by_field",
+            run: appends_round_trip_field_by_field::<B>,
+        },
+        Case {
+            name: "pages_after_and_before",
+            run: pages_after_and_before::<B>,
+        },
+        Case {
+            name: "batch_applies_in_order",
+            run: batch_applies_in_order::<B>,
+        },
+        Case {
+            name: "cursors_only_move_forward",
+            run: cursors_only_move_forward::<B>,
+        },
+        Case {
+            name: "seen_creates_a_record_and_never_moves_back",
+            run: seen_creates_a_record_and_never_moves_back::<B>,
+        },
+        Case {
+            name: "forget_deletes_one_device_and_keeps_its_messages",
+            run: forget_deletes_one_device_and_keeps_its_messages::<B>,
+        },
+        Case {
+            name: "devices_and_ids_are_namespaced_by_user_and_device",
+            run: devices_and_ids_are_namespaced_by_user_and_device::<B>,
+        },
+        Case {
+            name: "dedup_index_refuses_a_repeated_client_id_atomically",
+            run: dedup_index_refuses_a_repeated_client_id_atomically::<B>,
+        },
+        Case {
+            name: "taken_seq_is_refused_atomically",
+            run: taken_seq_is_refused_atomically::<B>,
+        },
+        Case {
+            name: "out_of_range_values_are_refused_atomically",
+            run: out_of_range_values_are_refused_atomically::<B>,
+        },
+        Case {
+            name: "max_values_round_trip",
+            run: max_values_round_trip::<B>,
+        },
+        Case {
+            name: "bodies_at_the_limit_and_unicode_round_trip",
+            run: bodies_at_the_limit_and_unicode_round_trip::<B>,
+        },
+        Case {
+            name: "reload_keeps_everything",
+            run: reload_keeps_everything::<B>,
+        },
+        Case {
+            name: "core_rebuilds_from_the_store",
+            run: core_rebuilds_from_the_store::<B>,
+        },
+        Case {
+            name: "retention_forgets_stale_devices_through_the_core",
+            run: retention_forgets_stale_devices_through_the_core::<B>,
+        },
     ]
 }
 
@@ -68,14 +118,20 @@ pub fn run_all<B: Backend>(mut fresh: impl FnMut() -> Result<B, String>) -> Vec<
         .into_iter()
         .map(|case| {
             let failure = fresh().and_then(|mut b| (case.run)(&mut b)).err();
-            Report { name: case.name, failure }
+            Report {
+                name: case.name,
+                failure,
+            }
         })
         .collect()
 }
 
 /// Runs the case called `name` on `b`; `None` when there is no such case.
 pub fn run_case<B: Backend>(b: &mut B, name: &str) -> Option<Outcome> {
-    cases::<B>().into_iter().find(|c| c.name == name).map(|c| (c.run)(b))
+    cases::<B>()
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| (c.run)(b))
 }
 
 // ------------------------------------------------------------------ helpers
@@ -117,7 +173,13 @@ fn message(seq: Seq, user: &str, device: &str, id: &str, body: &str) -> StoredMe
 }
 
 fn ann(seq: Seq) -> StoredMessage {
-    message(seq, "ann", "a1", &format!("id-{seq:05}"), &format!("body {seq}"))
+    message(
+        seq,
+        "ann",
+        "a1",
+        &format!("id-{seq:05}"),
+        &format!("body {seq}"),
+    )
 }
 
 fn append(m: &StoredMessage) -> ServerWrite {
@@ -125,23 +187,40 @@ fn append(m: &StoredMessage) -> ServerWrite {
 }
 
 fn cursor(user: &str, device: &str, through: Seq) -> ServerWrite {
-    ServerWrite::Cursor(Cursor { user: user.into(), device: device.into(), through })
+    ServerWrite::Cursor(Cursor {
+        user: user.into(),
+        device: device.into(),
+        through,
+    })
 }
 
 fn seen(user: &str, device: &str, at: Millis) -> ServerWrite {
-    ServerWrite::Seen { user: user.into(), device: device.into(), at }
+    ServerWrite::Seen {
+        user: user.into(),
+        device: device.into(),
+        at,
+    }
 }
 
 fn forget(user: &str, device: &str) -> ServerWrite {
-    ServerWrite::Forget { user: user.into(), device: device.into() }
+    ServerWrite::Forget {
+        user: user.into(),
+        device: device.into(),
+    }
 }
 
 fn commit<B: Backend>(b: &mut B, batch: &[ServerWrite], what: &str) -> Outcome {
-    b.commit(batch).map_err(|e| format!("{what}: commit refused: {e}"))
+    b.commit(batch)
+        .map_err(|e| format!("{what}: commit refused: {e}"))
 }
 
 /// Commits `batch`, which must be refused as `expected` says.
-fn refused<B: Backend>(b: &mut B, batch: &[ServerWrite], what: &str, expected: fn(&CommitError) -> bool) -> Outcome {
+fn refused<B: Backend>(
+    b: &mut B,
+    batch: &[ServerWrite],
+    what: &str,
+    expected: fn(&CommitError) -> bool,
+) -> Outcome {
     match b.commit(batch) {
         Ok(()) => Err(format!("{what}: committed, but must be refused")),
         Err(e) if expected(&e) => Ok(()),
@@ -185,7 +264,11 @@ fn all_messages<B: Backend>(b: &B) -> Result<Vec<StoredMessage>, String> {
         if page.is_empty() {
             return Ok(out);
         }
-        ensure!(page.first().is_some_and(|m| m.seq > from), "after({from}) returned seq {:?}", seqs(&page));
+        ensure!(
+            page.first().is_some_and(|m| m.seq > from),
+            "after({from}) returned seq {:?}",
+            seqs(&page)
+        );
         out.extend(page);
     }
 }
@@ -205,7 +288,12 @@ fn dump<B: Backend>(b: &B) -> Result<Dump, String> {
     for m in &messages {
         found.push(read(b.find(&m.user, &m.device, &m.id), "find")?);
     }
-    Ok(Dump { last: read(b.last(), "last")?, messages, found, devices: devices(b)? })
+    Ok(Dump {
+        last: read(b.last(), "last")?,
+        messages,
+        found,
+        devices: devices(b)?,
+    })
 }
 
 /// A minimal shell: feeds `input` to the core, commits each round of writes
@@ -245,15 +333,25 @@ fn drive<B: Backend>(
 }
 
 fn connected(conn: u64, user: &str, device: &str) -> ServerInput {
-    ServerInput::Connected { conn: ConnId(conn), user: user.into(), device: device.into(), resumed: None, expires: None }
+    ServerInput::Connected {
+        conn: ConnId(conn),
+        user: user.into(),
+        device: device.into(),
+        resumed: None,
+        expires: None,
+    }
 }
 
 fn text(conn: u64, json: &str) -> ServerInput {
-    ServerInput::Frame { conn: ConnId(conn), bytes: json.as_bytes().to_vec() }
+    ServerInput::Frame {
+        conn: ConnId(conn),
+        bytes: json.as_bytes().to_vec(),
+    }
 }
 
 fn rebuild<B: Backend>(b: &B, now: Millis) -> Result<Conversation, String> {
-    Conversation::new(ServerConfig::new("suite"), 7, now, b).map_err(|e| format!("Conversation::new: {e}"))
+    Conversation::new(ServerConfig::new("suite"), 7, now, b)
+        .map_err(|e| format!("Conversation::new: {e}"))
 }
 
 // -------------------------------------------------------------------- cases
@@ -263,7 +361,11 @@ pub fn empty_store_reads_nothing<B: Backend>(b: &mut B) -> Outcome {
     ensure_eq!(read(b.last(), "last")?, None, "last");
     ensure_eq!(read(b.find("ann", "a1", "id"), "find")?, None, "find");
     ensure_eq!(read(b.after(0, 10), "after")?, vec![], "after(0)");
-    ensure_eq!(read(b.before(MAX_SEQ, 10), "before")?, vec![], "before(MAX_SEQ)");
+    ensure_eq!(
+        read(b.before(MAX_SEQ, 10), "before")?,
+        vec![],
+        "before(MAX_SEQ)"
+    );
     ensure_eq!(devices(b)?, vec![], "devices");
     commit(b, &[], "an empty batch")?;
     let stats = rebuild(b, T0)?.stats();
@@ -275,15 +377,33 @@ pub fn empty_store_reads_nothing<B: Backend>(b: &mut B) -> Outcome {
 pub fn appends_round_trip_field_by_field<B: Backend>(b: &mut B) -> Outcome {
     let m1 = message(1, "ann", "a1", "01HF7YAT00DTAJHVZ36ES6DW83", "hello");
     let m2 = message(2, "bob", "b1", "01HF7YAT00DTAJHVZ36ES6DW84", "hi ann");
-    let m3 = message(3, "ann", "a2", "01HF7YAT00DTAJHVZ36ES6DW85", "from my phone");
+    let m3 = message(
+        3,
+        "ann",
+        "a2",
+        "01HF7YAT00DTAJHVZ36ES6DW85",
+        "from my phone",
+    );
     commit(b, &[append(&m1), append(&m2)], "first batch")?;
     commit(b, &[append(&m3)], "second batch")?;
     ensure_eq!(read(b.last(), "last")?, Some(m3.clone()), "last");
     for m in [&m1, &m2, &m3] {
-        ensure_eq!(read(b.find(&m.user, &m.device, &m.id), "find")?, Some(m.clone()), format!("find seq {}", m.seq));
+        ensure_eq!(
+            read(b.find(&m.user, &m.device, &m.id), "find")?,
+            Some(m.clone()),
+            format!("find seq {}", m.seq)
+        );
     }
-    ensure_eq!(read(b.after(0, 10), "after")?, vec![m1.clone(), m2.clone(), m3.clone()], "after(0)");
-    ensure_eq!(read(b.before(4, 10), "before")?, vec![m1, m2, m3], "before(4)");
+    ensure_eq!(
+        read(b.after(0, 10), "after")?,
+        vec![m1.clone(), m2.clone(), m3.clone()],
+        "after(0)"
+    );
+    ensure_eq!(
+        read(b.before(4, 10), "before")?,
+        vec![m1, m2, m3],
+        "before(4)"
+    );
     ensure_eq!(devices(b)?, vec![], "appends create no device records");
     Ok(())
 }
@@ -295,19 +415,67 @@ pub fn pages_after_and_before<B: Backend>(b: &mut B) -> Outcome {
         let batch: Vec<ServerWrite> = (start..start + 10).map(|s| append(&ann(s))).collect();
         commit(b, &batch, "ten appends")?;
     }
-    ensure_eq!(seqs(&read(b.after(0, 50), "after")?), range(1, 50), "after(0, 50)");
-    ensure_eq!(seqs(&read(b.after(50, 50), "after")?), range(51, 100), "after(50, 50)");
-    ensure_eq!(seqs(&read(b.after(100, 50), "after")?), range(101, 120), "after(100, 50)");
-    ensure_eq!(seqs(&read(b.after(120, 50), "after")?), Vec::<Seq>::new(), "after(120, 50)");
-    ensure_eq!(seqs(&read(b.after(0, 0), "after")?), Vec::<Seq>::new(), "after(0, 0)");
+    ensure_eq!(
+        seqs(&read(b.after(0, 50), "after")?),
+        range(1, 50),
+        "after(0, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.after(50, 50), "after")?),
+        range(51, 100),
+        "after(50, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.after(100, 50), "after")?),
+        range(101, 120),
+        "after(100, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.after(120, 50), "after")?),
+        Vec::<Seq>::new(),
+        "after(120, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.after(0, 0), "after")?),
+        Vec::<Seq>::new(),
+        "after(0, 0)"
+    );
     ensure_eq!(seqs(&read(b.after(7, 1), "after")?), vec![8], "after(7, 1)");
-    ensure_eq!(seqs(&read(b.before(121, 50), "before")?), range(71, 120), "before(121, 50)");
-    ensure_eq!(seqs(&read(b.before(71, 50), "before")?), range(21, 70), "before(71, 50)");
-    ensure_eq!(seqs(&read(b.before(21, 50), "before")?), range(1, 20), "before(21, 50)");
-    ensure_eq!(seqs(&read(b.before(1, 50), "before")?), Vec::<Seq>::new(), "before(1, 50)");
-    ensure_eq!(seqs(&read(b.before(0, 50), "before")?), Vec::<Seq>::new(), "before(0, 50)");
-    ensure_eq!(seqs(&read(b.before(500, 5), "before")?), range(116, 120), "before(500, 5)");
-    ensure_eq!(seqs(&read(b.before(60, 0), "before")?), Vec::<Seq>::new(), "before(60, 0)");
+    ensure_eq!(
+        seqs(&read(b.before(121, 50), "before")?),
+        range(71, 120),
+        "before(121, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.before(71, 50), "before")?),
+        range(21, 70),
+        "before(71, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.before(21, 50), "before")?),
+        range(1, 20),
+        "before(21, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.before(1, 50), "before")?),
+        Vec::<Seq>::new(),
+        "before(1, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.before(0, 50), "before")?),
+        Vec::<Seq>::new(),
+        "before(0, 50)"
+    );
+    ensure_eq!(
+        seqs(&read(b.before(500, 5), "before")?),
+        range(116, 120),
+        "before(500, 5)"
+    );
+    ensure_eq!(
+        seqs(&read(b.before(60, 0), "before")?),
+        Vec::<Seq>::new(),
+        "before(60, 0)"
+    );
     let pages = read(b.after(0, limits::MAX_PAGE), "after")?;
     ensure_eq!(seqs(&pages), range(1, 120), "after(0, MAX_PAGE)");
     ensure_eq!(pages.get(41), Some(&ann(42)), "a paged message");
@@ -333,35 +501,79 @@ pub fn batch_applies_in_order<B: Backend>(b: &mut B) -> Outcome {
         ],
         "mixed batch",
     )?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 0, 5), record("cat", "c1", 4, 0)], "devices");
-    ensure_eq!(seqs(&read(b.after(0, 10), "after")?), vec![1, 2], "messages");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 0, 5), record("cat", "c1", 4, 0)],
+        "devices"
+    );
+    ensure_eq!(
+        seqs(&read(b.after(0, 10), "after")?),
+        vec![1, 2],
+        "messages"
+    );
     commit(b, &[forget("cat", "c1")], "a later forget")?;
     commit(b, &[seen("cat", "c1", 9)], "a later seen")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 0, 5), record("cat", "c1", 0, 9)], "a forgotten device starts over");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 0, 5), record("cat", "c1", 0, 9)],
+        "a forgotten device starts over"
+    );
     Ok(())
 }
 
 /// A cursor is created by its first write and never moves back.
 pub fn cursors_only_move_forward<B: Backend>(b: &mut B) -> Outcome {
     commit(b, &[cursor("ann", "a1", 5)], "first cursor")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 5, 0)], "a cursor creates its record, never seen");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 5, 0)],
+        "a cursor creates its record, never seen"
+    );
     commit(b, &[cursor("ann", "a1", 3)], "lower cursor")?;
-    commit(b, &[cursor("ann", "a1", 9), cursor("ann", "a1", 6)], "up and down in one batch")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 9, 0)], "cursor after lower writes");
+    commit(
+        b,
+        &[cursor("ann", "a1", 9), cursor("ann", "a1", 6)],
+        "up and down in one batch",
+    )?;
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 9, 0)],
+        "cursor after lower writes"
+    );
     commit(b, &[seen("ann", "a1", T0)], "seen")?;
     commit(b, &[cursor("ann", "a1", 9)], "same cursor again")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 9, T0)], "seen keeps the cursor, a cursor keeps seen");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 9, T0)],
+        "seen keeps the cursor, a cursor keeps seen"
+    );
     Ok(())
 }
 
 /// Seen creates a record at cursor 0 and its time never moves back.
 pub fn seen_creates_a_record_and_never_moves_back<B: Backend>(b: &mut B) -> Outcome {
     commit(b, &[seen("ann", "a1", T0)], "first seen")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 0, T0)], "seen creates the record");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 0, T0)],
+        "seen creates the record"
+    );
     commit(b, &[seen("ann", "a1", T0 - 1)], "an older seen")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 0, T0)], "seen never moves back");
-    commit(b, &[seen("ann", "a1", T0 + 1), seen("ann", "a1", T0 + 5)], "newer seens")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 0, T0 + 5)], "seen moves forward");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 0, T0)],
+        "seen never moves back"
+    );
+    commit(
+        b,
+        &[seen("ann", "a1", T0 + 1), seen("ann", "a1", T0 + 5)],
+        "newer seens",
+    )?;
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", 0, T0 + 5)],
+        "seen moves forward"
+    );
     Ok(())
 }
 
@@ -371,21 +583,45 @@ pub fn forget_deletes_one_device_and_keeps_its_messages<B: Backend>(b: &mut B) -
     let m = ann(1);
     commit(
         b,
-        &[seen("ann", "a1", T0), seen("ann", "a2", T0), seen("bob", "a1", T0), cursor("ann", "a1", 1), append(&m)],
+        &[
+            seen("ann", "a1", T0),
+            seen("ann", "a2", T0),
+            seen("bob", "a1", T0),
+            cursor("ann", "a1", 1),
+            append(&m),
+        ],
         "setup",
     )?;
     commit(b, &[forget("ann", "a1")], "forget")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "a2", 0, T0), record("bob", "a1", 0, T0)], "devices after forget");
-    ensure_eq!(read(b.find("ann", "a1", &m.id), "find")?, Some(m.clone()), "a forgotten device's message");
-    commit(b, &[forget("ann", "a1"), forget("nobody", "n1")], "forgetting the unknown")?;
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a2", 0, T0), record("bob", "a1", 0, T0)],
+        "devices after forget"
+    );
+    ensure_eq!(
+        read(b.find("ann", "a1", &m.id), "find")?,
+        Some(m.clone()),
+        "a forgotten device's message"
+    );
+    commit(
+        b,
+        &[forget("ann", "a1"), forget("nobody", "n1")],
+        "forgetting the unknown",
+    )?;
     commit(b, &[seen("ann", "a1", T0 + 1)], "the device returns")?;
     ensure_eq!(
         devices(b)?,
-        vec![record("ann", "a1", 0, T0 + 1), record("ann", "a2", 0, T0), record("bob", "a1", 0, T0)],
+        vec![
+            record("ann", "a1", 0, T0 + 1),
+            record("ann", "a2", 0, T0),
+            record("bob", "a1", 0, T0)
+        ],
         "a returning device starts at cursor 0"
     );
     let again = message(2, "ann", "a1", &m.id, "the retry");
-    refused(b, &[append(&again)], "a forgotten device's old id", |e| matches!(e, CommitError::DuplicateId { .. }))
+    refused(b, &[append(&again)], "a forgotten device's old id", |e| {
+        matches!(e, CommitError::DuplicateId { .. })
+    })
 }
 
 /// Two users' devices with the same id share nothing; one user's devices
@@ -399,14 +635,26 @@ pub fn devices_and_ids_are_namespaced_by_user_and_device<B: Backend>(b: &mut B) 
         append(&message(3, "ann", "x2", "same", "ann on x2")),
     ];
     commit(b, &batch, "same ids, different owners")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "x1", 3, 0), record("bob", "x1", 1, 0)], "devices");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "x1", 3, 0), record("bob", "x1", 1, 0)],
+        "devices"
+    );
     for (user, device, seq) in [("ann", "x1", 1), ("bob", "x1", 2), ("ann", "x2", 3)] {
         let found = read(b.find(user, device, "same"), "find")?.map(|m| m.seq);
         ensure_eq!(found, Some(seq), format!("find {user}/{device}/same"));
     }
-    ensure_eq!(read(b.find("cat", "x1", "same"), "find")?, None, "find for another user");
+    ensure_eq!(
+        read(b.find("cat", "x1", "same"), "find")?,
+        None,
+        "find for another user"
+    );
     commit(b, &[forget("bob", "x1")], "forget bob's x1")?;
-    ensure_eq!(devices(b)?, vec![record("ann", "x1", 3, 0)], "ann's x1 stays");
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "x1", 3, 0)],
+        "ann's x1 stays"
+    );
     Ok(())
 }
 
@@ -417,14 +665,30 @@ pub fn dedup_index_refuses_a_repeated_client_id_atomically<B: Backend>(b: &mut B
     commit(b, &[append(&m1), cursor("ann", "a1", 1)], "setup")?;
     let before = dump(b)?;
     let retry = message(3, "ann", "a1", &m1.id, "the same send again");
-    let batch = [cursor("ann", "a1", 5), seen("bob", "b1", T0), append(&ann(2)), append(&retry)];
-    refused(b, &batch, "a repeated client id", |e| matches!(e, CommitError::DuplicateId { .. }))?;
+    let batch = [
+        cursor("ann", "a1", 5),
+        seen("bob", "b1", T0),
+        append(&ann(2)),
+        append(&retry),
+    ];
+    refused(b, &batch, "a repeated client id", |e| {
+        matches!(e, CommitError::DuplicateId { .. })
+    })?;
     ensure_eq!(dump(b)?, before, "the store after a refused batch");
-    let twice = [append(&ann(2)), append(&message(3, "ann", "a1", &ann(2).id, "again"))];
-    refused(b, &twice, "an id repeated inside one batch", |e| matches!(e, CommitError::DuplicateId { .. }))?;
+    let twice = [
+        append(&ann(2)),
+        append(&message(3, "ann", "a1", &ann(2).id, "again")),
+    ];
+    refused(b, &twice, "an id repeated inside one batch", |e| {
+        matches!(e, CommitError::DuplicateId { .. })
+    })?;
     ensure_eq!(dump(b)?, before, "the store after a refused batch");
     commit(b, &[append(&ann(2))], "the next append")?;
-    ensure_eq!(read(b.last(), "last")?.map(|m| m.seq), Some(2), "head after the refusals");
+    ensure_eq!(
+        read(b.last(), "last")?.map(|m| m.seq),
+        Some(2),
+        "head after the refusals"
+    );
     Ok(())
 }
 
@@ -433,10 +697,20 @@ pub fn taken_seq_is_refused_atomically<B: Backend>(b: &mut B) -> Outcome {
     commit(b, &[append(&ann(1))], "setup")?;
     let before = dump(b)?;
     let other = message(1, "bob", "b1", "other", "overwrite?");
-    refused(b, &[seen("bob", "b1", T0), append(&other)], "a taken seq", |e| matches!(e, CommitError::SeqTaken { seq: 1 }))?;
+    refused(
+        b,
+        &[seen("bob", "b1", T0), append(&other)],
+        "a taken seq",
+        |e| matches!(e, CommitError::SeqTaken { seq: 1 }),
+    )?;
     ensure_eq!(dump(b)?, before, "the store after a refused batch");
-    let pair = [append(&ann(2)), append(&message(2, "bob", "b1", "other", "same seq"))];
-    refused(b, &pair, "a seq taken inside one batch", |e| matches!(e, CommitError::SeqTaken { seq: 2 }))?;
+    let pair = [
+        append(&ann(2)),
+        append(&message(2, "bob", "b1", "other", "same seq")),
+    ];
+    refused(b, &pair, "a seq taken inside one batch", |e| {
+        matches!(e, CommitError::SeqTaken { seq: 2 })
+    })?;
     ensure_eq!(dump(b)?, before, "the store after a refused batch");
     Ok(())
 }
@@ -456,7 +730,9 @@ pub fn out_of_range_values_are_refused_atomically<B: Backend>(b: &mut B) -> Outc
     ];
     for (what, op) in bad {
         let batch = [cursor("ann", "a1", 1), append(&ann(3)), op];
-        refused(b, &batch, what, |e| matches!(e, CommitError::OutOfRange { .. }))?;
+        refused(b, &batch, what, |e| {
+            matches!(e, CommitError::OutOfRange { .. })
+        })?;
         ensure_eq!(dump(b)?, before, format!("the store after refusing {what}"));
     }
     Ok(())
@@ -468,15 +744,52 @@ pub fn max_values_round_trip<B: Backend>(b: &mut B) -> Outcome {
     let first = ann(1);
     let mut top = ann(MAX_SEQ);
     top.at = MAX_SEQ;
-    commit(b, &[append(&first), append(&top), cursor("ann", "a1", MAX_SEQ), seen("ann", "a1", MAX_SEQ)], "max values")?;
+    commit(
+        b,
+        &[
+            append(&first),
+            append(&top),
+            cursor("ann", "a1", MAX_SEQ),
+            seen("ann", "a1", MAX_SEQ),
+        ],
+        "max values",
+    )?;
     ensure_eq!(read(b.last(), "last")?, Some(top.clone()), "last");
-    ensure_eq!(read(b.find("ann", "a1", &top.id), "find")?, Some(top.clone()), "find");
-    ensure_eq!(read(b.after(1, 10), "after")?, vec![top.clone()], "after(1)");
-    ensure_eq!(read(b.after(MAX_SEQ - 1, 10), "after")?, vec![top.clone()], "after(MAX_SEQ - 1)");
-    ensure_eq!(read(b.after(MAX_SEQ, 10), "after")?, vec![], "after(MAX_SEQ)");
-    ensure_eq!(read(b.before(MAX_SEQ, 10), "before")?, vec![first.clone()], "before(MAX_SEQ)");
-    ensure_eq!(read(b.before(MAX_SEQ + 1, 10), "before")?, vec![first, top], "before(MAX_SEQ + 1)");
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", MAX_SEQ, MAX_SEQ)], "devices");
+    ensure_eq!(
+        read(b.find("ann", "a1", &top.id), "find")?,
+        Some(top.clone()),
+        "find"
+    );
+    ensure_eq!(
+        read(b.after(1, 10), "after")?,
+        vec![top.clone()],
+        "after(1)"
+    );
+    ensure_eq!(
+        read(b.after(MAX_SEQ - 1, 10), "after")?,
+        vec![top.clone()],
+        "after(MAX_SEQ - 1)"
+    );
+    ensure_eq!(
+        read(b.after(MAX_SEQ, 10), "after")?,
+        vec![],
+        "after(MAX_SEQ)"
+    );
+    ensure_eq!(
+        read(b.before(MAX_SEQ, 10), "before")?,
+        vec![first.clone()],
+        "before(MAX_SEQ)"
+    );
+    ensure_eq!(
+        read(b.before(MAX_SEQ + 1, 10), "before")?,
+        vec![first, top],
+        "before(MAX_SEQ + 1)"
+    );
+    ensure_eq!(
+        devices(b)?,
+        vec![record("ann", "a1", MAX_SEQ, MAX_SEQ)],
+        "devices"
+    );
     let stats = rebuild(b, T0)?.stats();
     ensure_eq!(stats.head, MAX_SEQ, "core head");
     Ok(())
@@ -498,15 +811,35 @@ pub fn bodies_at_the_limit_and_unicode_round_trip<B: Backend>(b: &mut B) -> Outc
         message(6, "o'brien", "dev\"1", "'; --", "\n\r\t"),
     ];
     let (bytes_ascii, bytes_emoji) = (texts[0].body.len(), texts[1].body.len());
-    ensure_eq!((bytes_ascii, bytes_emoji), (limits::MAX_BODY_BYTES, limits::MAX_BODY_BYTES), "body sizes");
-    let batch: Vec<ServerWrite> = texts.iter().map(append).chain([seen("zoë", "📱 phone", T0)]).collect();
+    ensure_eq!(
+        (bytes_ascii, bytes_emoji),
+        (limits::MAX_BODY_BYTES, limits::MAX_BODY_BYTES),
+        "body sizes"
+    );
+    let batch: Vec<ServerWrite> = texts
+        .iter()
+        .map(append)
+        .chain([seen("zoë", "📱 phone", T0)])
+        .collect();
     commit(b, &batch, "unicode batch")?;
     ensure_eq!(all_messages(b)?, texts.to_vec(), "messages");
     for m in &texts {
-        ensure_eq!(read(b.find(&m.user, &m.device, &m.id), "find")?, Some(m.clone()), format!("find seq {}", m.seq));
+        ensure_eq!(
+            read(b.find(&m.user, &m.device, &m.id), "find")?,
+            Some(m.clone()),
+            format!("find seq {}", m.seq)
+        );
     }
-    ensure_eq!(read(b.find("zoe", "📱 phone", "ид-1"), "find")?, None, "find with a different spelling");
-    ensure_eq!(devices(b)?, vec![record("zoë", "📱 phone", 0, T0)], "devices");
+    ensure_eq!(
+        read(b.find("zoe", "📱 phone", "ид-1"), "find")?,
+        None,
+        "find with a different spelling"
+    );
+    ensure_eq!(
+        devices(b)?,
+        vec![record("zoë", "📱 phone", 0, T0)],
+        "devices"
+    );
     Ok(())
 }
 
@@ -514,9 +847,22 @@ pub fn bodies_at_the_limit_and_unicode_round_trip<B: Backend>(b: &mut B) -> Outc
 /// working: the next append is taken, an old id is still refused.
 pub fn reload_keeps_everything<B: Backend>(b: &mut B) -> Outcome {
     let batches = [
-        vec![seen("ann", "a1", T0), seen("bob", "b1", T0 + 1), append(&ann(1)), append(&ann(2))],
-        vec![cursor("bob", "b1", 2), append(&ann(3)), seen("cat", "c1", T0 + 2)],
-        vec![forget("cat", "c1"), cursor("ann", "a1", 3), append(&message(4, "bob", "b1", "b-1", "hi"))],
+        vec![
+            seen("ann", "a1", T0),
+            seen("bob", "b1", T0 + 1),
+            append(&ann(1)),
+            append(&ann(2)),
+        ],
+        vec![
+            cursor("bob", "b1", 2),
+            append(&ann(3)),
+            seen("cat", "c1", T0 + 2),
+        ],
+        vec![
+            forget("cat", "c1"),
+            cursor("ann", "a1", 3),
+            append(&message(4, "bob", "b1", "b-1", "hi")),
+        ],
     ];
     for batch in &batches {
         commit(b, batch, "setup")?;
@@ -525,13 +871,24 @@ pub fn reload_keeps_everything<B: Backend>(b: &mut B) -> Outcome {
     let core = rebuild(b, T0 + 10)?.stats();
     b.reopen()?;
     ensure_eq!(dump(b)?, before, "the store after reopening");
-    ensure_eq!(rebuild(b, T0 + 10)?.stats(), core, "a core rebuilt after reopening");
+    ensure_eq!(
+        rebuild(b, T0 + 10)?.stats(),
+        core,
+        "a core rebuilt after reopening"
+    );
     commit(b, &[append(&ann(5))], "an append after reopening")?;
-    refused(b, &[append(&message(6, "ann", "a1", &ann(1).id, "again"))], "an old id after reopening", |e| {
-        matches!(e, CommitError::DuplicateId { .. })
-    })?;
+    refused(
+        b,
+        &[append(&message(6, "ann", "a1", &ann(1).id, "again"))],
+        "an old id after reopening",
+        |e| matches!(e, CommitError::DuplicateId { .. }),
+    )?;
     b.reopen()?;
-    ensure_eq!(read(b.last(), "last")?.map(|m| m.seq), Some(5), "head after a second reopening");
+    ensure_eq!(
+        read(b.last(), "last")?.map(|m| m.seq),
+        Some(5),
+        "head after a second reopening"
+    );
     Ok(())
 }
 
@@ -554,12 +911,21 @@ pub fn core_rebuilds_from_the_store<B: Backend>(b: &mut B) -> Outcome {
     }
     let want: Vec<(String, Seq)> = (1..=3).map(|i| (format!("m{i}"), i)).collect();
     ensure_eq!(sent, want, "sent confirmations");
-    drive(&mut core, b, T0 + 3, text(2, r#"{"v":1,"type":"ack","seq":2}"#))?;
+    drive(
+        &mut core,
+        b,
+        T0 + 3,
+        text(2, r#"{"v":1,"type":"ack","seq":2}"#),
+    )?;
     // The cursor is written once its coalescing delay has passed.
     let cursor_delay = ServerConfig::new("suite").cursor_delay;
     drive(&mut core, b, T0 + 3 + cursor_delay, ServerInput::Timeout)?;
     let ran = core.stats();
-    ensure_eq!((ran.head, ran.durable_head, ran.devices, ran.members), (3, 3, 2, 2), "the running core");
+    ensure_eq!(
+        (ran.head, ran.durable_head, ran.devices, ran.members),
+        (3, 3, 2, 2),
+        "the running core"
+    );
     let chain = read(b.last(), "last")?.map(|m| m.chain);
     ensure!(chain.is_some(), "no last message after three sends");
     ensure_eq!(
@@ -571,11 +937,25 @@ pub fn core_rebuilds_from_the_store<B: Backend>(b: &mut B) -> Outcome {
     b.reopen()?;
     let mut core = rebuild(b, T0 + 100)?;
     let stats = core.stats();
-    ensure_eq!((stats.head, stats.durable_head, stats.devices, stats.members), (3, 3, 2, 2), "the rebuilt core");
+    ensure_eq!(
+        (stats.head, stats.durable_head, stats.devices, stats.members),
+        (3, 3, 2, 2),
+        "the rebuilt core"
+    );
     drive(&mut core, b, T0 + 100, connected(3, "bob", "b1"))?;
-    let frames = drive(&mut core, b, T0 + 100, text(3, r#"{"v":1,"type":"hello","after":2}"#))?;
+    let frames = drive(
+        &mut core,
+        b,
+        T0 + 100,
+        text(3, r#"{"v":1,"type":"hello","after":2}"#),
+    )?;
     let welcome = frames.iter().find_map(|(_, f)| match f {
-        ServerFrame::Welcome { head, chain, cursors, .. } => Some((*head, Some(*chain), cursors.clone())),
+        ServerFrame::Welcome {
+            head,
+            chain,
+            cursors,
+            ..
+        } => Some((*head, Some(*chain), cursors.clone())),
         _ => None,
     });
     let Some((head, welcome_chain, cursors)) = welcome else {
@@ -593,8 +973,18 @@ pub fn core_rebuilds_from_the_store<B: Backend>(b: &mut B) -> Outcome {
         .collect();
     ensure_eq!(gap, vec![3], "gap-fill from the rebuilt core");
     drive(&mut core, b, T0 + 101, connected(4, "ann", "a1"))?;
-    drive(&mut core, b, T0 + 101, text(4, r#"{"v":1,"type":"hello","after":3}"#))?;
-    let retry = drive(&mut core, b, T0 + 102, text(4, r#"{"v":1,"type":"send","id":"m2","body":"message 2"}"#))?;
+    drive(
+        &mut core,
+        b,
+        T0 + 101,
+        text(4, r#"{"v":1,"type":"hello","after":3}"#),
+    )?;
+    let retry = drive(
+        &mut core,
+        b,
+        T0 + 102,
+        text(4, r#"{"v":1,"type":"send","id":"m2","body":"message 2"}"#),
+    )?;
     let again: Vec<Seq> = retry
         .iter()
         .filter_map(|(_, f)| match f {
@@ -603,7 +993,11 @@ pub fn core_rebuilds_from_the_store<B: Backend>(b: &mut B) -> Outcome {
         })
         .collect();
     ensure_eq!(again, vec![2], "a retried send after the rebuild");
-    ensure_eq!(read(b.last(), "last")?.map(|m| m.seq), Some(3), "head after the retry");
+    ensure_eq!(
+        read(b.last(), "last")?.map(|m| m.seq),
+        Some(3),
+        "head after the retry"
+    );
     Ok(())
 }
 
@@ -615,17 +1009,38 @@ pub fn retention_forgets_stale_devices_through_the_core<B: Backend>(b: &mut B) -
     let old = message(1, "old", "o1", "o-1", "long ago");
     commit(
         b,
-        &[append(&old), seen("old", "o1", T0 - 1), cursor("old", "o1", 1), seen("ann", "a1", now - 1_000), seen("bob", "b1", 0)],
+        &[
+            append(&old),
+            seen("old", "o1", T0 - 1),
+            cursor("old", "o1", 1),
+            seen("ann", "a1", now - 1_000),
+            seen("bob", "b1", 0),
+        ],
         "setup",
     )?;
     let mut core = rebuild(b, now)?;
     drive(&mut core, b, now, ServerInput::Timeout)?;
     // Last seen 0 means "unknown" (a record from before the field): kept.
-    ensure_eq!(devices(b)?, vec![record("ann", "a1", 0, now - 1_000), record("bob", "b1", 0, 0)], "devices after retention");
+    ensure_eq!(
+        devices(b)?,
+        vec![
+            record("ann", "a1", 0, now - 1_000),
+            record("bob", "b1", 0, 0)
+        ],
+        "devices after retention"
+    );
     ensure_eq!(core.stats().devices, 2, "the core's devices");
     b.reopen()?;
-    ensure_eq!(rebuild(b, now)?.stats().devices, 2, "a rebuilt core's devices");
-    ensure_eq!(read(b.find("old", "o1", "o-1"), "find")?, Some(old), "a forgotten device's message");
+    ensure_eq!(
+        rebuild(b, now)?.stats().devices,
+        2,
+        "a rebuilt core's devices"
+    );
+    ensure_eq!(
+        read(b.find("old", "o1", "o-1"), "find")?,
+        Some(old),
+        "a forgotten device's message"
+    );
     Ok(())
 }
 
@@ -650,8 +1065,16 @@ pub fn durability_check<B: Backend>(b: &mut B) -> Outcome {
 
 fn durability_batches() -> Vec<Vec<ServerWrite>> {
     vec![
-        (1..=20).map(|s| append(&ann(s))).chain([seen("ann", "a1", T0)]).collect(),
-        vec![cursor("ann", "a1", 20), seen("bob", "b1", T0 + 1), forget("bob", "b1"), append(&ann(21))],
+        (1..=20)
+            .map(|s| append(&ann(s)))
+            .chain([seen("ann", "a1", T0)])
+            .collect(),
+        vec![
+            cursor("ann", "a1", 20),
+            seen("bob", "b1", T0 + 1),
+            forget("bob", "b1"),
+            append(&ann(21)),
+        ],
     ]
 }
 

@@ -23,12 +23,24 @@ fn assert_refused(edge: &Edge, conversation: &str, token: &str, status: u16, cod
         "WebSocket refusal of {token:?}"
     );
     let bearer = format!("Bearer {token}");
-    let headers: &[(&str, &str)] = if token.is_empty() { &[] } else { &[("Authorization", &bearer)] };
+    let headers: &[(&str, &str)] = if token.is_empty() {
+        &[]
+    } else {
+        &[("Authorization", &bearer)]
+    };
     let (got, body) = edge
-        .http("GET", &format!("/v1/conversations/{conversation}/messages"), headers, "")
+        .http(
+            "GET",
+            &format!("/v1/conversations/{conversation}/messages"),
+            headers,
+            "",
+        )
         .expect("HTTP");
     assert_eq!(got, status, "{body}");
-    assert!(body.contains(&format!("\"error\":\"{code}\"")), "expected {code} in {body}");
+    assert!(
+        body.contains(&format!("\"error\":\"{code}\"")),
+        "expected {code} in {body}"
+    );
 }
 
 #[test]
@@ -40,13 +52,23 @@ fn bad_tokens_are_refused_with_reasons() {
     assert_refused(&edge, "room", "", 401, "token_missing");
     assert_refused(&edge, "room", "not-a-jwt", 401, "token_malformed");
     let forged = mint(
-        &Claims { sub: "ann", device: "d", exp: unix_now() + 60, conversations: vec!["room"] },
+        &Claims {
+            sub: "ann",
+            device: "d",
+            exp: unix_now() + 60,
+            conversations: vec!["room"],
+        },
         "wrong-secret",
     );
     assert_refused(&edge, "room", &forged, 401, "token_signature");
     // Expired beyond the edge's 60 s clock leeway.
     let expired = mint(
-        &Claims { sub: "ann", device: "d", exp: unix_now() - 3600, conversations: vec!["room"] },
+        &Claims {
+            sub: "ann",
+            device: "d",
+            exp: unix_now() - 3600,
+            conversations: vec!["room"],
+        },
         TEST_SECRET,
     );
     assert_refused(&edge, "room", &expired, 401, "token_expired");
@@ -67,11 +89,19 @@ fn bad_tokens_are_refused_with_reasons() {
     // Every refusal is logged as one JSON line, WebSocket or not: 6 tokens
     // refused twice each, and the plain connect.
     let auth_failures = || {
-        edge.log_text().lines().filter(|l| l.contains(r#""event":"auth_failure""#)).count()
+        edge.log_text()
+            .lines()
+            .filter(|l| l.contains(r#""event":"auth_failure""#))
+            .count()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while auth_failures() < 13 {
-        assert!(Instant::now() < deadline, "{} auth_failure lines, expected 13:\n{}", auth_failures(), edge.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{} auth_failure lines, expected 13:\n{}",
+            auth_failures(),
+            edge.log_text()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -80,14 +110,20 @@ fn bad_tokens_are_refused_with_reasons() {
 fn routes_answer_json_errors() {
     let edge = Edge::start(&fresh_storage("routes"));
     let (status, body) = edge.http_get("/healthz").unwrap();
-    assert_eq!((status, body.contains("\"ok\":true")), (200, true), "{body}");
+    assert_eq!(
+        (status, body.contains("\"ok\":true")),
+        (200, true),
+        "{body}"
+    );
     let (status, body) = edge.http("POST", "/healthz", &[], "").unwrap();
     assert_eq!(status, 405, "{body}");
     assert!(body.contains("method_not_allowed"), "{body}");
     let (status, body) = edge.http_get("/v1/elsewhere").unwrap();
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not_found"), "{body}");
-    let (status, body) = edge.http_get("/v1/conversations/room/messages?after=0").unwrap();
+    let (status, body) = edge
+        .http_get("/v1/conversations/room/messages?after=0")
+        .unwrap();
     assert_eq!(status, 401, "{body}");
     let (status, body) = edge.http_get("/v1/conversations/bad%20id/connect").unwrap();
     assert_eq!(status, 400, "{body}");

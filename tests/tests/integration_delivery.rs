@@ -10,7 +10,11 @@ use ackline_tests::edge::{fresh_storage, Edge};
 const LONG: Duration = Duration::from_secs(60);
 
 fn assert_complete(d: &Device, head: u64) {
-    assert_eq!(d.watermark, head, "{} holds 1..={} of {head}", d.name, d.watermark);
+    assert_eq!(
+        d.watermark, head,
+        "{} holds 1..={} of {head}",
+        d.name, d.watermark
+    );
     let seqs: Vec<u64> = d.messages.keys().copied().collect();
     assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "{}: seqs", d.name);
 }
@@ -33,7 +37,9 @@ fn three_members_four_devices_get_everything_once_in_order() {
         }
     }
     let total = (PER_DEVICE * devices.len()) as u64;
-    pump_all(&mut devices, LONG, |d| d.watermark == total && d.sent.len() == PER_DEVICE);
+    pump_all(&mut devices, LONG, |d| {
+        d.watermark == total && d.sent.len() == PER_DEVICE
+    });
     for d in &devices {
         assert_complete(d, total);
         // Every confirmed seq holds the message that device sent under that id.
@@ -46,10 +52,15 @@ fn three_members_four_devices_get_everything_once_in_order() {
     // cursors are announced per user (the furthest of that user's devices),
     // plus each device's own.
     pump_all(&mut devices, LONG, |d| {
-        let own = d.cursors.values().any(|c| c.device == d.name && c.through == total);
-        own && ["ann", "bob", "cat"]
-            .iter()
-            .all(|user| d.cursors.values().any(|c| c.user == *user && c.through == total))
+        let own = d
+            .cursors
+            .values()
+            .any(|c| c.device == d.name && c.through == total);
+        own && ["ann", "bob", "cat"].iter().all(|user| {
+            d.cursors
+                .values()
+                .any(|c| c.user == *user && c.through == total)
+        })
     });
     // The same order everywhere: same seq -> same message.
     for d in &devices[1..] {
@@ -63,7 +74,9 @@ fn resend_is_idempotent_across_restart_and_gap_fill_pages_thousands() {
     let conv = "big";
     let mut ann = Device::join(&edge, conv, "ann", "ann-1", Some(0));
     const COUNT: usize = 2_500;
-    let batch: Vec<(String, String)> = (0..COUNT).map(|i| (format!("m{i}"), format!("body {i}"))).collect();
+    let batch: Vec<(String, String)> = (0..COUNT)
+        .map(|i| (format!("m{i}"), format!("body {i}")))
+        .collect();
     ann.send_windowed(&batch, 64, LONG);
     let first_seq = ann.sent["m0"];
     // A retry returns the same seq and stores nothing new.
@@ -73,7 +86,10 @@ fn resend_is_idempotent_across_restart_and_gap_fill_pages_thousands() {
 
     edge.restart();
     let mut ann = Device::join(&edge, conv, "ann", "ann-1", Some(COUNT as u64));
-    assert_eq!(ann.welcome_head, COUNT as u64, "nothing new was stored, everything survived");
+    assert_eq!(
+        ann.welcome_head, COUNT as u64,
+        "nothing new was stored, everything survived"
+    );
     ann.send("m0", "body 0");
     ann.send("m1", "body 1");
     ann.pump_until(LONG, |d| d.sent.len() == 2);
@@ -84,7 +100,12 @@ fn resend_is_idempotent_across_restart_and_gap_fill_pages_thousands() {
     bob.pump_until(LONG, |d| d.watermark == COUNT as u64);
     assert_eq!(bob.messages.len(), COUNT - 100);
     assert_eq!(*bob.messages.keys().next().unwrap(), 101);
-    assert!(bob.pages >= 5, "{} pages for {} messages", bob.pages, COUNT - 100);
+    assert!(
+        bob.pages >= 5,
+        "{} pages for {} messages",
+        bob.pages,
+        COUNT - 100
+    );
     assert_eq!(bob.duplicates, 0);
 
     // A fresh device gets the latest page and can page back to seq 1.
@@ -154,18 +175,33 @@ fn conversations_are_isolated_and_history_and_stats_routes_answer() {
     let auth = format!("Bearer {token}");
     let headers = [("Authorization", auth.as_str())];
     let (status, body) = edge
-        .http("GET", "/v1/conversations/room-a/messages?after=0&limit=10", &headers, "")
+        .http(
+            "GET",
+            "/v1/conversations/room-a/messages?after=0&limit=10",
+            &headers,
+            "",
+        )
         .unwrap();
     assert_eq!(status, 200, "{body}");
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["messages"][0]["body"], "for room a");
     assert_eq!(page["head"], 1);
     let (status, _) = edge
-        .http("GET", "/v1/conversations/room-b/messages?after=0", &headers, "")
+        .http(
+            "GET",
+            "/v1/conversations/room-b/messages?after=0",
+            &headers,
+            "",
+        )
         .unwrap();
     assert_eq!(status, 403, "a room-a token cannot read room-b");
     let (status, body) = edge
-        .http("GET", "/v1/conversations/room-a/messages?limit=0", &headers, "")
+        .http(
+            "GET",
+            "/v1/conversations/room-a/messages?limit=0",
+            &headers,
+            "",
+        )
         .unwrap();
     assert_eq!(status, 400, "{body}");
     let (status, body) = edge

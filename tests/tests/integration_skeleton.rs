@@ -21,7 +21,11 @@ fn sent_seq(frame: &ServerFrame) -> Option<u64> {
 }
 
 fn welcome_head(ws: &mut ackline_tests::edge::Ws) -> u64 {
-    ws.send(&ClientFrame::Hello { after: None, chain: None, bundles: false });
+    ws.send(&ClientFrame::Hello {
+        after: None,
+        chain: None,
+        bundles: false,
+    });
     ws.recv_until(|f| match f {
         ServerFrame::Welcome { head, .. } => Some(*head),
         _ => None,
@@ -80,11 +84,14 @@ fn bad_input_gets_error_frames_and_the_socket_stays_open() {
     ws.send_text(r#"{"v":1,"type":"ack","seq":-5}"#);
     assert_eq!(error_code(&mut ws), ErrorCode::BadFrame);
     ws.send(&ClientFrame::Ping { nonce: 42 });
-    assert_eq!(ws.recv_until(|f| match f {
-        ServerFrame::Pong { nonce } => Some(*nonce),
-        ServerFrame::Batch { .. } | ServerFrame::Delivered { .. } => None,
-        other => panic!("expected pong, got {other:?}"),
-    }), 42);
+    assert_eq!(
+        ws.recv_until(|f| match f {
+            ServerFrame::Pong { nonce } => Some(*nonce),
+            ServerFrame::Batch { .. } | ServerFrame::Delivered { .. } => None,
+            other => panic!("expected pong, got {other:?}"),
+        }),
+        42
+    );
     // The object still serves another client.
     let mut other = edge.connect("room2", "cat", "cat-web");
     assert_eq!(welcome_head(&mut other), 0);

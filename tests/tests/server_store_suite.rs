@@ -23,7 +23,12 @@ impl ConversationStore for SimDisk {
     fn last(&self) -> Result<Option<StoredMessage>, StoreError> {
         self.disk.visible.last()
     }
-    fn find(&self, user: &str, device: &str, id: &str) -> Result<Option<StoredMessage>, StoreError> {
+    fn find(
+        &self,
+        user: &str,
+        device: &str,
+        id: &str,
+    ) -> Result<Option<StoredMessage>, StoreError> {
         self.disk.visible.find(user, device, id)
     }
     fn after(&self, after: Seq, limit: u32) -> Result<Vec<StoredMessage>, StoreError> {
@@ -63,7 +68,13 @@ fn assert_all_passed(backend: &str, reports: &[Report]) {
         .iter()
         .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))
         .collect();
-    assert!(failed.is_empty(), "{backend} failed {} of {} cases:\n{}", failed.len(), reports.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{backend} failed {} of {} cases:\n{}",
+        failed.len(),
+        reports.len(),
+        failed.join("\n")
+    );
     assert_eq!(reports.len(), suite::cases::<MemoryStore>().len());
 }
 
@@ -89,8 +100,11 @@ fn simulator_disk_passes_the_server_store_suite() {
 const ROUTE: &str = "/v1/test/server-store-suite";
 
 fn post(edge: &Edge, path: &str) -> (u16, serde_json::Value) {
-    let (status, body) = edge.http("POST", path, &[], "").expect("request the suite route");
-    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {status} {body:?} is not JSON: {e}"));
+    let (status, body) = edge
+        .http("POST", path, &[], "")
+        .expect("request the suite route");
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{path}: {status} {body:?} is not JSON: {e}"));
     (status, json)
 }
 
@@ -103,22 +117,38 @@ fn edge_sqlite_store_passes_the_server_store_suite_on_workerd() {
     assert_eq!(status, 200, "{json}");
     let cases = json["cases"].as_array().expect("cases");
     let names: Vec<&str> = cases.iter().filter_map(|c| c["name"].as_str()).collect();
-    let want: Vec<&str> = suite::cases::<MemoryStore>().iter().map(|c| c.name).collect();
+    let want: Vec<&str> = suite::cases::<MemoryStore>()
+        .iter()
+        .map(|c| c.name)
+        .collect();
     assert_eq!(names, want, "the edge ran every case, in order");
     let failed: Vec<String> = cases
         .iter()
         .filter(|c| c["passed"] != true)
         .map(|c| format!("{}: {}", c["name"], c["error"]))
         .collect();
-    assert!(failed.is_empty(), "SQLite store failed {} cases:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "SQLite store failed {} cases:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
     assert_eq!(json["failed"], 0, "{json}");
 
     // Durable across a SIGKILL of workerd, not only across a reopen.
     let (status, json) = post(&edge, &format!("{ROUTE}?durability=write"));
-    assert_eq!((status, &json["passed"]), (200, &serde_json::Value::Bool(true)), "{json}");
+    assert_eq!(
+        (status, &json["passed"]),
+        (200, &serde_json::Value::Bool(true)),
+        "{json}"
+    );
     edge.restart();
     let (status, json) = post(&edge, &format!("{ROUTE}?durability=check"));
-    assert_eq!((status, &json["passed"]), (200, &serde_json::Value::Bool(true)), "{json}");
+    assert_eq!(
+        (status, &json["passed"]),
+        (200, &serde_json::Value::Bool(true)),
+        "{json}"
+    );
 }
 
 #[test]
@@ -127,7 +157,11 @@ fn server_store_suite_route_is_not_found_without_the_test_var() {
     let edge = Edge::start(&storage);
     for path in [ROUTE.to_owned(), format!("{ROUTE}?durability=write")] {
         let (status, json) = post(&edge, &path);
-        assert_eq!((status, json["error"].as_str()), (404, Some("not_found")), "{path}: {json}");
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {json}"
+        );
     }
     let (status, _) = edge.http_get(ROUTE).expect("GET the suite route");
     assert_eq!(status, 404);

@@ -16,7 +16,9 @@ use std::time::Instant;
 use ackline_tests::sim::{self, env_flag, env_u64, Bugs, Options};
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8)
 }
 
 fn base_seed() -> u64 {
@@ -70,7 +72,11 @@ fn run_range(base: u64, count: u64) -> sim::Batch {
 fn fixed_seeds() {
     let batch = run_range(FIXED_SEEDS.start, FIXED_SEEDS.end - FIXED_SEEDS.start);
     // The checker covers bundles only if the runs send some, both ways.
-    assert!(batch.faults.bundles > 1_000, "too few bundles sent: {}", batch.faults.bundles);
+    assert!(
+        batch.faults.bundles > 1_000,
+        "too few bundles sent: {}",
+        batch.faults.bundles
+    );
 }
 
 #[test]

@@ -37,8 +37,16 @@ fn historic_seeds_still_pass() {
 #[test]
 fn runs_are_deterministic() {
     for seed in [4, 28, 152] {
-        let a = sim::run(Options { seed, ..Options::default() }).map(|r| (r.head, r.sim_ms, r.steps));
-        let b = sim::run(Options { seed, ..Options::default() }).map(|r| (r.head, r.sim_ms, r.steps));
+        let a = sim::run(Options {
+            seed,
+            ..Options::default()
+        })
+        .map(|r| (r.head, r.sim_ms, r.steps));
+        let b = sim::run(Options {
+            seed,
+            ..Options::default()
+        })
+        .map(|r| (r.head, r.sim_ms, r.steps));
         assert_eq!(a.map_err(|v| v.what), b.map_err(|v| v.what), "seed {seed}");
     }
 }

@@ -48,7 +48,11 @@ fn catches_server_ack_before_persist() {
         server_ack_before_persist: true,
         ..Bugs::default()
     };
-    expect_caught("server ack before persist", bugs, &["before seq", "not durable", "differs", "diverged"]);
+    expect_caught(
+        "server ack before persist",
+        bugs,
+        &["before seq", "not durable", "differs", "diverged"],
+    );
 }
 
 #[test]
@@ -57,7 +61,11 @@ fn catches_client_without_dedup() {
         client_no_dedup: true,
         ..Bugs::default()
     };
-    expect_caught("client without dedup", bugs, &["surfaced twice", "out of order"]);
+    expect_caught(
+        "client without dedup",
+        bugs,
+        &["surfaced twice", "out of order"],
+    );
 }
 
 #[test]
@@ -75,7 +83,11 @@ fn catches_client_dropping_out_of_order_pushes() {
         client_drop_out_of_order: true,
         ..Bugs::default()
     };
-    expect_caught("client drops out-of-order pushes", bugs, &["not durable", "liveness"]);
+    expect_caught(
+        "client drops out-of-order pushes",
+        bugs,
+        &["not durable", "liveness"],
+    );
 }
 
 #[test]
@@ -84,7 +96,11 @@ fn catches_client_forgetting_its_outbox() {
         client_forget_outbox: true,
         ..Bugs::default()
     };
-    expect_caught("client forgets its outbox on reload", bugs, &["never stored", "liveness"]);
+    expect_caught(
+        "client forgets its outbox on reload",
+        bugs,
+        &["never stored", "liveness"],
+    );
 }
 
 #[test]
@@ -93,7 +109,11 @@ fn catches_client_reporting_delivered_on_sent() {
         client_delivered_on_sent: true,
         ..Bugs::default()
     };
-    expect_caught("client reports delivered on sent", bugs, &["reported delivered, but no device of"]);
+    expect_caught(
+        "client reports delivered on sent",
+        bugs,
+        &["reported delivered, but no device of"],
+    );
 }
 
 #[test]
@@ -102,7 +122,14 @@ fn catches_server_that_never_resends() {
         server_never_resends: true,
         ..Bugs::default()
     };
-    expect_caught("server never resends", bugs, &["no resend scheduled", "the server stopped pushing to a live connection"]);
+    expect_caught(
+        "server never resends",
+        bugs,
+        &[
+            "no resend scheduled",
+            "the server stopped pushing to a live connection",
+        ],
+    );
 }
 
 #[test]
@@ -111,7 +138,11 @@ fn catches_client_skipping_chain_verification() {
         client_skip_chain_check: true,
         ..Bugs::default()
     };
-    expect_caught("client skips chain verification", bugs, &["differs from the server's durable copy"]);
+    expect_caught(
+        "client skips chain verification",
+        bugs,
+        &["differs from the server's durable copy"],
+    );
 }
 
 #[test]
@@ -120,7 +151,11 @@ fn catches_client_surfacing_before_durable() {
         client_surface_before_durable: true,
         ..Bugs::default()
     };
-    expect_caught("client surfaces before durable", bugs, &["surfaced before durable"]);
+    expect_caught(
+        "client surfaces before durable",
+        bugs,
+        &["surfaced before durable"],
+    );
 }
 
 #[test]

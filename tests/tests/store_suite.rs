@@ -28,13 +28,31 @@ impl Backend for MemoryBackend {
     }
 
     async fn snapshot(&self, conversation: &str) -> Result<ClientSnapshot, String> {
-        Ok(self.conversations.borrow().get(conversation).map(ClientData::snapshot).unwrap_or_default())
+        Ok(self
+            .conversations
+            .borrow()
+            .get(conversation)
+            .map(ClientData::snapshot)
+            .unwrap_or_default())
     }
 
-    async fn before(&self, conversation: &str, before: Seq, limit: u32) -> Result<Vec<StoredMessage>, String> {
+    async fn before(
+        &self,
+        conversation: &str,
+        before: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, String> {
         let map = self.conversations.borrow();
-        let Some(data) = map.get(conversation) else { return Ok(Vec::new()) };
-        let mut page: Vec<StoredMessage> = data.messages.range(..before).rev().take(limit as usize).map(|(_, m)| m.clone()).collect();
+        let Some(data) = map.get(conversation) else {
+            return Ok(Vec::new());
+        };
+        let mut page: Vec<StoredMessage> = data
+            .messages
+            .range(..before)
+            .rev()
+            .take(limit as usize)
+            .map(|(_, m)| m.clone())
+            .collect();
         page.reverse();
         Ok(page)
     }

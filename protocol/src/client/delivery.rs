@@ -16,7 +16,10 @@ impl Client {
     /// Our own message coming back stands in for a lost `sent`.
     pub(super) fn note_own(&mut self, now: Millis, messages: &[StoredMessage]) {
         for m in messages {
-            if m.user == self.cfg.user && m.device == self.cfg.device && self.outbox.contains_id(&m.id) {
+            if m.user == self.cfg.user
+                && m.device == self.cfg.device
+                && self.outbox.contains_id(&m.id)
+            {
                 self.on_sent(now, &m.id, m.seq, m.at);
             }
         }
@@ -26,7 +29,11 @@ impl Client {
         let Some(order) = self.outbox.order_of(id) else {
             return; // already delivered and forgotten, or not ours
         };
-        let displaced = self.outbox.confirmed_at(seq).map(|(o, _)| o).filter(|o| *o != order);
+        let displaced = self
+            .outbox
+            .confirmed_at(seq)
+            .map(|(o, _)| o)
+            .filter(|o| *o != order);
         if let Some(lost) = displaced {
             // The server holds this message at `seq`: the one we had there
             // was lost (a server restored from an older backup). Send it again.
@@ -52,14 +59,23 @@ impl Client {
         let _ = now;
     }
 
-    pub(super) fn on_error(&mut self, now: Millis, code: ErrorCode, message: String, id: Option<String>) {
+    pub(super) fn on_error(
+        &mut self,
+        now: Millis,
+        code: ErrorCode,
+        message: String,
+        id: Option<String>,
+    ) {
         let order = id.as_ref().and_then(|id| self.outbox.order_of(id));
         let Some(order) = order else {
             self.out
                 .push_back(ClientOutput::Error(ClientError::Server { code, message }));
             return;
         };
-        let permanent = matches!(code, ErrorCode::BodyTooLarge | ErrorCode::BadFrame | ErrorCode::FrameTooLarge);
+        let permanent = matches!(
+            code,
+            ErrorCode::BodyTooLarge | ErrorCode::BadFrame | ErrorCode::FrameTooLarge
+        );
         if permanent {
             if let Some(o) = self.outbox.remove(order) {
                 self.persist(
@@ -76,8 +92,9 @@ impl Client {
         } else {
             // Busy, rate limited or not ready: retry after the backoff.
             let (initial, max) = (self.cfg.rto_initial, self.cfg.rto_max);
-            self.outbox
-                .retry_later(order, |transmits| now.saturating_add(backoff(initial, max, transmits)));
+            self.outbox.retry_later(order, |transmits| {
+                now.saturating_add(backoff(initial, max, transmits))
+            });
         }
     }
 
@@ -208,7 +225,8 @@ impl Client {
         }
         self.ack.sent = seq;
         if self.ack.confirmed < seq {
-            self.timers.set(Timer::AckRetry, now.saturating_add(self.ack.rto));
+            self.timers
+                .set(Timer::AckRetry, now.saturating_add(self.ack.rto));
         } else {
             self.timers.clear(Timer::AckRetry);
         }

@@ -48,13 +48,22 @@ impl Inbox {
 }
 
 impl Client {
-    pub(super) fn on_batch(&mut self, now: Millis, messages: Vec<StoredMessage>, head: Seq, follows: bool) {
+    pub(super) fn on_batch(
+        &mut self,
+        now: Millis,
+        messages: Vec<StoredMessage>,
+        head: Seq,
+        follows: bool,
+    ) {
         // Any batch answers the outstanding request(s); anything still missing
         // is asked for again below. While the server streams pages (`follows`)
         // the forward request stays open, with a fresh deadline in case the
         // next page is lost.
         if follows {
-            self.timers.set(Timer::SyncForward, now.saturating_add(self.cfg.sync_timeout));
+            self.timers.set(
+                Timer::SyncForward,
+                now.saturating_add(self.cfg.sync_timeout),
+            );
         } else {
             self.timers.clear(Timer::SyncForward);
         }
@@ -77,7 +86,11 @@ impl Client {
             }
             return;
         }
-        let oldest = self.inbox.as_ref().and_then(|i| i.oldest.as_ref()).map(|m| m.seq);
+        let oldest = self
+            .inbox
+            .as_ref()
+            .and_then(|i| i.oldest.as_ref())
+            .map(|m| m.seq);
         let (older, newer): (Vec<_>, Vec<_>) = messages
             .into_iter()
             .partition(|m| oldest.is_some_and(|o| m.seq < o));
@@ -124,10 +137,15 @@ impl Client {
         let first_seq = first.seq;
         if first_seq == 0 || !chain_ok(&page, (first_seq == 1).then_some(ChainHash::GENESIS)) {
             self.out
-                .push_back(ClientOutput::Error(ClientError::HistoryMismatch { seq: first_seq }));
+                .push_back(ClientOutput::Error(ClientError::HistoryMismatch {
+                    seq: first_seq,
+                }));
             return;
         }
-        let last = page.last().map(|m| (m.seq, m.chain)).unwrap_or((first_seq, first.chain));
+        let last = page
+            .last()
+            .map(|m| (m.seq, m.chain))
+            .unwrap_or((first_seq, first.chain));
         let inbox = Inbox {
             recorded: false,
             base: first_seq - 1,
@@ -169,7 +187,9 @@ impl Client {
         let mut msgs = msgs;
         msgs.sort_by_key(|m| m.seq);
         for m in msgs {
-            let Some(inbox) = self.inbox.as_mut() else { return };
+            let Some(inbox) = self.inbox.as_mut() else {
+                return;
+            };
             if m.seq == 0 || m.seq > MAX_SEQ {
                 continue;
             }
@@ -187,7 +207,9 @@ impl Client {
             if inbox.buffer.len() >= max_buffer {
                 // Full: first move the contiguous run out of the buffer.
                 self.advance(now);
-                let Some(inbox) = self.inbox.as_mut() else { return };
+                let Some(inbox) = self.inbox.as_mut() else {
+                    return;
+                };
                 if inbox.buffer.len() >= max_buffer {
                     // Still full: a lower seq is worth more (it fills the hole
                     // first), so evict the highest. An evicted message was either
@@ -205,8 +227,17 @@ impl Client {
                     }
                 }
             }
-            let Some(inbox) = self.inbox.as_mut() else { return };
-            inbox.buffer.insert(m.seq, Held { msg: m, written: false, conn: self.conn_epoch });
+            let Some(inbox) = self.inbox.as_mut() else {
+                return;
+            };
+            inbox.buffer.insert(
+                m.seq,
+                Held {
+                    msg: m,
+                    written: false,
+                    conn: self.conn_epoch,
+                },
+            );
         }
         for m in surfaced_again {
             self.out.push_back(ClientOutput::Message(m));
@@ -244,7 +275,11 @@ impl Client {
             inbox.written = seq;
             inbox.chain = expect;
             advanced = true;
-            verified.push((seq, held.msg.id.clone(), held.msg.user == self.cfg.user && held.msg.device == self.cfg.device));
+            verified.push((
+                seq,
+                held.msg.id.clone(),
+                held.msg.user == self.cfg.user && held.msg.device == self.cfg.device,
+            ));
             inbox.unsurfaced.insert(seq, held.msg.clone());
             if !held.written {
                 fresh.push(held.msg);
@@ -327,15 +362,21 @@ impl Client {
         let (Some(first), Some(last)) = (page.first(), page.last()) else {
             return;
         };
-        let contiguous = first.seq > 0 && page.windows(2).all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
+        let contiguous = first.seq > 0
+            && page
+                .windows(2)
+                .all(|w| w[0].seq.checked_add(1) == Some(w[1].seq));
         if last.seq.checked_add(1) != Some(oldest.seq) || !contiguous {
             return; // a stale answer (the history moved on already) or garbage
         }
         let first_seq = first.seq;
-        let links = last
-            .chain
-            .next(oldest.seq, &oldest.user, &oldest.device, &oldest.id, &oldest.body)
-            == oldest.chain;
+        let links = last.chain.next(
+            oldest.seq,
+            &oldest.user,
+            &oldest.device,
+            &oldest.id,
+            &oldest.body,
+        ) == oldest.chain;
         if !links || !chain_ok(&page, (first_seq == 1).then_some(ChainHash::GENESIS)) {
             // Asking again would get the same page: end this request.
             self.want_history = false;
@@ -363,7 +404,11 @@ impl Client {
     pub(super) fn diverge(&mut self, seq: Seq, server_head: Seq) {
         if !self.diverged {
             self.diverged = true;
-            self.out.push_back(ClientOutput::Error(ClientError::Diverged { seq, server_head }));
+            self.out
+                .push_back(ClientOutput::Error(ClientError::Diverged {
+                    seq,
+                    server_head,
+                }));
             self.fail_history(ClientError::Diverged { seq, server_head });
             // A server that lost or rewrote history may have lost our own
             // messages too, even confirmed ones: send every undelivered one
@@ -392,7 +437,10 @@ impl Client {
             self.timers.clear(Timer::SyncFresh);
         }
         let Some(inbox) = &self.inbox else {
-            if !self.timers.is_set(Timer::SyncFresh) && self.link == Link::Ready && self.fresh_pending {
+            if !self.timers.is_set(Timer::SyncFresh)
+                && self.link == Link::Ready
+                && self.fresh_pending
+            {
                 // Ask with `hello`, not with a `sync` for the latest page: the
                 // server answers a fresh device with pages that chain with
                 // what its user's other devices stored, so that its acks
@@ -402,7 +450,9 @@ impl Client {
             return;
         };
         let gap_due = !inbox.buffer.is_empty()
-            && self.gap_since.is_some_and(|g| g.saturating_add(self.cfg.gap_grace) <= now);
+            && self
+                .gap_since
+                .is_some_and(|g| g.saturating_add(self.cfg.gap_grace) <= now);
         let behind = inbox.written < self.head_auth;
         let mut frames = Vec::new();
         if (behind || gap_due) && !self.timers.is_set(Timer::SyncForward) {
@@ -412,7 +462,10 @@ impl Client {
                 before,
                 limit: self.cfg.page.clamp(1, limits::MAX_PAGE),
             });
-            self.timers.set(Timer::SyncForward, now.saturating_add(self.cfg.sync_timeout));
+            self.timers.set(
+                Timer::SyncForward,
+                now.saturating_add(self.cfg.sync_timeout),
+            );
         }
         if self.want_history && !self.timers.is_set(Timer::SyncBack) {
             if let Some(oldest) = &inbox.oldest {
@@ -421,12 +474,16 @@ impl Client {
                     before: Some(oldest.seq),
                     limit: self.cfg.page.clamp(1, limits::MAX_PAGE),
                 });
-                self.timers.set(Timer::SyncBack, now.saturating_add(self.cfg.sync_timeout));
+                self.timers
+                    .set(Timer::SyncBack, now.saturating_add(self.cfg.sync_timeout));
             } else {
                 // Nothing older any more (a reset inbox started at seq 1, say):
                 // the request ends with an empty last page, never silently.
                 self.want_history = false;
-                self.out.push_back(ClientOutput::History { page: Vec::new(), more: false });
+                self.out.push_back(ClientOutput::History {
+                    page: Vec::new(),
+                    more: false,
+                });
             }
         }
         for f in frames {

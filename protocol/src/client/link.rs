@@ -51,7 +51,9 @@ enum AfterClose {
 fn after_close(code: u16, reason: &str) -> AfterClose {
     match code {
         close::UNAUTHORIZED | close::TOKEN_EXPIRED => AfterClose::Token,
-        close::FORBIDDEN => AfterClose::Stop(ClientError::Forbidden { reason: reason.to_owned() }),
+        close::FORBIDDEN => AfterClose::Stop(ClientError::Forbidden {
+            reason: reason.to_owned(),
+        }),
         close::CONVERSATION_FULL => AfterClose::Stop(ClientError::ConversationFull),
         close::REPLACED => AfterClose::Replaced,
         _ => AfterClose::Backoff,
@@ -84,10 +86,16 @@ impl Client {
     /// frames arrive, so they are fetched (and written) again from it.
     fn forget_unvouched_held(&mut self) {
         let epoch = self.conn_epoch;
-        let Some(inbox) = self.inbox.as_mut() else { return };
+        let Some(inbox) = self.inbox.as_mut() else {
+            return;
+        };
         inbox.buffer.retain(|_, h| h.conn == epoch);
         let mut kept = RangeSet::new();
-        for seq in inbox.buffer.keys().filter(|s| inbox.stored_above.contains(**s)) {
+        for seq in inbox
+            .buffer
+            .keys()
+            .filter(|s| inbox.stored_above.contains(**s))
+        {
             kept.insert(*seq);
         }
         inbox.stored_above = kept;
@@ -103,7 +111,11 @@ impl Client {
             None => (None, None),
         };
         self.hello_from = after.zip(chain);
-        self.transmit(ClientFrame::Hello { after, chain, bundles: true });
+        self.transmit(ClientFrame::Hello {
+            after,
+            chain,
+            bundles: true,
+        });
     }
 
     /// The socket closed (or never opened): decide what comes next.
@@ -118,10 +130,11 @@ impl Client {
         // the decision below reports a more precise error.
         let app_code = code == close::POLICY || (4000..5000).contains(&code);
         if app_code && matches!(next, AfterClose::Backoff | AfterClose::Replaced) {
-            self.out.push_back(ClientOutput::Error(ClientError::ConnectionClosed {
-                code,
-                reason: reason.clone(),
-            }));
+            self.out
+                .push_back(ClientOutput::Error(ClientError::ConnectionClosed {
+                    code,
+                    reason: reason.clone(),
+                }));
         }
         match next {
             AfterClose::Backoff => self.schedule_reconnect(now),
@@ -136,7 +149,8 @@ impl Client {
                     self.ask_to_connect(now, true);
                 } else {
                     self.link = Link::Auth;
-                    self.out.push_back(ClientOutput::Error(ClientError::Unauthorized { reason }));
+                    self.out
+                        .push_back(ClientOutput::Error(ClientError::Unauthorized { reason }));
                 }
             }
             AfterClose::Stop(error) => {
@@ -187,7 +201,13 @@ impl Client {
         if !self.network_online {
             return; // `Network { online: true }` reconnects
         }
-        let wait = full_jitter(self.cfg.reconnect_initial, self.cfg.reconnect_max, self.attempts, 50, &mut self.rng);
+        let wait = full_jitter(
+            self.cfg.reconnect_initial,
+            self.cfg.reconnect_max,
+            self.attempts,
+            50,
+            &mut self.rng,
+        );
         self.attempts = self.attempts.saturating_add(1);
         self.timers.set(Timer::Reconnect, now.saturating_add(wait));
     }
@@ -206,7 +226,8 @@ impl Client {
     /// of it while the silence lasts.
     pub(super) fn next_ping_at(&self) -> Millis {
         if self.last_ping > self.last_rx {
-            self.last_ping.saturating_add((self.cfg.ping_after / 3).max(1))
+            self.last_ping
+                .saturating_add((self.cfg.ping_after / 3).max(1))
         } else {
             self.last_rx.saturating_add(self.cfg.ping_after)
         }
@@ -232,7 +253,8 @@ impl Client {
             Link::Ready => {
                 if now >= self.dead_at() {
                     let idle = now.saturating_sub(self.last_rx);
-                    self.out.push_back(ClientOutput::Error(ClientError::ConnectionDead { idle }));
+                    self.out
+                        .push_back(ClientOutput::Error(ClientError::ConnectionDead { idle }));
                     self.give_up_connection(now);
                     return false;
                 }
@@ -273,7 +295,14 @@ impl Client {
         self.timers.clear(Timer::AckRetry);
     }
 
-    pub(super) fn on_welcome(&mut self, now: Millis, head: Seq, chain: ChainHash, cursors: Vec<Cursor>, rate: Option<RateLimit>) {
+    pub(super) fn on_welcome(
+        &mut self,
+        now: Millis,
+        head: Seq,
+        chain: ChainHash,
+        cursors: Vec<Cursor>,
+        rate: Option<RateLimit>,
+    ) {
         if !matches!(self.link, Link::Hello { .. } | Link::Ready) {
             return;
         }
@@ -306,12 +335,18 @@ impl Client {
             if head < w || (head == w && chain != c) {
                 // The server lost (or rewrote) history this device stored.
                 self.diverge(head.min(w), head);
-            } else if head > w && !self.timers.is_set(Timer::SyncForward) && self.inbox.as_ref().is_some_and(|i| i.written < head) {
+            } else if head > w
+                && !self.timers.is_set(Timer::SyncForward)
+                && self.inbox.as_ref().is_some_and(|i| i.written < head)
+            {
                 // hello{after: w} is answered with the pages above w (streamed,
                 // right behind this welcome): wait for them rather than ask for
                 // the same pages again. (If they already overtook the welcome,
                 // `written` has reached the head and there is nothing to wait for.)
-                self.timers.set(Timer::SyncForward, now.saturating_add(self.cfg.sync_timeout));
+                self.timers.set(
+                    Timer::SyncForward,
+                    now.saturating_add(self.cfg.sync_timeout),
+                );
             }
         } else {
             // A fresh hello vouches for no history: a seq the server gave
@@ -331,7 +366,8 @@ impl Client {
             // hello{after: None} is answered with the latest page; ask again
             // if it does not come.
             self.fresh_pending = true;
-            self.timers.set(Timer::SyncFresh, now.saturating_add(self.cfg.sync_timeout));
+            self.timers
+                .set(Timer::SyncFresh, now.saturating_add(self.cfg.sync_timeout));
         }
         self.outbox.reset_transmits();
         // Tell the new connection where we are (its cursor may be stale).
@@ -348,7 +384,9 @@ impl Client {
             return;
         }
         match self.timers.get(Timer::Refresh) {
-            None => self.timers.set(Timer::Refresh, now.saturating_add(self.refresh_every)),
+            None => self
+                .timers
+                .set(Timer::Refresh, now.saturating_add(self.refresh_every)),
             Some(t) if t <= now => {
                 self.refresh_every = self
                     .refresh_every

@@ -55,10 +55,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::{backoff, full_jitter, jittered};
 use crate::bugs::Bugs;
 use crate::chain::ChainHash;
 use crate::frame::{
-    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame, StoredMessage, Ticket, MAX_SEQ,
+    ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
+    StoredMessage, Ticket, MAX_SEQ,
 };
 use crate::limits;
 use crate::outbox::Outbox;
@@ -66,15 +68,14 @@ use crate::pacer::Pacer;
 use crate::ranges::RangeSet;
 use crate::rng::Rng;
 use crate::WriteId;
-use crate::backoff::{backoff, full_jitter, jittered};
 
 mod delivery;
 mod inbox;
 mod link;
 mod timers;
 
-use inbox::{Held, Inbox};
 use delivery::AckState;
+use inbox::{Held, Inbox};
 use link::Link;
 use timers::{Timer, Timers};
 
@@ -440,7 +441,9 @@ pub enum ClientError {
     /// The server's history differs from what this device stored, or the
     /// server is behind this device. The inbox is frozen until
     /// [`Client::reset_inbox`].
-    #[error("the server's history diverged from this device's at seq {seq} (server head {server_head})")]
+    #[error(
+        "the server's history diverged from this device's at seq {seq} (server head {server_head})"
+    )]
     Diverged {
         /// Where the histories differ.
         seq: Seq,
@@ -473,7 +476,9 @@ impl ClientError {
 /// What to do when a write becomes durable.
 #[derive(Debug, Clone)]
 enum Effect {
-    Outbox { id: String },
+    Outbox {
+        id: String,
+    },
     Inbox {
         /// Surface through this seq (the record's watermark).
         advance: Option<Seq>,
@@ -605,7 +610,14 @@ impl Client {
             for m in restored.above {
                 if m.seq > inbox.written && m.seq <= MAX_SEQ {
                     inbox.stored_above.insert(m.seq);
-                    inbox.buffer.insert(m.seq, Held { msg: m, written: true, conn: 0 });
+                    inbox.buffer.insert(
+                        m.seq,
+                        Held {
+                            msg: m,
+                            written: true,
+                            conn: 0,
+                        },
+                    );
                 }
             }
             c.ack.sent = inbox.durable;
@@ -671,7 +683,10 @@ impl Client {
             at: None,
         };
         self.outbox.insert(entry.clone(), false);
-        self.persist(ClientWrite::PutOutbox(entry), Effect::Outbox { id: id.clone() });
+        self.persist(
+            ClientWrite::PutOutbox(entry),
+            Effect::Outbox { id: id.clone() },
+        );
         self.drive(now);
         Ok(id)
     }
@@ -682,10 +697,18 @@ impl Client {
     /// outbox or held in the inbox is not queued again (`Ok(id)`, no write;
     /// its status follows as usual). An id that is not a ULID is refused with
     /// [`ClientError::BadMessageId`].
-    pub fn send_with_id(&mut self, now: Millis, id: &str, body: impl Into<String>) -> Result<String, ClientError> {
+    pub fn send_with_id(
+        &mut self,
+        now: Millis,
+        id: &str,
+        body: impl Into<String>,
+    ) -> Result<String, ClientError> {
         let body = body.into();
         if body.len() > limits::MAX_BODY_BYTES {
-            return Err(ClientError::BodyTooLarge { len: body.len(), max: limits::MAX_BODY_BYTES });
+            return Err(ClientError::BodyTooLarge {
+                len: body.len(),
+                max: limits::MAX_BODY_BYTES,
+            });
         }
         // The ulid crate wraps a first character above '7' (over 128 bits)
         // instead of refusing it: only a round trip proves a ULID.
@@ -696,17 +719,30 @@ impl Client {
         // Canonical (upper-case) spelling, as the core's own ids.
         let id = parsed.to_string();
         let held = self.inbox.as_ref().is_some_and(|i| {
-            i.buffer.values().any(|h| h.msg.id == id && h.msg.user == self.cfg.user && h.msg.device == self.cfg.device)
+            i.buffer.values().any(|h| {
+                h.msg.id == id && h.msg.user == self.cfg.user && h.msg.device == self.cfg.device
+            })
         });
         if self.outbox.contains_id(&id) || held {
             return Ok(id);
         }
         // The core's own ids continue after this one.
-        self.last_id = self.last_id.max(Some((parsed.timestamp_ms(), parsed.random())));
+        self.last_id = self
+            .last_id
+            .max(Some((parsed.timestamp_ms(), parsed.random())));
         self.last_created = self.last_created.max(now);
-        let entry = OutboxEntry { id: id.clone(), body, created: self.last_created, seq: None, at: None };
+        let entry = OutboxEntry {
+            id: id.clone(),
+            body,
+            created: self.last_created,
+            seq: None,
+            at: None,
+        };
         self.outbox.insert(entry.clone(), false);
-        self.persist(ClientWrite::PutOutbox(entry), Effect::Outbox { id: id.clone() });
+        self.persist(
+            ClientWrite::PutOutbox(entry),
+            Effect::Outbox { id: id.clone() },
+        );
         self.drive(now);
         Ok(id)
     }
@@ -717,7 +753,9 @@ impl Client {
         let mask80: u128 = (1 << 80) - 1;
         let (ms, rand) = match self.last_id {
             // Same (or earlier) millisecond: count up, as ULID's monotonic mode does.
-            Some((last_ms, last_rand)) if ms <= last_ms && last_rand < mask80 => (last_ms, last_rand + 1),
+            Some((last_ms, last_rand)) if ms <= last_ms && last_rand < mask80 => {
+                (last_ms, last_rand + 1)
+            }
             last => {
                 let hi = u128::from(self.rng.next_u64() & 0xFFFF);
                 let lo = u128::from(self.rng.next_u64());
@@ -763,7 +801,8 @@ impl Client {
         for (_, effect) in &mut self.writes {
             if let Effect::Inbox { history, .. } = effect {
                 if history.is_some() {
-                    self.out.push_back(ClientOutput::HistoryFailed(ClientError::Offline));
+                    self.out
+                        .push_back(ClientOutput::HistoryFailed(ClientError::Offline));
                 }
                 *effect = Effect::None;
             }
@@ -805,11 +844,15 @@ impl Client {
                         for decoded in frames {
                             match decoded {
                                 Ok(frame) => self.on_frame(now, frame),
-                                Err(e) => self.out.push_back(ClientOutput::Error(ClientError::Decode(e))),
+                                Err(e) => self
+                                    .out
+                                    .push_back(ClientOutput::Error(ClientError::Decode(e))),
                             }
                         }
                     }
-                    Err(e) => self.out.push_back(ClientOutput::Error(ClientError::Decode(e))),
+                    Err(e) => self
+                        .out
+                        .push_back(ClientOutput::Error(ClientError::Decode(e))),
                 }
             }
             ClientInput::Durable { through } => self.on_durable(now, through),
@@ -852,12 +895,17 @@ impl Client {
                 at(self.timers.next());
                 // A hole's grace period matters only while no gap-fill is in
                 // flight (an in-flight request has its own deadline).
-                if !self.timers.is_set(Timer::SyncForward) && self.inbox.as_ref().is_some_and(|i| !i.buffer.is_empty()) {
+                if !self.timers.is_set(Timer::SyncForward)
+                    && self.inbox.as_ref().is_some_and(|i| !i.buffer.is_empty())
+                {
                     at(self.gap_since.map(|g| g.saturating_add(self.cfg.gap_grace)));
                 }
                 // Sends held back by pacing go when the budget allows.
                 let paced_until = self.pacer.as_ref().map(Pacer::next_at);
-                at(self.outbox.next_retry().map(|r| r.max(paced_until.unwrap_or(0))));
+                at(self
+                    .outbox
+                    .next_retry()
+                    .map(|r| r.max(paced_until.unwrap_or(0))));
                 if self.outbox.any_ready() && self.outbox.in_flight_len() < self.cfg.window {
                     at(paced_until);
                 }
@@ -899,7 +947,10 @@ impl Client {
     /// or waiting for a gap-fill answer.
     pub fn is_catching_up(&self) -> bool {
         self.timers.is_set(Timer::SyncForward)
-            || self.inbox.as_ref().is_some_and(|i| i.written < self.head_auth || !i.buffer.is_empty())
+            || self
+                .inbox
+                .as_ref()
+                .is_some_and(|i| i.written < self.head_auth || !i.buffer.is_empty())
     }
 
     /// The connection state as the app should show it.
@@ -936,7 +987,10 @@ impl Client {
                 // Before anything is counted as delivered: does the server
                 // still have the history this device stored?
                 if let (Some((w, mine)), Some(theirs)) = (self.hello_from, after_chain) {
-                    if theirs.seq == w && theirs.chain != mine && matches!(self.link, Link::Hello { .. } | Link::Ready) {
+                    if theirs.seq == w
+                        && theirs.chain != mine
+                        && matches!(self.link, Link::Hello { .. } | Link::Ready)
+                    {
                         self.diverge(w, head);
                     }
                 }
@@ -956,7 +1010,10 @@ impl Client {
                 self.accept(now, messages);
             }
             ServerFrame::Batch {
-                messages, head, follows, ..
+                messages,
+                head,
+                follows,
+                ..
             } => {
                 self.note_own(now, &messages);
                 self.on_batch(now, messages, head, follows)
@@ -1003,7 +1060,9 @@ impl Client {
                     };
                     let mut progressed = false;
                     for s in buffered {
-                        if s > inbox.durable && (s <= inbox.written || inbox.buffer.contains_key(&s)) {
+                        if s > inbox.durable
+                            && (s <= inbox.written || inbox.buffer.contains_key(&s))
+                        {
                             inbox.stored_above.insert(s);
                             progressed = true;
                         }
@@ -1067,7 +1126,9 @@ mod tests {
         let b = c.next_id(1_700_000_000_000);
         let d = c.next_id(1_699_000_000_000);
         assert_eq!(a.len(), 26);
-        assert!(a.bytes().all(|x| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&x)));
+        assert!(a
+            .bytes()
+            .all(|x| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&x)));
         assert!(a < b && b < d, "{a} {b} {d}");
         // Even at time 0 the first id is random, not a counter.
         let mut c1 = Client::new(ClientConfig::new("ann", "d1"), 1, ClientSnapshot::default());

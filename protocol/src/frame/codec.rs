@@ -19,12 +19,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    ChainAt, ChainHash, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq, ServerFrame,
-    StoredMessage, Ticket, PROTOCOL_VERSION, REPLACEMENT_CHAR,
+    ChainAt, ChainHash, ClientFrame, Cursor, DecodeError, ErrorCode, Millis, RateLimit, Seq,
+    ServerFrame, StoredMessage, Ticket, PROTOCOL_VERSION, REPLACEMENT_CHAR,
 };
 
 const CLIENT_TYPES: &[&str] = &["hello", "send", "ack", "sync", "read", "ping"];
-const SERVER_TYPES: &[&str] = &["welcome", "sent", "push", "batch", "delivered", "error", "pong"];
+const SERVER_TYPES: &[&str] = &[
+    "welcome",
+    "sent",
+    "push",
+    "batch",
+    "delivered",
+    "error",
+    "pong",
+];
 
 // ---------------------------------------------------------------- bundles
 
@@ -36,7 +44,10 @@ const SERVER_TYPES: &[&str] = &["welcome", "sent", "push", "batch", "delivered",
 /// alone, so one bad element does not spoil the others.
 pub(super) fn split(bytes: &[u8], max_len: usize) -> Result<Vec<&[u8]>, DecodeError> {
     if bytes.len() > max_len {
-        return Err(DecodeError::TooLarge { len: bytes.len(), max: max_len });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            max: max_len,
+        });
     }
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => Ok(vec![bytes]),
@@ -51,7 +62,9 @@ pub(super) fn split(bytes: &[u8], max_len: usize) -> Result<Vec<&[u8]>, DecodeEr
             }
             Ok(elements.into_iter().map(|e| e.get().as_bytes()).collect())
         }
-        _ => Err(DecodeError::NotJson("expected a JSON object or an array of them".into())),
+        _ => Err(DecodeError::NotJson(
+            "expected a JSON object or an array of them".into(),
+        )),
     }
 }
 
@@ -157,7 +170,10 @@ fn explain(bytes: &[u8], known: &[&str], failure: &serde_json::Error) -> DecodeE
         _ => None,
     };
     match classify(version, kind, known) {
-        Ok(kind) => DecodeError::Invalid { frame: kind, reason: failure.to_string() },
+        Ok(kind) => DecodeError::Invalid {
+            frame: kind,
+            reason: failure.to_string(),
+        },
         Err(e) => e,
     }
 }
@@ -245,7 +261,10 @@ impl<'de> Deserialize<'de> for SeqOrId {
 }
 
 fn missing(frame: &str, field: &str) -> DecodeError {
-    DecodeError::Invalid { frame: frame.to_owned(), reason: format!("missing field `{field}`") }
+    DecodeError::Invalid {
+        frame: frame.to_owned(),
+        reason: format!("missing field `{field}`"),
+    }
 }
 
 fn required<T>(frame: &str, field: &str, value: Option<T>) -> Result<T, DecodeError> {
@@ -263,7 +282,11 @@ fn seq_field(frame: &str, field: &str, value: Option<SeqOrId>) -> Result<Option<
     }
 }
 
-fn id_field(frame: &str, field: &str, value: Option<SeqOrId>) -> Result<Option<String>, DecodeError> {
+fn id_field(
+    frame: &str,
+    field: &str,
+    value: Option<SeqOrId>,
+) -> Result<Option<String>, DecodeError> {
     match value {
         None => Ok(None),
         Some(SeqOrId::Id(id)) => Ok(Some(id)),
@@ -317,8 +340,12 @@ impl ClientFields {
                 before: self.before,
                 limit: required(kind, "limit", self.limit)?,
             },
-            "read" => ClientFrame::Read { seq: required(kind, "seq", self.seq)? },
-            "ping" => ClientFrame::Ping { nonce: self.nonce.unwrap_or(0) },
+            "read" => ClientFrame::Read {
+                seq: required(kind, "seq", self.seq)?,
+            },
+            "ping" => ClientFrame::Ping {
+                nonce: self.nonce.unwrap_or(0),
+            },
             other => return Err(DecodeError::UnknownType(Some(other.to_owned()))),
         })
     }
@@ -379,7 +406,9 @@ impl ServerFields {
                 seq: required(kind, "seq", self.seq)?,
                 at: required(kind, "at", self.at)?,
             },
-            "push" => ServerFrame::Push { messages: required(kind, "messages", self.messages)? },
+            "push" => ServerFrame::Push {
+                messages: required(kind, "messages", self.messages)?,
+            },
             "batch" => ServerFrame::Batch {
                 messages: required(kind, "messages", self.messages)?,
                 head: required(kind, "head", self.head)?,
@@ -396,7 +425,9 @@ impl ServerFields {
                 message: required(kind, "message", self.message)?,
                 id: self.id,
             },
-            "pong" => ServerFrame::Pong { nonce: required(kind, "nonce", self.nonce)? },
+            "pong" => ServerFrame::Pong {
+                nonce: required(kind, "nonce", self.nonce)?,
+            },
             other => return Err(DecodeError::UnknownType(Some(other.to_owned()))),
         })
     }
@@ -411,7 +442,9 @@ struct ObjectWriter {
 
 impl ObjectWriter {
     fn new(kind: &str, rx: Option<Ticket>) -> ObjectWriter {
-        let mut w = ObjectWriter { buf: Vec::with_capacity(96) };
+        let mut w = ObjectWriter {
+            buf: Vec::with_capacity(96),
+        };
         w.buf.extend_from_slice(b"{\"v\":");
         w.value(&PROTOCOL_VERSION);
         if let Some(rx) = rx {
@@ -443,7 +476,8 @@ impl ObjectWriter {
     fn finish(mut self) -> String {
         self.buf.push(b'}');
         // serde_json writes UTF-8 only.
-        let text = String::from_utf8(self.buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let text = String::from_utf8(self.buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         escape_replacement_char(text)
     }
 }
@@ -451,7 +485,11 @@ impl ObjectWriter {
 pub(super) fn encode_client(frame: &ClientFrame, rx: Option<Ticket>) -> String {
     let mut w;
     match frame {
-        ClientFrame::Hello { after, chain, bundles } => {
+        ClientFrame::Hello {
+            after,
+            chain,
+            bundles,
+        } => {
             w = ObjectWriter::new("hello", rx);
             w.field("after", after);
             w.some("chain", chain);
@@ -472,7 +510,11 @@ pub(super) fn encode_client(frame: &ClientFrame, rx: Option<Ticket>) -> String {
                 w.field("ranges", ranges);
             }
         }
-        ClientFrame::Sync { after, before, limit } => {
+        ClientFrame::Sync {
+            after,
+            before,
+            limit,
+        } => {
             w = ObjectWriter::new("sync", rx);
             w.some("after", after);
             w.some("before", before);
@@ -533,7 +575,13 @@ pub(super) fn encode_server(frame: &ServerFrame) -> String {
             w = ObjectWriter::new("push", None);
             w.field("messages", messages);
         }
-        ServerFrame::Batch { messages, head, more, follows, ticket } => {
+        ServerFrame::Batch {
+            messages,
+            head,
+            more,
+            follows,
+            ticket,
+        } => {
             w = ObjectWriter::new("batch", None);
             w.field("messages", messages);
             w.field("head", head);

@@ -16,10 +16,12 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use protocol::client::{
-    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite, InboxState,
-    MessageStatus, OutboxEntry,
+    Client, ClientConfig, ClientError, ClientInput, ClientOutput, ClientSnapshot, ClientWrite,
+    InboxState, MessageStatus, OutboxEntry,
 };
-use protocol::server::{ConnId, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite};
+use protocol::server::{
+    ConnId, Conversation, ServerConfig, ServerInput, ServerOutput, ServerWrite,
+};
 use protocol::store::DurableStore;
 use protocol::{MemoryStore, Millis, Seq, ServerFrame, StoredMessage, WriteId};
 
@@ -41,17 +43,29 @@ enum Event {
     /// A client frame reaches the server on `conn`.
     ToServer { conn: ConnId, bytes: Vec<u8> },
     /// A server frame reaches `device` on `conn`.
-    ToClient { device: usize, conn: ConnId, bytes: Vec<u8> },
+    ToClient {
+        device: usize,
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
     /// The server learns that the client closed `conn`.
     ServerSeesClose { conn: ConnId },
     /// `device` learns that the server closed `conn` with `code`.
-    ClientSeesClose { device: usize, conn: ConnId, code: u16 },
+    ClientSeesClose {
+        device: usize,
+        conn: ConnId,
+        code: u16,
+    },
     /// The socket `device` asked for opens (or fails, when it is offline).
     Open { device: usize },
     /// The server's writes through `through` are durable (of one incarnation).
     ServerDurable { incarnation: u64, through: WriteId },
     /// `device`'s writes through `through` are durable (of one incarnation).
-    ClientDurable { device: usize, incarnation: u64, through: WriteId },
+    ClientDurable {
+        device: usize,
+        incarnation: u64,
+        through: WriteId,
+    },
 }
 
 /// A device's IndexedDB, reduced to what a restart reads back.
@@ -91,10 +105,18 @@ impl ClientDisk {
     /// What a restarted shell hands `Client::new`.
     pub fn snapshot(&self) -> ClientSnapshot {
         let above = match &self.inbox {
-            Some(s) => self.messages.range(s.watermark.saturating_add(1)..).map(|(_, m)| m.clone()).collect(),
+            Some(s) => self
+                .messages
+                .range(s.watermark.saturating_add(1)..)
+                .map(|(_, m)| m.clone())
+                .collect(),
             None => Vec::new(),
         };
-        ClientSnapshot { inbox: self.inbox.clone(), above, outbox: self.outbox.clone() }
+        ClientSnapshot {
+            inbox: self.inbox.clone(),
+            above,
+            outbox: self.outbox.clone(),
+        }
     }
 }
 
@@ -134,12 +156,19 @@ impl Device {
 
     /// The status changes of message `id`, in order, without times.
     pub fn status_of(&self, id: &str) -> Vec<MessageStatus> {
-        self.statuses.iter().filter(|(_, i, _)| i == id).map(|(_, _, s)| s.clone()).collect()
+        self.statuses
+            .iter()
+            .filter(|(_, i, _)| i == id)
+            .map(|(_, _, s)| s.clone())
+            .collect()
     }
 
     /// When message `id` first reached a status matching `pred`.
     pub fn when(&self, id: &str, pred: impl Fn(&MessageStatus) -> bool) -> Option<Millis> {
-        self.statuses.iter().find(|(_, i, s)| i == id && pred(s)).map(|(t, _, _)| *t)
+        self.statuses
+            .iter()
+            .find(|(_, i, s)| i == id && pred(s))
+            .map(|(t, _, _)| *t)
     }
 }
 
@@ -187,7 +216,8 @@ impl Pair {
     /// A server with `config`, on an empty store.
     pub fn with_config(config: ServerConfig) -> Pair {
         let store = MemoryStore::new();
-        let conv = Conversation::new(config.clone(), 1, T0, &store).expect("a core on an empty store");
+        let conv =
+            Conversation::new(config.clone(), 1, T0, &store).expect("a core on an empty store");
         Pair {
             now: T0,
             latency: 10,
@@ -250,16 +280,35 @@ impl Pair {
     /// Opens the socket device `i` asked for.
     fn open_socket(&mut self, i: usize) {
         if !self.devices[i].online || self.devices[i].conn.is_some() {
-            let reason = if self.devices[i].online { "a socket is open already" } else { "offline" };
-            self.client_input(i, ClientInput::Disconnected { code: 1006, reason: reason.into() });
+            let reason = if self.devices[i].online {
+                "a socket is open already"
+            } else {
+                "offline"
+            };
+            self.client_input(
+                i,
+                ClientInput::Disconnected {
+                    code: 1006,
+                    reason: reason.into(),
+                },
+            );
             return;
         }
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         self.server.conns.insert(conn, i);
         self.devices[i].conn = Some(conn);
-        let (user, device) = (self.devices[i].config.user.clone(), self.devices[i].config.device.clone());
-        self.server_input(ServerInput::Connected { conn, user, device, resumed: None, expires: None });
+        let (user, device) = (
+            self.devices[i].config.user.clone(),
+            self.devices[i].config.device.clone(),
+        );
+        self.server_input(ServerInput::Connected {
+            conn,
+            user,
+            device,
+            resumed: None,
+            expires: None,
+        });
         self.client_input(i, ClientInput::Connected);
     }
 
@@ -268,15 +317,26 @@ impl Pair {
     pub fn disconnect(&mut self, i: usize) {
         self.devices[i].online = false;
         self.client_input(i, ClientInput::Network { online: false });
-        let Some(conn) = self.devices[i].conn.take() else { return };
-        self.client_input(i, ClientInput::Disconnected { code: 1006, reason: "network down".into() });
+        let Some(conn) = self.devices[i].conn.take() else {
+            return;
+        };
+        self.client_input(
+            i,
+            ClientInput::Disconnected {
+                code: 1006,
+                reason: "network down".into(),
+            },
+        );
         self.schedule(self.latency, Event::ServerSeesClose { conn });
     }
 
     /// The app on device `i` sends `body`; returns the client message id.
     pub fn send(&mut self, i: usize, body: &str) -> String {
         let now = self.now;
-        let id = self.devices[i].client.send(now, body).expect("a body within the limit");
+        let id = self.devices[i]
+            .client
+            .send(now, body)
+            .expect("a body within the limit");
         self.client_outputs(i);
         id
     }
@@ -287,12 +347,23 @@ impl Pair {
         self.server.incarnation += 1;
         for (_, i) in std::mem::take(&mut self.server.conns) {
             if self.devices[i].conn.take().is_some() {
-                self.client_input(i, ClientInput::Disconnected { code: 1006, reason: "server restarted".into() });
+                self.client_input(
+                    i,
+                    ClientInput::Disconnected {
+                        code: 1006,
+                        reason: "server restarted".into(),
+                    },
+                );
             }
         }
         let seed = 1 + self.server.incarnation;
-        self.server.conv = Conversation::new(self.server.config.clone(), seed, self.now, &self.server.store)
-            .expect("a core rebuilt from the store");
+        self.server.conv = Conversation::new(
+            self.server.config.clone(),
+            seed,
+            self.now,
+            &self.server.store,
+        )
+        .expect("a core rebuilt from the store");
     }
 
     /// Device `i`'s tab reloads: its writes not yet durable are lost, and a
@@ -304,13 +375,18 @@ impl Pair {
         let d = &mut self.devices[i];
         d.pending.clear();
         d.incarnation += 1;
-        d.client = Client::new(d.config.clone(), d.seed + 100 * d.incarnation, d.disk.snapshot());
+        d.client = Client::new(
+            d.config.clone(),
+            d.seed + 100 * d.incarnation,
+            d.disk.snapshot(),
+        );
         self.client_outputs(i);
     }
 
     /// True when nothing is in flight and no machine has a timer set.
     pub fn is_quiescent(&self) -> bool {
-        self.next_wakeup().is_none_or(|t| t > self.now.saturating_add(QUIET_HORIZON))
+        self.next_wakeup()
+            .is_none_or(|t| t > self.now.saturating_add(QUIET_HORIZON))
     }
 
     /// Steps from wakeup to wakeup until nothing is in flight and no timer
@@ -337,7 +413,10 @@ impl Pair {
                 _ => return,
             }
         }
-        panic!("no quiescence after {MAX_STEPS} wakeups (now {}): a livelock", self.now - T0);
+        panic!(
+            "no quiescence after {MAX_STEPS} wakeups (now {}): a livelock",
+            self.now - T0
+        );
     }
 
     /// The earliest time anything happens: an event in flight or a timer.
@@ -358,11 +437,20 @@ impl Pair {
             let event = entry.remove();
             self.deliver(event);
         }
-        if self.server.conv.poll_timeout().is_some_and(|d| d <= self.now) {
+        if self
+            .server
+            .conv
+            .poll_timeout()
+            .is_some_and(|d| d <= self.now)
+        {
             self.server_input(ServerInput::Timeout);
         }
         for i in 0..self.devices.len() {
-            if self.devices[i].client.poll_timeout().is_some_and(|d| d <= self.now) {
+            if self.devices[i]
+                .client
+                .poll_timeout()
+                .is_some_and(|d| d <= self.now)
+            {
                 self.client_input(i, ClientInput::Timeout);
             }
         }
@@ -370,7 +458,8 @@ impl Pair {
 
     fn schedule(&mut self, delay: Millis, event: Event) {
         self.scheduled += 1;
-        self.queue.insert((self.now.saturating_add(delay), self.scheduled), event);
+        self.queue
+            .insert((self.now.saturating_add(delay), self.scheduled), event);
     }
 
     fn deliver(&mut self, event: Event) {
@@ -380,7 +469,11 @@ impl Pair {
                     self.server_input(ServerInput::Frame { conn, bytes });
                 }
             }
-            Event::ToClient { device, conn, bytes } => {
+            Event::ToClient {
+                device,
+                conn,
+                bytes,
+            } => {
                 if self.devices[device].conn == Some(conn) {
                     self.client_input(device, ClientInput::Frame(bytes));
                 }
@@ -393,16 +486,29 @@ impl Pair {
             Event::ClientSeesClose { device, conn, code } => {
                 if self.devices[device].conn == Some(conn) {
                     self.devices[device].conn = None;
-                    self.client_input(device, ClientInput::Disconnected { code, reason: String::new() });
+                    self.client_input(
+                        device,
+                        ClientInput::Disconnected {
+                            code,
+                            reason: String::new(),
+                        },
+                    );
                 }
             }
             Event::Open { device } => self.open_socket(device),
-            Event::ServerDurable { incarnation, through } => {
+            Event::ServerDurable {
+                incarnation,
+                through,
+            } => {
                 if incarnation == self.server.incarnation {
                     self.server_input(ServerInput::Durable { through });
                 }
             }
-            Event::ClientDurable { device, incarnation, through } => {
+            Event::ClientDurable {
+                device,
+                incarnation,
+                through,
+            } => {
                 let d = &mut self.devices[device];
                 if incarnation != d.incarnation {
                     return;
@@ -427,7 +533,14 @@ impl Pair {
                 ServerOutput::Frame { conn, frame } => {
                     if let Some(&device) = self.server.conns.get(&conn) {
                         let bytes = frame.encode().into_bytes();
-                        self.schedule(self.latency, Event::ToClient { device, conn, bytes });
+                        self.schedule(
+                            self.latency,
+                            Event::ToClient {
+                                device,
+                                conn,
+                                bytes,
+                            },
+                        );
                     }
                     self.server.frames.push((conn, frame));
                 }
@@ -450,7 +563,13 @@ impl Pair {
                 panic!("the store refused the core's batch {batch:?}: {e}");
             }
             let incarnation = self.server.incarnation;
-            self.schedule(self.disk_latency, Event::ServerDurable { incarnation, through });
+            self.schedule(
+                self.disk_latency,
+                Event::ServerDurable {
+                    incarnation,
+                    through,
+                },
+            );
         }
     }
 
@@ -474,10 +593,19 @@ impl Pair {
                 ClientOutput::Persist { write, op } => {
                     d.pending.push_back((write, op));
                     let incarnation = d.incarnation;
-                    self.schedule(self.disk_latency, Event::ClientDurable { device: i, incarnation, through: write });
+                    self.schedule(
+                        self.disk_latency,
+                        Event::ClientDurable {
+                            device: i,
+                            incarnation,
+                            through: write,
+                        },
+                    );
                 }
                 ClientOutput::Message(m) => d.shown.push(m),
-                ClientOutput::History { .. } | ClientOutput::HistoryFailed(_) | ClientOutput::Link(_) => {}
+                ClientOutput::History { .. }
+                | ClientOutput::HistoryFailed(_)
+                | ClientOutput::Link(_) => {}
                 ClientOutput::Connect { .. } => {
                     d.connects += 1;
                     self.schedule(self.latency, Event::Open { device: i });

@@ -33,13 +33,23 @@ enum Framing {
 
 fn connect(edge: &Edge, conv: &str, user: &str, device: &str, framing: Framing) -> Socket {
     let token = token_for(conv, user, device);
-    let url = format!("ws://127.0.0.1:{}/v1/conversations/{conv}/connect?access_token={token}", edge.port);
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/conversations/{conv}/connect?access_token={token}",
+        edge.port
+    );
     let (mut ws, _) = tungstenite::connect(url).expect("connect");
     if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
         let _ = tcp.set_nodelay(true);
         let _ = tcp.set_read_timeout(Some(Duration::from_millis(20)));
     }
-    send(&mut ws, &ClientFrame::Hello { after: None, chain: None, bundles: framing == Framing::Bundles });
+    send(
+        &mut ws,
+        &ClientFrame::Hello {
+            after: None,
+            chain: None,
+            bundles: framing == Framing::Bundles,
+        },
+    );
     ws
 }
 
@@ -64,7 +74,10 @@ fn read(ws: &mut Socket) -> Vec<ServerFrame> {
         Ok(Message::Close(c)) => panic!("server closed: {c:?}"),
         Ok(_) => Vec::new(),
         Err(tungstenite::Error::Io(e))
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
         {
             Vec::new()
         }
@@ -92,9 +105,18 @@ impl Acker {
     }
 
     fn flush_due(&mut self, ws: &mut Socket) {
-        let due = self.stored >= self.acked + 32 || self.since.is_some_and(|t| t.elapsed() >= Duration::from_millis(50));
+        let due = self.stored >= self.acked + 32
+            || self
+                .since
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(50));
         if due && self.stored > self.acked {
-            send(ws, &ClientFrame::Ack { seq: self.stored, ranges: Vec::new() });
+            send(
+                ws,
+                &ClientFrame::Ack {
+                    seq: self.stored,
+                    ranges: Vec::new(),
+                },
+            );
             self.acked = self.stored;
             self.since = None;
         }
@@ -120,7 +142,11 @@ fn run_sender(
         let mut out = Vec::new();
         while next < count && sent_at.len() < window && due {
             let id = format!("{prefix}-{next}");
-            let frame = ClientFrame::Send { id: id.clone(), body: format!("benchmark message {next}"), after: None };
+            let frame = ClientFrame::Send {
+                id: id.clone(),
+                body: format!("benchmark message {next}"),
+                after: None,
+            };
             match framing {
                 Framing::Bundles => out.push(frame.encode()),
                 Framing::Single => send(&mut ws, &frame),
@@ -154,7 +180,11 @@ fn run_sender(
 /// Sends/s confirmed with `sent`, from `senders` concurrent connections, and
 /// workerd's CPU seconds per 10,000 of them.
 fn ingest(edge: &Edge, run: usize, senders: usize, total: usize, framing: Framing) -> (f64, f64) {
-    let tag = if framing == Framing::Bundles { "b" } else { "s" };
+    let tag = if framing == Framing::Bundles {
+        "b"
+    } else {
+        "s"
+    };
     let conv = format!("ingest-{tag}-{senders}-{run}");
     let per = total / senders;
     let sockets: Vec<Socket> = (0..senders)
@@ -186,8 +216,21 @@ fn ingest(edge: &Edge, run: usize, senders: usize, total: usize, framing: Framin
 
 /// p50 and p99 of send->sent at `rate` messages/s from one sender.
 fn latency(edge: &Edge, run: usize, rate: u32, count: usize) -> (f64, f64) {
-    let ws = connect(edge, &format!("latency-{run}"), "lat", "lat-1", Framing::Bundles);
-    let mut l = run_sender(ws, "l", count, 1_000, Some(Duration::from_secs(1) / rate), Framing::Bundles);
+    let ws = connect(
+        edge,
+        &format!("latency-{run}"),
+        "lat",
+        "lat-1",
+        Framing::Bundles,
+    );
+    let mut l = run_sender(
+        ws,
+        "l",
+        count,
+        1_000,
+        Some(Duration::from_secs(1) / rate),
+        Framing::Bundles,
+    );
     l.sort_by(f64::total_cmp);
     (percentile(&l, 0.50), percentile(&l, 0.99))
 }
@@ -198,7 +241,13 @@ fn fan_out(edge: &Edge, run: usize, receivers: usize, count: usize) -> f64 {
     let barrier = Arc::new(Barrier::new(receivers + 1));
     let readers: Vec<_> = (0..receivers)
         .map(|i| {
-            let mut ws = connect(edge, &conv, &format!("r{i}"), &format!("r{i}-dev"), Framing::Bundles);
+            let mut ws = connect(
+                edge,
+                &conv,
+                &format!("r{i}"),
+                &format!("r{i}-dev"),
+                Framing::Bundles,
+            );
             let barrier = Arc::clone(&barrier);
             thread::spawn(move || {
                 let mut acker = Acker::default();
@@ -217,7 +266,11 @@ fn fan_out(edge: &Edge, run: usize, receivers: usize, count: usize) -> f64 {
     barrier.wait();
     let start = Instant::now();
     run_sender(sender, "f", count, 64, None, Framing::Bundles);
-    let finished = readers.into_iter().map(|h| h.join().expect("reader")).max().unwrap_or_else(Instant::now);
+    let finished = readers
+        .into_iter()
+        .map(|h| h.join().expect("reader"))
+        .max()
+        .unwrap_or_else(Instant::now);
     count as f64 / finished.duration_since(start).as_secs_f64()
 }
 
@@ -226,7 +279,10 @@ fn simulator(seeds: u64) -> f64 {
     let start = Instant::now();
     let batch = ackline_tests::sim::run_many((1..=seeds).collect(), threads, Bugs::default());
     if let Some(v) = batch.failures.first() {
-        panic!("simulator violation during the benchmark: {v:?}\nreplay: {}", v.replay_command());
+        panic!(
+            "simulator violation during the benchmark: {v:?}\nreplay: {}",
+            v.replay_command()
+        );
     }
     seeds as f64 / start.elapsed().as_secs_f64()
 }
@@ -254,8 +310,16 @@ impl Figure {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let runs: usize = flag("--runs").and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let runs: usize = flag("--runs")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let quick = args.iter().any(|a| a == "--quick");
     // `--only ingest`: just the ingest rows (for quick before/after checks).
     let only_ingest = flag("--only").as_deref() == Some("ingest");
@@ -263,9 +327,15 @@ fn main() {
     let scale = if quick { 5 } else { 1 };
 
     // Load tests go past the per-connection rate limit on purpose.
-    let edge = Edge::start_with_vars(&fresh_storage("bench"), &[("ACKLINE_RATE_PER_SEC", "1000000")]);
+    let edge = Edge::start_with_vars(
+        &fresh_storage("bench"),
+        &[("ACKLINE_RATE_PER_SEC", "1000000")],
+    );
     let mut figures: Vec<Figure> = Vec::new();
-    let measure = |figures: &mut Vec<Figure>, name: String, unit: &'static str, f: &mut dyn FnMut(usize) -> f64| {
+    let measure = |figures: &mut Vec<Figure>,
+                   name: String,
+                   unit: &'static str,
+                   f: &mut dyn FnMut(usize) -> f64| {
         let runs: Vec<f64> = (0..runs).map(|r| f(r)).collect();
         eprintln!("  {name}: {runs:.1?} {unit}");
         figures.push(Figure { name, unit, runs });
@@ -278,20 +348,30 @@ fn main() {
     } else if has("--bundled-only") {
         &[(Framing::Bundles, "bundled")]
     } else {
-        &[(Framing::Bundles, "bundled"), (Framing::Single, "one frame per message")]
+        &[
+            (Framing::Bundles, "bundled"),
+            (Framing::Single, "one frame per message"),
+        ]
     };
     for &(framing, how) in framings {
         for senders in [1usize, 10, 100] {
             let total = 6_000 / scale;
             let mut cpu = Vec::new();
-            measure(&mut figures, format!("ingest, {senders} sender(s), {total} sends, {how}"), "sends/s", &mut |r| {
-                let (rate, cpu_per_10k) = ingest(&edge, r, senders, total, framing);
-                cpu.push(cpu_per_10k);
-                rate
-            });
+            measure(
+                &mut figures,
+                format!("ingest, {senders} sender(s), {total} sends, {how}"),
+                "sends/s",
+                &mut |r| {
+                    let (rate, cpu_per_10k) = ingest(&edge, r, senders, total, framing);
+                    cpu.push(cpu_per_10k);
+                    rate
+                },
+            );
             eprintln!("  workerd CPU-s per 10k: {cpu:.2?}");
             figures.push(Figure {
-                name: format!("workerd CPU-seconds per 10,000 messages, ingest {senders} sender(s), {how}"),
+                name: format!(
+                    "workerd CPU-seconds per 10,000 messages, ingest {senders} sender(s), {how}"
+                ),
                 unit: "CPU-s",
                 runs: cpu,
             });
@@ -302,36 +382,59 @@ fn main() {
         return report(&figures, runs, &out);
     }
     let mut p99s = Vec::new();
-    measure(&mut figures, "send->sent p50 at 200 msg/s".into(), "ms", &mut |r| {
-        let (p50, p99) = latency(&edge, r, 200, 1_000 / scale);
-        p99s.push(p99);
-        p50
+    measure(
+        &mut figures,
+        "send->sent p50 at 200 msg/s".into(),
+        "ms",
+        &mut |r| {
+            let (p50, p99) = latency(&edge, r, 200, 1_000 / scale);
+            p99s.push(p99);
+            p50
+        },
+    );
+    figures.push(Figure {
+        name: "send->sent p99 at 200 msg/s".into(),
+        unit: "ms",
+        runs: p99s,
     });
-    figures.push(Figure { name: "send->sent p99 at 200 msg/s".into(), unit: "ms", runs: p99s });
-    measure(&mut figures, format!("fan-out, 1 sender -> 10 devices, {} msgs", 2_000 / scale), "msgs/s", &mut |r| {
-        fan_out(&edge, r, 10, 2_000 / scale)
-    });
+    measure(
+        &mut figures,
+        format!("fan-out, 1 sender -> 10 devices, {} msgs", 2_000 / scale),
+        "msgs/s",
+        &mut |r| fan_out(&edge, r, 10, 2_000 / scale),
+    );
     let seeds = if quick { 200 } else { 2_000 };
-    measure(&mut figures, format!("simulator, {seeds} seeds"), "seeds/s", &mut |_| simulator(seeds));
+    measure(
+        &mut figures,
+        format!("simulator, {seeds} seeds"),
+        "seeds/s",
+        &mut |_| simulator(seeds),
+    );
     drop(edge);
     report(&figures, runs, &out);
 }
 
 fn report(figures: &[Figure], runs: usize, out: &str) {
     let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    println!("\nAckline native benchmarks ({runs} runs each; {cores} cores; wrangler dev local mode)\n");
+    println!(
+        "\nAckline native benchmarks ({runs} runs each; {cores} cores; wrangler dev local mode)\n"
+    );
     println!("| figure | median | min | max | unit |");
     println!("|---|---:|---:|---:|---|");
     let mut json = Vec::new();
     for f in figures {
         let (median, min, max) = f.stats();
-        println!("| {} | {median:.2} | {min:.2} | {max:.2} | {} |", f.name, f.unit);
+        println!(
+            "| {} | {median:.2} | {min:.2} | {max:.2} | {} |",
+            f.name, f.unit
+        );
         json.push(serde_json::json!({ "figure": f.name, "unit": f.unit, "median": median, "min": min, "max": max, "runs": f.runs }));
     }
     let doc = serde_json::json!({ "cores": cores, "runs": runs, "figures": json });
     if let Some(dir) = std::path::Path::new(out).parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap_or_default()).expect("write JSON");
+    std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap_or_default())
+        .expect("write JSON");
     println!("\nwritten to {out}");
 }

@@ -80,7 +80,10 @@ impl AppView {
         }
         if let Some(last) = self.last_live {
             if m.seq != last + 1 {
-                return Err(format!("seq {} surfaced after {} (out of order or a hole)", m.seq, last));
+                return Err(format!(
+                    "seq {} surfaced after {} (out of order or a hole)",
+                    m.seq, last
+                ));
             }
         }
         same_as_server(server, m)?;
@@ -90,7 +93,11 @@ impl AppView {
     }
 
     /// An older page reached the app.
-    pub fn history(&mut self, server: ServerTruth<'_>, page: &[StoredMessage]) -> Result<(), String> {
+    pub fn history(
+        &mut self,
+        server: ServerTruth<'_>,
+        page: &[StoredMessage],
+    ) -> Result<(), String> {
         let low = self.seen.iter().next().copied();
         for w in page.windows(2) {
             if w[1].seq != w[0].seq + 1 {
@@ -134,7 +141,10 @@ impl AppView {
         // Durable before the crash but never reported: shown from storage now.
         for s in last + 1..=st.watermark {
             let Some(m) = disk.messages.get(&s) else {
-                return Err(format!("record says stored through {} but seq {s} is missing", st.watermark));
+                return Err(format!(
+                    "record says stored through {} but seq {s} is missing",
+                    st.watermark
+                ));
             };
             if !self.seen.insert(s) {
                 return Err(format!("seq {s} shown twice (after reload)"));
@@ -173,7 +183,9 @@ pub fn check_ack(disk: &ClientData, seq: Seq, ranges: &[[Seq; 2]]) -> Result<(),
     for [lo, hi] in ranges {
         for s in *lo..=*hi {
             if !disk.messages.contains_key(&s) {
-                return Err(format!("selective ack [{lo}, {hi}] covers seq {s} which is not durable"));
+                return Err(format!(
+                    "selective ack [{lo}, {hi}] covers seq {s} which is not durable"
+                ));
             }
         }
     }

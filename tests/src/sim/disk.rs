@@ -137,7 +137,11 @@ impl ClientDisk {
 }
 
 /// Applies the first `n` queued writes in order; returns the last one's id.
-fn flush_pending<W>(pending: &mut VecDeque<(WriteId, W)>, n: usize, mut apply: impl FnMut(&W)) -> Option<WriteId> {
+fn flush_pending<W>(
+    pending: &mut VecDeque<(WriteId, W)>,
+    n: usize,
+    mut apply: impl FnMut(&W),
+) -> Option<WriteId> {
     let mut last = None;
     for (id, op) in pending.drain(..n.min(pending.len())) {
         apply(&op);

@@ -22,8 +22,8 @@ mod world;
 use std::fmt;
 use std::ops::AddAssign;
 
-pub use protocol::Bugs;
 use protocol::rng::Rng;
+pub use protocol::Bugs;
 use protocol::Millis;
 
 /// How hostile one run is. Drawn from the seed unless given.
@@ -399,7 +399,12 @@ pub fn run_many(seeds: Vec<u64>, threads: usize, bugs: Bugs) -> Batch {
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                         .unwrap_or_else(|| "a panic without a message".to_owned());
-                    Err(Violation { seed, at: 0, what: format!("panicked: {what}"), trace: Vec::new() })
+                    Err(Violation {
+                        seed,
+                        at: 0,
+                        what: format!("panicked: {what}"),
+                        trace: Vec::new(),
+                    })
                 });
                 let Ok(mut t) = total.lock() else { break };
                 match result {
@@ -425,7 +430,12 @@ pub fn run_many(seeds: Vec<u64>, threads: usize, bugs: Bugs) -> Batch {
         // Runs catch their own panics; a thread can only die outside them.
         if h.join().is_err() {
             if let Ok(mut t) = total.lock() {
-                t.failures.push(Violation { seed: 0, at: 0, what: "a simulator thread died".into(), trace: Vec::new() });
+                t.failures.push(Violation {
+                    seed: 0,
+                    at: 0,
+                    what: "a simulator thread died".into(),
+                    trace: Vec::new(),
+                });
             }
         }
     }

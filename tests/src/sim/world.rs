@@ -6,7 +6,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
 
-use protocol::client::{Client, ClientConfig, ClientError, ClientInput, ClientOutput, MessageStatus};
+use protocol::client::{
+    Client, ClientConfig, ClientError, ClientInput, ClientOutput, MessageStatus,
+};
 use protocol::rng::Rng;
 use protocol::server::{ConnId, Conversation, ServerConfig, ServerInput, ServerOutput};
 use protocol::{limits, ClientFrame, Millis, ServerFrame, WriteId};
@@ -20,40 +22,117 @@ const EPOCH: Millis = 1_700_000_000_000;
 /// A run that takes more steps than this is stuck in a loop.
 const MAX_STEPS: u64 = 2_000_000;
 
-
 /// Two users with two devices each (a second device of a member must never
 /// make `delivered` claim what no device of its user stored), one with one.
-const USERS: [(&str, &str); 5] =
-    [("ann", "ann-phone"), ("ann", "ann-laptop"), ("bob", "bob-1"), ("bob", "bob-tablet"), ("cat", "cat-1")];
+const USERS: [(&str, &str); 5] = [
+    ("ann", "ann-phone"),
+    ("ann", "ann-laptop"),
+    ("bob", "bob-1"),
+    ("bob", "bob-tablet"),
+    ("cat", "cat-1"),
+];
 
 #[derive(Debug, Clone)]
 enum Ev {
-    ToServer { conn: u64, bytes: Vec<u8> },
-    ToClient { dev: usize, conn: u64, bytes: Vec<u8> },
-    ServerSeesClose { conv: usize, conn: u64, inc: u32 },
-    ClientSeesClose { dev: usize, conn: u64, code: u16 },
+    ToServer {
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    ToClient {
+        dev: usize,
+        conn: u64,
+        bytes: Vec<u8>,
+    },
+    ServerSeesClose {
+        conv: usize,
+        conn: u64,
+        inc: u32,
+    },
+    ClientSeesClose {
+        dev: usize,
+        conn: u64,
+        code: u16,
+    },
     /// The socket a client asked for opens, or fails (offline, server down).
-    Dial { dev: usize, inc: u32 },
-    ServerFlush { conv: usize, inc: u32 },
-    ServerDurable { conv: usize, inc: u32, through: WriteId },
-    ClientFlush { dev: usize, inc: u32 },
-    ClientDurable { dev: usize, inc: u32, through: WriteId },
-    AppSend { dev: usize },
-    AppOlder { dev: usize },
-    Disconnect { dev: usize },
-    Partition { dev: usize, len: Millis },
-    ServerCrash { conv: usize, down: Millis },
-    ServerRestart { conv: usize, inc: u32 },
-    ServerEvict { conv: usize },
-    ClientCrash { dev: usize, down: Millis },
-    ClientRestart { dev: usize, inc: u32 },
-    Offline { dev: usize, len: Millis },
-    Online { dev: usize },
-    ServerSnapshot { conv: usize },
-    ServerRollback { conv: usize, down: Millis },
-    ServerWriteFailure { conv: usize },
-    StorageOutage { dev: usize, len: Millis },
-    ClockJump { dev: usize, by: i64 },
+    Dial {
+        dev: usize,
+        inc: u32,
+    },
+    ServerFlush {
+        conv: usize,
+        inc: u32,
+    },
+    ServerDurable {
+        conv: usize,
+        inc: u32,
+        through: WriteId,
+    },
+    ClientFlush {
+        dev: usize,
+        inc: u32,
+    },
+    ClientDurable {
+        dev: usize,
+        inc: u32,
+        through: WriteId,
+    },
+    AppSend {
+        dev: usize,
+    },
+    AppOlder {
+        dev: usize,
+    },
+    Disconnect {
+        dev: usize,
+    },
+    Partition {
+        dev: usize,
+        len: Millis,
+    },
+    ServerCrash {
+        conv: usize,
+        down: Millis,
+    },
+    ServerRestart {
+        conv: usize,
+        inc: u32,
+    },
+    ServerEvict {
+        conv: usize,
+    },
+    ClientCrash {
+        dev: usize,
+        down: Millis,
+    },
+    ClientRestart {
+        dev: usize,
+        inc: u32,
+    },
+    Offline {
+        dev: usize,
+        len: Millis,
+    },
+    Online {
+        dev: usize,
+    },
+    ServerSnapshot {
+        conv: usize,
+    },
+    ServerRollback {
+        conv: usize,
+        down: Millis,
+    },
+    ServerWriteFailure {
+        conv: usize,
+    },
+    StorageOutage {
+        dev: usize,
+        len: Millis,
+    },
+    ClockJump {
+        dev: usize,
+        by: i64,
+    },
     Liveness,
 }
 
@@ -121,7 +200,10 @@ impl ServerNode {
     }
 
     fn truth(&self) -> ServerTruth<'_> {
-        ServerTruth { durable: &self.disk.durable, lost: &self.lost }
+        ServerTruth {
+            durable: &self.disk.durable,
+            lost: &self.lost,
+        }
     }
 }
 
@@ -197,7 +279,8 @@ impl World {
         scfg.max_retries = *pick(&mut rng, &[2, 6]) as u32;
         scfg.cache = *pick(&mut rng, &[0, 8, 512]) as usize;
         scfg.page_bytes = *pick(&mut rng, &[300, 2_000, 256 * 1024]) as usize;
-        scfg.answer_budget = *pick(&mut rng, &[1_000, 20_000, limits::ANSWER_BUDGET as u64]) as usize;
+        scfg.answer_budget =
+            *pick(&mut rng, &[1_000, 20_000, limits::ANSWER_BUDGET as u64]) as usize;
         scfg.answer_rate = *pick(&mut rng, &[20_000, 1_000_000, limits::ANSWER_RATE]);
         scfg.answer_burst = *pick(&mut rng, &[500, 20_000, limits::PAGE_BYTES as u64]);
         // Rate-limit pressure: a tight frame budget makes honest clients
@@ -210,7 +293,10 @@ impl World {
         let window = *pick(&mut rng, &[1, 4, 16]) as usize;
         let max_buffer = *pick(&mut rng, &[2, 64, 4_096]) as usize;
         let (ack_delay, ack_every) = *pick2(&mut rng, &[(0, 1), (50, 32), (500, 1_000)]);
-        let convs = opts.conversations.unwrap_or_else(|| if rng.below(3) == 0 { 3 } else { 1 }).max(1);
+        let convs = opts
+            .conversations
+            .unwrap_or_else(|| if rng.below(3) == 0 { 3 } else { 1 })
+            .max(1);
         let servers: Vec<ServerNode> = (0..convs)
             .map(|k| {
                 let mut cfg = scfg.clone();
@@ -221,7 +307,12 @@ impl World {
             })
             .collect();
         let devs = (0..convs)
-            .flat_map(|conv| USERS.iter().enumerate().map(move |(phys, u)| (conv, phys, u)))
+            .flat_map(|conv| {
+                USERS
+                    .iter()
+                    .enumerate()
+                    .map(move |(phys, u)| (conv, phys, u))
+            })
             .map(|(conv, phys, (user, device))| {
                 let mut cfg = ClientConfig::new(*user, *device);
                 cfg.page = page;
@@ -371,7 +462,8 @@ impl World {
         }
         for _ in 0..self.mix.clock_jumps {
             let (dev, t) = (self.rng.below(ndev) as usize, self.rng.below(span));
-            let by = self.rng.range(1_000, 120_000) as i64 * if self.rng.below(2) == 0 { -1 } else { 1 };
+            let by =
+                self.rng.range(1_000, 120_000) as i64 * if self.rng.below(2) == 0 { -1 } else { 1 };
             self.at(t, Ev::ClockJump { dev, by });
         }
         for _ in 0..self.mix.client_crashes {
@@ -399,7 +491,9 @@ impl World {
     /// The clients running on the same physical device as `dev` (itself included).
     fn siblings(&self, dev: usize) -> Vec<usize> {
         let phys = self.devs[dev].phys;
-        (0..self.devs.len()).filter(|d| self.devs[*d].phys == phys).collect()
+        (0..self.devs.len())
+            .filter(|d| self.devs[*d].phys == phys)
+            .collect()
     }
 
     /// Who a client is in traces and violations: its device, and its
@@ -437,7 +531,8 @@ impl World {
             }
             self.steps += 1;
             if self.steps > MAX_STEPS {
-                let what = format!("no convergence after {MAX_STEPS} steps (a timer or message storm)");
+                let what =
+                    format!("no convergence after {MAX_STEPS} steps (a timer or message storm)");
                 return Err(self.violation(what));
             }
             if self.phase == Phase::Liveness && self.now >= next_probe {
@@ -462,7 +557,11 @@ impl World {
                 }
                 return Err(self.violation("the world stopped before the liveness phase".into()));
             };
-            let t = if self.phase == Phase::Liveness { t.min(next_probe) } else { t };
+            let t = if self.phase == Phase::Liveness {
+                t.min(next_probe)
+            } else {
+                t
+            };
             if t > deadline {
                 return Err(self.stuck());
             }
@@ -484,7 +583,9 @@ impl World {
         for d in &self.devs {
             if let Some(c) = &d.client {
                 // A deadline on the device's clock, in world time.
-                min(c.poll_timeout().map(|t| t.saturating_add_signed(-d.clock_offset).max(self.now)));
+                min(c
+                    .poll_timeout()
+                    .map(|t| t.saturating_add_signed(-d.clock_offset).max(self.now)));
             }
         }
         t
@@ -495,13 +596,20 @@ impl World {
         if self.last_step_at == now {
             self.same_time_steps += 1;
             if self.same_time_steps == 50_000 {
-                let mut what = format!("timer storm: 50000 steps at t={}ms without time advancing", now - EPOCH);
+                let mut what = format!(
+                    "timer storm: 50000 steps at t={}ms without time advancing",
+                    now - EPOCH
+                );
                 if self.trace.is_some() {
                     for d in &self.devs {
                         let _ = write!(what, "\n{}: {:?}", d.cfg.device, d.client);
                     }
                     for server in &self.servers {
-                        let _ = write!(what, "\nserver {}: {:?}", server.cfg.conversation, server.conv);
+                        let _ = write!(
+                            what,
+                            "\nserver {}: {:?}",
+                            server.cfg.conversation, server.conv
+                        );
                     }
                 }
                 self.fail(what);
@@ -517,7 +625,12 @@ impl World {
             return;
         }
         for conv in 0..self.servers.len() {
-            if self.servers[conv].conv.as_ref().and_then(|c| c.poll_timeout()).is_some_and(|t| t <= now) {
+            if self.servers[conv]
+                .conv
+                .as_ref()
+                .and_then(|c| c.poll_timeout())
+                .is_some_and(|t| t <= now)
+            {
                 self.server_input(conv, ServerInput::Timeout);
                 return;
             }
@@ -525,7 +638,9 @@ impl World {
         for dev in 0..self.devs.len() {
             let d = &self.devs[dev];
             let Some(c) = &d.client else { continue };
-            if c.poll_timeout().is_some_and(|t| t <= now.saturating_add_signed(d.clock_offset)) {
+            if c.poll_timeout()
+                .is_some_and(|t| t <= now.saturating_add_signed(d.clock_offset))
+            {
                 self.client_input(dev, ClientInput::Timeout);
                 return;
             }
@@ -535,17 +650,30 @@ impl World {
     fn event(&mut self, ev: Ev) {
         match ev {
             Ev::ToServer { conn, bytes } => {
-                let Some(conv) = self.conns.get(&conn).filter(|c| c.open).map(|c| self.devs[c.dev].conv) else { return };
+                let Some(conv) = self
+                    .conns
+                    .get(&conn)
+                    .filter(|c| c.open)
+                    .map(|c| self.devs[c.dev].conv)
+                else {
+                    return;
+                };
                 if self.servers[conv].conv.is_some() {
-                    self.server_input(conv, ServerInput::Frame {
-                        conn: ConnId(conn),
-                        bytes,
-                    });
+                    self.server_input(
+                        conv,
+                        ServerInput::Frame {
+                            conn: ConnId(conn),
+                            bytes,
+                        },
+                    );
                 }
             }
             Ev::ToClient { dev, conn, bytes } => {
                 let d = &self.devs[dev];
-                if d.conn == Some(conn) && d.client.is_some() && self.conns.get(&conn).is_some_and(|c| c.open) {
+                if d.conn == Some(conn)
+                    && d.client.is_some()
+                    && self.conns.get(&conn).is_some_and(|c| c.open)
+                {
                     self.client_input(dev, ClientInput::Frame(bytes));
                 }
             }
@@ -558,7 +686,13 @@ impl World {
                 if self.devs[dev].conn == Some(conn) {
                     self.devs[dev].conn = None;
                     if self.devs[dev].client.is_some() {
-                        self.client_input(dev, ClientInput::Disconnected { code, reason: String::new() });
+                        self.client_input(
+                            dev,
+                            ClientInput::Disconnected {
+                                code,
+                                reason: String::new(),
+                            },
+                        );
                     }
                 }
             }
@@ -572,7 +706,10 @@ impl World {
                     return;
                 }
                 self.servers[conv].flush_scheduled = false;
-                let n = self.rng.range(1, self.servers[conv].disk.pending.len().max(1) as u64) as usize;
+                let n = self
+                    .rng
+                    .range(1, self.servers[conv].disk.pending.len().max(1) as u64)
+                    as usize;
                 if let Some(through) = self.servers[conv].disk.flush(n) {
                     let d = self.rng.range(0, 2);
                     self.at(d, Ev::ServerDurable { conv, inc, through });
@@ -598,7 +735,10 @@ impl World {
                     self.at(500, Ev::ClientFlush { dev, inc });
                     return;
                 }
-                let n = self.rng.range(1, self.devs[dev].disk.pending.len().max(1) as u64) as usize;
+                let n = self
+                    .rng
+                    .range(1, self.devs[dev].disk.pending.len().max(1) as u64)
+                    as usize;
                 if let Some(through) = self.devs[dev].disk.flush(n) {
                     let d = self.rng.range(0, 2);
                     self.at(d, Ev::ClientDurable { dev, inc, through });
@@ -816,22 +956,41 @@ impl World {
         let conv = self.devs[dev].conv;
         if self.servers[conv].conv.is_none() || !self.devs[dev].online {
             self.log(|| format!("dev{dev} cannot connect"));
-            self.client_input(dev, ClientInput::Disconnected { code: 1006, reason: "unreachable".into() });
+            self.client_input(
+                dev,
+                ClientInput::Disconnected {
+                    code: 1006,
+                    reason: "unreachable".into(),
+                },
+            );
             return;
         }
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(conn, Conn { dev, open: true, memo: Default::default() });
+        self.conns.insert(
+            conn,
+            Conn {
+                dev,
+                open: true,
+                memo: Default::default(),
+            },
+        );
         self.devs[dev].conn = Some(conn);
         self.log(|| format!("dev{dev} connects conn{conn}"));
-        let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
-        self.server_input(conv, ServerInput::Connected {
-            conn: ConnId(conn),
-            user,
-            device,
-            resumed: None,
-            expires: None,
-        });
+        let (user, device) = (
+            self.devs[dev].cfg.user.clone(),
+            self.devs[dev].cfg.device.clone(),
+        );
+        self.server_input(
+            conv,
+            ServerInput::Connected {
+                conn: ConnId(conn),
+                user,
+                device,
+                resumed: None,
+                expires: None,
+            },
+        );
         if self.devs[dev].conn == Some(conn) {
             self.client_input(dev, ClientInput::Connected);
         }
@@ -844,7 +1003,9 @@ impl World {
 
     /// [`World::close_conn`] with the close code the client sees.
     fn close_conn_with(&mut self, conn: u64, tell_server: bool, tell_client: bool, code: u16) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if !c.open {
             return;
         }
@@ -863,14 +1024,20 @@ impl World {
 
     /// The open sockets of conversation `conv`.
     fn open_conns(&self, conv: usize) -> Vec<u64> {
-        self.conns.iter().filter(|(_, c)| c.open && self.devs[c.dev].conv == conv).map(|(k, _)| *k).collect()
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.open && self.devs[c.dev].conv == conv)
+            .map(|(k, _)| *k)
+            .collect()
     }
 
     fn server_crash(&mut self, conv: usize, down: Millis) {
         self.counts.server_crashes += 1;
         let lost = self.servers[conv].disk.crash();
         self.counts.lost_writes += lost as u64;
-        self.log(|| format!("FAULT server {conv} crash (lost {lost} pending writes), down {down}ms"));
+        self.log(|| {
+            format!("FAULT server {conv} crash (lost {lost} pending writes), down {down}ms")
+        });
         let server = &mut self.servers[conv];
         server.conv = None;
         server.inc += 1;
@@ -903,14 +1070,20 @@ impl World {
             .collect();
         open.sort_unstable_by_key(|(k, _, _)| *k);
         for (conn, dev, memo) in open {
-            let (user, device) = (self.devs[dev].cfg.user.clone(), self.devs[dev].cfg.device.clone());
-            self.server_input(conv, ServerInput::Connected {
-                conn: ConnId(conn),
-                user,
-                device,
-                resumed: Some(memo),
-                expires: None,
-            });
+            let (user, device) = (
+                self.devs[dev].cfg.user.clone(),
+                self.devs[dev].cfg.device.clone(),
+            );
+            self.server_input(
+                conv,
+                ServerInput::Connected {
+                    conn: ConnId(conn),
+                    user,
+                    device,
+                    resumed: Some(memo),
+                    expires: None,
+                },
+            );
         }
     }
 
@@ -918,7 +1091,9 @@ impl World {
         self.counts.client_crashes += 1;
         let lost = self.devs[dev].disk.crash();
         self.counts.lost_writes += lost as u64;
-        self.log(|| format!("FAULT dev{dev} crash/reload (lost {lost} pending writes), down {down}ms"));
+        self.log(|| {
+            format!("FAULT dev{dev} crash/reload (lost {lost} pending writes), down {down}ms")
+        });
         let d = &mut self.devs[dev];
         d.client = None;
         d.inc += 1;
@@ -933,7 +1108,9 @@ impl World {
     /// Restores the older storage snapshot (an operator restoring a backup):
     /// the server goes down and comes back with less history.
     fn rollback(&mut self, conv: usize, down: Millis) {
-        let Some(snapshot) = self.servers[conv].snapshot.take() else { return };
+        let Some(snapshot) = self.servers[conv].snapshot.take() else {
+            return;
+        };
         let keep = snapshot.head();
         if keep >= self.servers[conv].disk.durable.head() {
             return; // nothing would be lost
@@ -941,15 +1118,26 @@ impl World {
         self.counts.rollbacks += 1;
         self.log(|| format!("FAULT server {conv} storage rolled back to head {keep}"));
         let server = &mut self.servers[conv];
-        for m in server.disk.durable.messages.values().filter(|m| m.seq > keep) {
+        for m in server
+            .disk
+            .durable
+            .messages
+            .values()
+            .filter(|m| m.seq > keep)
+        {
             server.lost.entry(m.seq).or_default().push(m.clone());
             let delivered = self.devs.iter().any(|d| {
                 d.conv == conv
                     && d.cfg.device == m.device
-                    && matches!(d.view.status.get(&m.id), Some(MessageStatus::Delivered { .. }))
+                    && matches!(
+                        d.view.status.get(&m.id),
+                        Some(MessageStatus::Delivered { .. })
+                    )
             });
             if delivered {
-                server.lost_delivered.insert((m.device.clone(), m.id.clone()));
+                server
+                    .lost_delivered
+                    .insert((m.device.clone(), m.id.clone()));
             }
         }
         server.disk.durable = snapshot;
@@ -980,7 +1168,9 @@ impl World {
                 continue;
             }
             let stored = self.devs.iter().any(|d| {
-                d.conv == conv && &d.cfg.user == user && d.disk.ever_stored.contains(&(seq, id.to_owned()))
+                d.conv == conv
+                    && &d.cfg.user == user
+                    && d.disk.ever_stored.contains(&(seq, id.to_owned()))
             });
             if !stored {
                 return Err(format!(
@@ -997,9 +1187,16 @@ impl World {
         let server = &self.servers[d.conv];
         let durable = &server.disk.durable;
         let mut seqs: HashMap<&str, u64> = HashMap::new();
-        for m in durable.messages.values().filter(|m| m.user == d.cfg.user && m.device == d.cfg.device) {
+        for m in durable
+            .messages
+            .values()
+            .filter(|m| m.user == d.cfg.user && m.device == d.cfg.device)
+        {
             if let Some(prev) = seqs.insert(m.id.as_str(), m.seq) {
-                return Err(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
+                return Err(format!(
+                    "{} {} stored twice: seqs {prev} and {}",
+                    m.device, m.id, m.seq
+                ));
             }
         }
         // A message a rollback took from the server is stored again later,
@@ -1016,7 +1213,9 @@ impl World {
             if lost_here.contains(id.as_str()) {
                 continue;
             }
-            let Some(&seq) = seqs.get(id.as_str()) else { continue };
+            let Some(&seq) = seqs.get(id.as_str()) else {
+                continue;
+            };
             if let Some((prev, prev_seq)) = last {
                 if seq < prev_seq {
                     return Err(format!(
@@ -1031,11 +1230,15 @@ impl World {
 
     /// Announced cursors never move backwards.
     fn check_announced(&mut self, conv: usize, frame: &ServerFrame) -> Result<(), String> {
-        let (ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors, .. }) = frame else {
+        let (ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors, .. }) = frame
+        else {
             return Ok(());
         };
         for c in cursors {
-            let e = self.servers[conv].announced.entry((c.user.clone(), c.device.clone())).or_insert(0);
+            let e = self.servers[conv]
+                .announced
+                .entry((c.user.clone(), c.device.clone()))
+                .or_insert(0);
             if c.through < *e {
                 return Err(format!(
                     "the cursor of {} moved backwards: announced {} after {}",
@@ -1088,7 +1291,11 @@ impl World {
             self.log(|| format!("NET drop conn{conn}"));
             return;
         }
-        let bytes = if !to_server && self.rng.chance(self.mix.tamper_pm) { self.tamper(dev, bytes) } else { bytes };
+        let bytes = if !to_server && self.rng.chance(self.mix.tamper_pm) {
+            self.tamper(dev, bytes)
+        } else {
+            bytes
+        };
         let copies = if self.rng.chance(self.mix.dup_pm) {
             self.counts.duplicated += 1;
             2
@@ -1101,7 +1308,11 @@ impl World {
             let ev = if to_server {
                 Ev::ToServer { conn, bytes: b }
             } else {
-                Ev::ToClient { dev, conn, bytes: b }
+                Ev::ToClient {
+                    dev,
+                    conn,
+                    bytes: b,
+                }
             };
             self.at(delay, ev);
         }
@@ -1110,7 +1321,8 @@ impl World {
     /// Alters the first message of the first push in a message (as a faulty
     /// middlebox or a corrupted cache would); other messages pass unchanged.
     fn tamper(&mut self, dev: usize, bytes: Vec<u8>) -> Vec<u8> {
-        let Ok(Ok(mut frames)) = ServerFrame::decode_bundle(&bytes).map(|f| f.into_iter().collect::<Result<Vec<_>, _>>())
+        let Ok(Ok(mut frames)) = ServerFrame::decode_bundle(&bytes)
+            .map(|f| f.into_iter().collect::<Result<Vec<_>, _>>())
         else {
             return bytes;
         };
@@ -1122,7 +1334,10 @@ impl World {
         };
         // Each message at most once: a flaky middlebox, not a hostile server
         // (which the chain reports as divergence after repeated mismatches).
-        if !self.servers[self.devs[dev].conv].tampered_seqs.insert(m.seq) {
+        if !self.servers[self.devs[dev].conv]
+            .tampered_seqs
+            .insert(m.seq)
+        {
             return bytes;
         }
         m.body.push_str(" (altered)");
@@ -1130,13 +1345,19 @@ impl World {
         let seq = m.seq;
         self.log(|| format!("FAULT tampered push of seq {seq}"));
         // The same message again: one frame, or one bundle of them.
-        protocol::pack_bundles(frames.iter().map(ServerFrame::encode), usize::MAX).concat().into_bytes()
+        protocol::pack_bundles(frames.iter().map(ServerFrame::encode), usize::MAX)
+            .concat()
+            .into_bytes()
     }
 
     /// The name of server `conv` in traces: "server", or "server N" when
     /// there are several.
     fn server_name(&self, conv: usize) -> String {
-        if self.servers.len() > 1 { format!("server {conv}") } else { "server".into() }
+        if self.servers.len() > 1 {
+            format!("server {conv}")
+        } else {
+            "server".into()
+        }
     }
 
     fn server_input(&mut self, k: usize, input: ServerInput) {
@@ -1145,7 +1366,11 @@ impl World {
             let name = self.server_name(k);
             let line = match &input {
                 ServerInput::Frame { conn, bytes } => {
-                    format!("{name} <- conn{} {}", conn.0, String::from_utf8_lossy(bytes))
+                    format!(
+                        "{name} <- conn{} {}",
+                        conn.0,
+                        String::from_utf8_lossy(bytes)
+                    )
                 }
                 other => format!("{name} <- {other:?}"),
             };
@@ -1167,7 +1392,9 @@ impl World {
         if let Some(s) = stats.filter(|s| s.unscheduled_resends > 0) {
             let n = s.unscheduled_resends;
             let name = self.server_name(k);
-            self.fail(format!("{name}: {n} connection(s) hold unacknowledged pushes with no resend scheduled"));
+            self.fail(format!(
+                "{name}: {n} connection(s) hold unacknowledged pushes with no resend scheduled"
+            ));
         }
     }
 
@@ -1175,18 +1402,25 @@ impl World {
         // Each connection's frames of this step go out together at the end.
         let mut outgoing: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         loop {
-            let Some(conv) = &mut self.servers[k].conv else { return };
+            let Some(conv) = &mut self.servers[k].conv else {
+                return;
+            };
             let Some(out) = conv.poll_output() else { break };
             match out {
                 ServerOutput::Frame { conn, frame } => {
-                    if let Err(e) = self.check_announced(k, &frame).and_then(|()| self.check_server_frame(k, conn.0, &frame)) {
+                    if let Err(e) = self
+                        .check_announced(k, &frame)
+                        .and_then(|()| self.check_server_frame(k, conn.0, &frame))
+                    {
                         let name = self.server_name(k);
                         self.fail(format!("{name}: {e}"));
                     }
                     if matches!(frame, ServerFrame::Error { id: Some(_), .. }) {
                         self.counts.refused_sends += 1;
                     }
-                    let Some(c) = self.conns.get(&conn.0) else { continue };
+                    let Some(c) = self.conns.get(&conn.0) else {
+                        continue;
+                    };
                     if !c.open {
                         continue;
                     }
@@ -1212,10 +1446,12 @@ impl World {
                     let name = self.server_name(k);
                     self.log(|| format!("{name} closes conn{} {code} {reason}", conn.0));
                     match code {
-                        protocol::server::close::POLICY => {
-                            self.fail(format!("server closed an honest client for abuse: {reason}"))
+                        protocol::server::close::POLICY => self.fail(format!(
+                            "server closed an honest client for abuse: {reason}"
+                        )),
+                        protocol::server::close::UNRESPONSIVE => {
+                            self.counts.unresponsive_closes += 1
                         }
-                        protocol::server::close::UNRESPONSIVE => self.counts.unresponsive_closes += 1,
                         _ => self.counts.replaced_closes += 1,
                     }
                     self.close_conn_with(conn.0, false, true, code);
@@ -1235,9 +1471,14 @@ impl World {
     /// Puts a connection's frames of one step on the network: as bundles
     /// half of the time when its client reads them, else one message each.
     fn server_transmit(&mut self, k: usize, conn: u64, frames: Vec<String>) {
-        let Some(c) = self.conns.get(&conn).filter(|c| c.open) else { return };
+        let Some(c) = self.conns.get(&conn).filter(|c| c.open) else {
+            return;
+        };
         let dev = c.dev;
-        let accepts = self.servers[k].conv.as_ref().is_some_and(|s| s.accepts_bundles(ConnId(conn)));
+        let accepts = self.servers[k]
+            .conv
+            .as_ref()
+            .is_some_and(|s| s.accepts_bundles(ConnId(conn)));
         let messages = if frames.len() > 1 && accepts && self.late_rng.chance(500_000) {
             protocol::pack_bundles(frames, limits::MAX_SERVER_FRAME_BYTES)
         } else {
@@ -1252,7 +1493,12 @@ impl World {
     /// Puts a device's frames of one step on its connection: as bundles half
     /// of the time, else one message each.
     fn client_transmit(&mut self, dev: usize, frames: Vec<String>) {
-        let Some(conn) = self.devs[dev].conn.filter(|c| self.conns.get(c).is_some_and(|c| c.open)) else { return };
+        let Some(conn) = self.devs[dev]
+            .conn
+            .filter(|c| self.conns.get(c).is_some_and(|c| c.open))
+        else {
+            return;
+        };
         let messages = if frames.len() > 1 && self.late_rng.chance(500_000) {
             protocol::pack_bundles(frames, limits::MAX_FRAME_BYTES)
         } else {
@@ -1269,29 +1515,44 @@ impl World {
         let durable = &server.disk.durable;
         let dev = self.conns.get(&conn).map(|c| c.dev);
         if dev.is_some_and(|d| self.devs[d].conv != k) {
-            return Err(format!("a frame of conversation {k} went to a client of another conversation"));
+            return Err(format!(
+                "a frame of conversation {k} went to a client of another conversation"
+            ));
         }
         match frame {
-            ServerFrame::Sent { id, seq, .. } => {
-                match durable.messages.get(seq) {
-                    Some(m) if &m.id == id && dev.is_some_and(|d| self.devs[d].cfg.device == m.device) => Ok(()),
-                    Some(m) => Err(format!("sent {id} -> {seq} but seq {seq} is {} from {}", m.id, m.device)),
-                    None => Err(format!("sent {id} -> {seq} before seq {seq} was durable")),
+            ServerFrame::Sent { id, seq, .. } => match durable.messages.get(seq) {
+                Some(m)
+                    if &m.id == id && dev.is_some_and(|d| self.devs[d].cfg.device == m.device) =>
+                {
+                    Ok(())
                 }
+                Some(m) => Err(format!(
+                    "sent {id} -> {seq} but seq {seq} is {} from {}",
+                    m.id, m.device
+                )),
+                None => Err(format!("sent {id} -> {seq} before seq {seq} was durable")),
+            },
+            ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } => messages
+                .iter()
+                .try_for_each(|m| check::same_as_server(server.truth(), m)),
+            ServerFrame::Welcome { conversation, .. }
+                if *conversation != server.cfg.conversation =>
+            {
+                Err(format!(
+                    "welcome names conversation {conversation:?} on a connection to {:?}",
+                    server.cfg.conversation
+                ))
             }
-            ServerFrame::Push { messages } | ServerFrame::Batch { messages, .. } => {
-                messages.iter().try_for_each(|m| check::same_as_server(server.truth(), m))
-            }
-            ServerFrame::Welcome { conversation, .. } if *conversation != server.cfg.conversation => Err(format!(
-                "welcome names conversation {conversation:?} on a connection to {:?}",
-                server.cfg.conversation
+            ServerFrame::Welcome { head, .. } if *head > durable.head() => Err(format!(
+                "welcome announces head {head} beyond the durable head {}",
+                durable.head()
             )),
-            ServerFrame::Welcome { head, .. } if *head > durable.head() => {
-                Err(format!("welcome announces head {head} beyond the durable head {}", durable.head()))
-            }
             ServerFrame::Welcome { cursors, .. } | ServerFrame::Delivered { cursors, .. } => {
                 for c in cursors {
-                    let stored = durable.cursors.get(&(c.user.clone(), c.device.clone())).map_or(0, |d| d.0.through);
+                    let stored = durable
+                        .cursors
+                        .get(&(c.user.clone(), c.device.clone()))
+                        .map_or(0, |d| d.0.through);
                     if c.through > stored {
                         return Err(format!(
                             "announces {} stored through {} but only {stored} is durable",
@@ -1323,14 +1584,18 @@ impl World {
         let now = self.dev_now(dev);
         if self.trace.is_some() {
             let line = match &input {
-                ClientInput::Frame(bytes) => format!("dev{dev} <- {}", String::from_utf8_lossy(bytes)),
+                ClientInput::Frame(bytes) => {
+                    format!("dev{dev} <- {}", String::from_utf8_lossy(bytes))
+                }
                 other => format!("dev{dev} <- {other:?}"),
             };
             if let Some(t) = &mut self.trace {
                 t.push(format!("{:>8} {line}", self.now - EPOCH));
             }
         }
-        let Some(c) = &mut self.devs[dev].client else { return };
+        let Some(c) = &mut self.devs[dev].client else {
+            return;
+        };
         c.handle(now, input);
         self.drain_client(dev);
     }
@@ -1342,7 +1607,8 @@ impl World {
             match out {
                 ClientOutput::Transmit(frame) => {
                     if let ClientFrame::Ack { seq, ranges } = &frame {
-                        if let Err(e) = check::check_ack(&self.devs[dev].disk.durable, *seq, ranges) {
+                        if let Err(e) = check::check_ack(&self.devs[dev].disk.durable, *seq, ranges)
+                        {
                             let who = self.who(dev);
                             self.fail(format!("{who}: {e}"));
                         }
@@ -1365,11 +1631,20 @@ impl World {
                     self.log(|| format!("dev{dev} SURFACE {} {}", m.seq, m.id));
                     if !self.devs[dev].disk.durable.messages.contains_key(&m.seq) {
                         let who = self.who(dev);
-                        self.fail(format!("{who}: seq {} surfaced before durable on the device", m.seq));
+                        self.fail(format!(
+                            "{who}: seq {} surfaced before durable on the device",
+                            m.seq
+                        ));
                     }
-                    if let Some(other) = self.conversation_of(&m.id).filter(|c| *c != self.devs[dev].conv) {
+                    if let Some(other) = self
+                        .conversation_of(&m.id)
+                        .filter(|c| *c != self.devs[dev].conv)
+                    {
                         let who = self.who(dev);
-                        self.fail(format!("{who}: {} (seq {}) of conversation {other} surfaced in this one", m.id, m.seq));
+                        self.fail(format!(
+                            "{who}: {} (seq {}) of conversation {other} surfaced in this one",
+                            m.id, m.seq
+                        ));
                     }
                     let truth = self.servers[self.devs[dev].conv].truth();
                     let r = self.devs[dev].view.surface(truth, &m);
@@ -1392,7 +1667,12 @@ impl World {
                 ClientOutput::History { page, .. } => {
                     let view = &mut self.devs[dev].view;
                     view.history_requests = view.history_requests.saturating_sub(1);
-                    self.log(|| format!("dev{dev} HISTORY {:?}", page.iter().map(|m| m.seq).collect::<Vec<_>>()));
+                    self.log(|| {
+                        format!(
+                            "dev{dev} HISTORY {:?}",
+                            page.iter().map(|m| m.seq).collect::<Vec<_>>()
+                        )
+                    });
                     let truth = self.servers[self.devs[dev].conv].truth();
                     let r = self.devs[dev].view.history(truth, &page);
                     if let Err(e) = r {
@@ -1409,11 +1689,20 @@ impl World {
                     if let MessageStatus::Failed { code } = status {
                         self.fail(format!("message {id} failed: {code:?}"));
                     }
-                    if let MessageStatus::Sent { seq, .. } | MessageStatus::Delivered { seq } = status {
+                    if let MessageStatus::Sent { seq, .. } | MessageStatus::Delivered { seq } =
+                        status
+                    {
                         let device = &self.devs[dev].cfg.device;
                         let server = &self.servers[self.devs[dev].conv];
-                        let ok = server.disk.durable.messages.get(&seq).is_some_and(|m| m.id == id && &m.device == device)
-                            || server.lost.get(&seq).is_some_and(|l| l.iter().any(|m| m.id == id && &m.device == device));
+                        let ok = server
+                            .disk
+                            .durable
+                            .messages
+                            .get(&seq)
+                            .is_some_and(|m| m.id == id && &m.device == device)
+                            || server.lost.get(&seq).is_some_and(|l| {
+                                l.iter().any(|m| m.id == id && &m.device == device)
+                            });
                         if !ok {
                             let who = self.who(dev);
                             self.fail(format!("{who}: status of {id} names seq {seq}, which the server did not durably store for it"));
@@ -1439,8 +1728,11 @@ impl World {
                         ClientError::Server { .. } => {}
                         // Closes by the server (replaced, unresponsive) and
                         // connections that went silent: the client reconnects.
-                        ClientError::ConnectionClosed { .. } | ClientError::ConnectionDead { .. } => {}
-                        ClientError::ChainMismatch { .. } if self.counts.tampered > 0 || self.counts.rollbacks > 0 => {
+                        ClientError::ConnectionClosed { .. }
+                        | ClientError::ConnectionDead { .. } => {}
+                        ClientError::ChainMismatch { .. }
+                            if self.counts.tampered > 0 || self.counts.rollbacks > 0 =>
+                        {
                             self.counts.chain_mismatches += 1;
                         }
                         ClientError::HistoryMismatch { .. } if self.counts.rollbacks > 0 => {}
@@ -1477,20 +1769,28 @@ impl World {
     /// The conversation whose server stores (or stored) message `id`.
     fn conversation_of(&self, id: &str) -> Option<usize> {
         self.servers.iter().position(|s| {
-            s.disk.durable.messages.values().any(|m| m.id == id) || s.lost.values().flatten().any(|m| m.id == id)
+            s.disk.durable.messages.values().any(|m| m.id == id)
+                || s.lost.values().flatten().any(|m| m.id == id)
         })
     }
 
     fn converged(&self) -> bool {
-        self.servers.iter().all(|s| s.conv.is_some() && s.disk.pending.is_empty())
+        self.servers
+            .iter()
+            .all(|s| s.conv.is_some() && s.disk.pending.is_empty())
             && self.devs.iter().all(|d| {
                 let head = self.servers[d.conv].disk.durable.head();
                 d.disk.pending.is_empty()
                     && d.client.as_ref().is_some_and(|c| {
-                        c.is_ready() && c.outbox_len() == 0 && c.watermark() == Some(head) && c.history_complete()
+                        c.is_ready()
+                            && c.outbox_len() == 0
+                            && c.watermark() == Some(head)
+                            && c.history_complete()
                     })
                     && d.view.seen.len() as u64 == head
-                    && d.view.queued.iter().all(|id| matches!(d.view.status.get(id), Some(MessageStatus::Delivered { .. })))
+                    && d.view.queued.iter().all(|id| {
+                        matches!(d.view.status.get(id), Some(MessageStatus::Delivered { .. }))
+                    })
             })
     }
 
@@ -1500,33 +1800,50 @@ impl World {
             let durable = &server.disk.durable;
             let head = durable.head();
             if durable.messages.len() as u64 != head {
-                problems.push(format!("server {k}: seqs are not contiguous: {} messages, head {head}", durable.messages.len()));
+                problems.push(format!(
+                    "server {k}: seqs are not contiguous: {} messages, head {head}",
+                    durable.messages.len()
+                ));
             }
             let mut by_key: HashMap<(&str, &str), u64> = HashMap::new();
             for m in durable.messages.values() {
                 if let Some(prev) = by_key.insert((m.device.as_str(), m.id.as_str()), m.seq) {
-                    problems.push(format!("{} {} stored twice: seqs {prev} and {}", m.device, m.id, m.seq));
+                    problems.push(format!(
+                        "{} {} stored twice: seqs {prev} and {}",
+                        m.device, m.id, m.seq
+                    ));
                 }
             }
             for (dev, d) in self.devs.iter().enumerate().filter(|(_, d)| d.conv == k) {
                 for id in &d.view.queued {
-                    let excused = server.lost_delivered.contains(&(d.cfg.device.clone(), id.clone()));
+                    let excused = server
+                        .lost_delivered
+                        .contains(&(d.cfg.device.clone(), id.clone()));
                     if !excused && !by_key.contains_key(&(d.cfg.device.as_str(), id.as_str())) {
-                        problems.push(format!("{} queued {id} but it was never stored", self.who(dev)));
+                        problems.push(format!(
+                            "{} queued {id} but it was never stored",
+                            self.who(dev)
+                        ));
                     }
                 }
             }
             let mut last_at = 0;
             for m in durable.messages.values() {
                 if m.at < last_at {
-                    problems.push(format!("server {k}: seq {} has time {} before its predecessor's {last_at}", m.seq, m.at));
+                    problems.push(format!(
+                        "server {k}: seq {} has time {} before its predecessor's {last_at}",
+                        m.seq, m.at
+                    ));
                 }
                 last_at = m.at;
             }
         }
         for (dev, d) in self.devs.iter().enumerate() {
             if d.view.history_requests > 0 {
-                problems.push(format!("{}: a load_older request never ended (no page, no failure)", self.who(dev)));
+                problems.push(format!(
+                    "{}: a load_older request never ended (no page, no failure)",
+                    self.who(dev)
+                ));
             }
         }
         for dev in 0..self.devs.len() {
@@ -1545,9 +1862,17 @@ impl World {
     fn starved(&self, dev: usize) -> bool {
         let d = &self.devs[dev];
         let head = self.servers[d.conv].disk.durable.head();
-        let behind = d.client.as_ref().is_some_and(|c| c.is_ready() && c.watermark().is_some_and(|w| w < head));
-        let live = d.conn.is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
-        let on_the_way = self.heap.iter().any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
+        let behind = d
+            .client
+            .as_ref()
+            .is_some_and(|c| c.is_ready() && c.watermark().is_some_and(|w| w < head));
+        let live = d
+            .conn
+            .is_some_and(|conn| self.conns.get(&conn).is_some_and(|c| c.open));
+        let on_the_way = self
+            .heap
+            .iter()
+            .any(|Reverse(s)| matches!(s.ev, Ev::ToClient { dev: to, .. } if to == dev));
         behind && live && !on_the_way
     }
 
@@ -1566,7 +1891,11 @@ impl World {
             }
         }
         let heads: Vec<u64> = self.servers.iter().map(|s| s.disk.durable.head()).collect();
-        let heads = heads.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        let heads = heads
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut what = format!("liveness: not converged by the deadline (server head {heads}");
         for (dev, d) in self.devs.iter().enumerate() {
             let c = d.client.as_ref();
@@ -1574,7 +1903,12 @@ impl World {
                 .view
                 .queued
                 .iter()
-                .filter(|id| !matches!(d.view.status.get(*id), Some(MessageStatus::Delivered { .. })))
+                .filter(|id| {
+                    !matches!(
+                        d.view.status.get(*id),
+                        Some(MessageStatus::Delivered { .. })
+                    )
+                })
                 .collect();
             let _ = write!(
                 what,
