@@ -119,7 +119,7 @@ export interface WriteCounts { puts: number; deletes: number; }
 
 /** What `storeStats()` returns: IndexedDB writes this tab committed, per store. */
 export interface StoreStats {
-  messages: WriteCounts;
+  pages: WriteCounts;
   outbox: WriteCounts;
   conversations: WriteCounts;
   meta: WriteCounts;
@@ -324,7 +324,7 @@ impl Ackline {
     }
 
     /// IndexedDB writes this tab committed since `open`, per object store:
-    /// `{ messages, outbox, conversations, meta }`, each `{ puts, deletes }`
+    /// `{ pages, outbox, conversations, meta }`, each `{ puts, deletes }`
     /// (records put; delete requests). Only the leading tab writes.
     #[wasm_bindgen(js_name = storeStats, unchecked_return_type = "StoreStats")]
     pub fn store_stats(&self) -> JsValue {

@@ -12,7 +12,7 @@
 //!
 //! | store | key | records |
 //! |---|---|---|
-//! | `messages` | `["conversation", "seq"]` | [`StoredMessage`] fields plus `conversation` |
+//! | `pages` | generated (auto-increment), index `by_bucket` on `["conversation", "bucket"]` | `{ conversation, bucket, messages }`: `messages` is a JSON array of [`StoredMessage`]s, all with `seq / 256 == bucket` |
 //! | `outbox` | `"id"`, index `by_conversation` on `["conversation", "created"]` | [`OutboxEntry`] fields plus `conversation` |
 //! | `conversations` | `"conversation"` | [`InboxState`] fields plus `conversation` |
 //! | `meta` | `"key"` | `{ key, value }` (the device id) |
@@ -24,8 +24,19 @@
 //! `attempts`) and `seq`/`at` = null, the `by_conversation` index moves to
 //! `["conversation", "created"]`, and conversation records get `base` = 0 and
 //! `oldest` = null (v2's `oldest` was a bare seq; `watermark` and `chain` are
-//! kept). Messages and the device id are unchanged. A record that is not an
-//! object is left as it was (and reads of it report [`StoreError::Corrupt`]).
+//! kept); v4 replaces `messages` (one record per message, keyed
+//! `["conversation", "seq"]`) with `pages`, moving every message into the page
+//! record of its bucket. A record that is not an object is left as it was (and
+//! reads of it report [`StoreError::Corrupt`]).
+//!
+//! Why pages: a catch-up of 20,000 messages was bound by IndexedDB's cost per
+//! record (one `put` each); a write now puts one record per bucket it touches
+//! (a catch-up page of 500 messages: 2 or 3 records), stored as one string the
+//! engine clones without walking it. A bucket may hold several page records
+//! (one per write that touched it: live messages arrive one or a few at a time);
+//! reads take a whole bucket in one `getAll` and, where two records hold the
+//! same seq, the later write wins, as a `put` keyed by seq did before. The
+//! generated key orders the records of a bucket by write.
 //!
 //! Guarantees:
 //! - Every write resolves only after its transaction's `complete` event, and every
@@ -53,6 +64,7 @@
 //! values above 2^53 - 1 are rejected with [`StoreError::Failed`].
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::rc::Rc;
 
@@ -76,15 +88,21 @@ use crate::errors::AcklineError;
 pub use crate::errors::ErrorCode;
 
 /// Current schema version. Opening runs the upgrade steps from the stored version.
-pub const DB_VERSION: u32 = 3;
+pub const DB_VERSION: u32 = 4;
 
-const MESSAGES: &str = "messages";
+/// The v1..v3 store of one record per message (moved into `pages` by v4).
+const MESSAGES_V3: &str = "messages";
+const PAGES: &str = "pages";
+const BY_BUCKET: &str = "by_bucket";
+/// Seqs per bucket. Bounds what a read of the latest messages takes (one
+/// bucket, or two) when live traffic wrote one record per message.
+const BUCKET_SEQS: u64 = 256;
 const OUTBOX: &str = "outbox";
 const CONVERSATIONS: &str = "conversations";
 const META: &str = "meta";
 const BY_CONVERSATION: &str = "by_conversation";
 /// The scope of every write transaction (see the ordering guarantee above).
-const WRITE_SCOPE: [&str; 3] = [MESSAGES, OUTBOX, CONVERSATIONS];
+const WRITE_SCOPE: [&str; 3] = [PAGES, OUTBOX, CONVERSATIONS];
 const DEVICE_ID_KEY: &str = "device_id";
 /// Rejection value of the open promise when the open request reports `blocked`.
 const BLOCKED: &str = "ackline:blocked";
@@ -219,19 +237,6 @@ extern "C" {
     ) -> Result<IdbTransaction, JsValue>;
 }
 
-/// The `messages` record: a [`StoredMessage`] plus its conversation.
-#[derive(Serialize)]
-struct MessageRow<'a> {
-    conversation: &'a str,
-    seq: Seq,
-    user: &'a str,
-    device: &'a str,
-    id: &'a str,
-    body: &'a str,
-    at: Millis,
-    chain: &'a ChainHash,
-}
-
 /// The `outbox` record: an [`OutboxEntry`] plus its conversation (read back
 /// straight into `OutboxEntry`, which ignores `conversation`).
 #[derive(Serialize)]
@@ -269,8 +274,8 @@ const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// (`IdbStore::stats`): how many records a client writes per message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
-    /// The `messages` store.
-    pub messages: WriteCounts,
+    /// The `pages` store (message records: one per bucket a write touched).
+    pub pages: WriteCounts,
     /// The `outbox` store.
     pub outbox: WriteCounts,
     /// The `conversations` store (inbox records).
@@ -292,7 +297,7 @@ pub struct WriteCounts {
 impl StoreStats {
     fn add(&mut self, other: &StoreStats) {
         for (a, b) in [
-            (&mut self.messages, &other.messages),
+            (&mut self.pages, &other.pages),
             (&mut self.outbox, &other.outbox),
             (&mut self.conversations, &other.conversations),
             (&mut self.meta, &other.meta),
@@ -303,8 +308,15 @@ impl StoreStats {
     }
 }
 
-fn seq_key(conversation: &str, seq: f64) -> JsValue {
-    Array::of2(&JsValue::from_str(conversation), &JsValue::from_f64(seq)).into()
+/// `[conversation, n]`: an outbox index key (`n` = created) or a `pages`
+/// index key (`n` = bucket).
+fn conversation_key(conversation: &str, n: f64) -> JsValue {
+    Array::of2(&JsValue::from_str(conversation), &JsValue::from_f64(n)).into()
+}
+
+/// The bucket of `seq`, as its index key holds it.
+fn bucket_of(seq: Seq) -> f64 {
+    (seq / BUCKET_SEQS) as f64
 }
 
 fn key_range(
@@ -410,11 +422,10 @@ fn upgrade(req: &IdbOpenDbRequest, old: f64, slot: &Slot) -> Result<(), StoreErr
     let tx = req
         .transaction()
         .ok_or_else(|| StoreError::Failed("upgrade: no version change transaction".into()))?;
+    let raw_db = db.clone();
     let db = idb::Database::from(db);
     if old < 1.0 {
-        let mut params = ObjectStoreParams::new();
-        params.key_path(Some(KeyPath::new_array(["conversation", "seq"])));
-        db.create_object_store(MESSAGES, params).map_err(from_idb)?;
+        // v1 also created `messages`, which v4 replaces: a new database skips it.
         let mut params = ObjectStoreParams::new();
         params.key_path(Some(KeyPath::new_single("id")));
         db.create_object_store(OUTBOX, params).map_err(from_idb)?;
@@ -450,7 +461,70 @@ fn upgrade(req: &IdbOpenDbRequest, old: f64, slot: &Slot) -> Result<(), StoreErr
             migrate_records(&tx, conversations, slot, conversation_v3)?;
         }
     }
+    if old < 4.0 {
+        let mut params = ObjectStoreParams::new();
+        params.auto_increment(true);
+        let pages = db.create_object_store(PAGES, params).map_err(from_idb)?;
+        pages
+            .create_index(
+                BY_BUCKET,
+                KeyPath::new_array(["conversation", "bucket"]),
+                Some(IndexParams::new()),
+            )
+            .map_err(from_idb)?;
+        if old >= 1.0 {
+            move_messages_to_pages(&raw_db, &tx, slot)?;
+        }
+    }
     Ok(())
+}
+
+/// v4: every v1..v3 `messages` record goes into the page record of its
+/// bucket (one per conversation and bucket: `getAll` returns them in key
+/// order), then `messages` is deleted. A record whose seq is not a number goes
+/// to bucket 0, where reading it reports [`StoreError::Corrupt`].
+fn move_messages_to_pages(
+    db: &IdbDatabase,
+    tx: &IdbTransaction,
+    slot: &Slot,
+) -> Result<(), StoreError> {
+    let old = tx.object_store(MESSAGES_V3).map_err(|e| from_js(&e))?;
+    let pages = tx.object_store(PAGES).map_err(|e| from_js(&e))?;
+    let db = db.clone();
+    on_all_records(tx, &old, slot, "upgrade to v4", move |rows| {
+        let flush = |page: Option<(JsValue, f64, Array)>| -> Result<(), JsValue> {
+            if let Some((conversation, bucket, rows)) = page {
+                let record = Object::new();
+                set_field(&record, "conversation", &conversation)?;
+                set_field(&record, "bucket", &JsValue::from_f64(bucket))?;
+                set_field(&record, "messages", &js_sys::JSON::stringify(&rows)?.into())?;
+                pages.add(&record)?;
+            }
+            Ok(())
+        };
+        let mut page: Option<(JsValue, f64, Array)> = None;
+        for row in rows.iter() {
+            let Some(obj) = row.dyn_ref::<Object>() else {
+                continue;
+            };
+            let conversation = field(obj, "conversation")?;
+            let bucket = field(obj, "seq")?
+                .as_f64()
+                .map_or(0.0, |s| (s / BUCKET_SEQS as f64).floor());
+            if !page
+                .as_ref()
+                .is_some_and(|(c, b, _)| *c == conversation && *b == bucket)
+            {
+                flush(page.take())?;
+                page = Some((conversation, bucket, Array::new()));
+            }
+            if let Some((_, _, rows)) = &page {
+                rows.push(obj);
+            }
+        }
+        flush(page)?;
+        db.delete_object_store(MESSAGES_V3)
+    })
 }
 
 /// Rewrites every record of `store` with `fix` (records that are not objects are
@@ -461,23 +535,39 @@ fn migrate_records(
     slot: &Slot,
     fix: fn(&Object) -> Result<(), JsValue>,
 ) -> Result<(), StoreError> {
+    on_all_records(tx, &store.clone(), slot, "upgrade to v3", move |rows| {
+        for row in rows.iter() {
+            if let Some(obj) = row.dyn_ref::<Object>() {
+                fix(obj)?;
+                store.put(obj)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Reads every record of `store` (one `getAll`) and hands them to `handle`
+/// from the request's success handler, inside the version change transaction;
+/// if `handle` fails, its error (prefixed with `step`) goes to `slot` and the
+/// transaction is aborted.
+fn on_all_records(
+    tx: &IdbTransaction,
+    store: &web_sys::IdbObjectStore,
+    slot: &Slot,
+    step: &'static str,
+    handle: impl FnOnce(Array) -> Result<(), JsValue> + 'static,
+) -> Result<(), StoreError> {
     let req = store.get_all().map_err(|e| from_js(&e))?;
     let on_success = {
         let (req, tx, slot) = (req.clone(), tx.clone(), slot.clone());
         Closure::once_into_js(move |_: JsValue| {
-            let result = (|| -> Result<(), JsValue> {
-                let rows: Array = req.result()?.dyn_into()?;
-                for row in rows.iter() {
-                    if let Some(obj) = row.dyn_ref::<Object>() {
-                        fix(obj)?;
-                        store.put(obj)?;
-                    }
-                }
-                Ok(())
-            })();
+            let result = req
+                .result()
+                .and_then(|rows| rows.dyn_into::<Array>())
+                .and_then(handle);
             if let Err(e) = result {
                 *slot.borrow_mut() = Some(match from_js(&e) {
-                    StoreError::Failed(m) => StoreError::Failed(format!("upgrade to v3: {m}")),
+                    StoreError::Failed(m) => StoreError::Failed(format!("{step}: {m}")),
                     other => other,
                 });
                 let _ = tx.abort();
@@ -539,19 +629,13 @@ fn queue_write(
     match op {
         ClientWrite::Inbox { messages, state } => {
             if !messages.is_empty() {
-                // One JSON string for the whole batch, parsed by the engine in
-                // one call: building each record field by field from wasm
-                // (serde-wasm-bindgen) cost more than IndexedDB itself.
-                let rows = message_rows_json(conversation, messages)?;
-                let rows: Array = js_sys::JSON::parse(&rows)
-                    .map_err(|e| from_js(&e))?
-                    .dyn_into()
-                    .map_err(|_| StoreError::Failed("message rows are not an array".into()))?;
-                let store = tx.raw_store(MESSAGES)?;
-                for row in rows.iter() {
-                    store.put(&row).map_err(|e| from_js(&e))?;
+                let store = tx.raw_store(PAGES)?;
+                for page in messages.chunk_by(|a, b| a.seq / BUCKET_SEQS == b.seq / BUCKET_SEQS) {
+                    store
+                        .add(&page_record(conversation, page)?.into())
+                        .map_err(|e| from_js(&e))?;
+                    tally.pages.puts += 1;
                 }
-                tally.messages.puts += u64::from(rows.length());
             }
             if let Some(state) = state.as_ref().filter(|_| keep_record) {
                 let row = to_js(&InboxRow {
@@ -586,23 +670,26 @@ fn queue_write(
             tally.outbox.deletes += 1;
         }
         ClientWrite::ClearInbox => {
-            tx.store(MESSAGES)?
-                .delete(all_of(conversation)?)
-                .map_err(from_idb)?;
+            queue_delete_pages(tx, conversation)?;
             tx.store(CONVERSATIONS)?
                 .delete(JsValue::from_str(conversation))
                 .map_err(from_idb)?;
-            // One range delete counts as one request.
-            tally.messages.deletes += 1;
+            // A clear counts as one request per store.
+            tally.pages.deletes += 1;
             tally.conversations.deletes += 1;
         }
     }
     Ok(())
 }
 
-/// The `messages` records of `messages` as one JSON array. Seqs and times
-/// must stay exact as JavaScript numbers (they are keys).
-fn message_rows_json(conversation: &str, messages: &[StoredMessage]) -> Result<String, StoreError> {
+/// The `pages` record of `messages` (all in one bucket, as [`queue_write`]
+/// groups them): the messages go as one JSON string, which costs the engine
+/// one copy where an object per message cost a structured clone walk each.
+/// Seqs and times must stay exact as JavaScript numbers.
+fn page_record(conversation: &str, messages: &[StoredMessage]) -> Result<Object, StoreError> {
+    let Some(first) = messages.first() else {
+        return Err(StoreError::Failed("empty page".into()));
+    };
     if let Some(m) = messages
         .iter()
         .find(|m| m.seq > MAX_SAFE_INTEGER || m.at > MAX_SAFE_INTEGER)
@@ -612,28 +699,52 @@ fn message_rows_json(conversation: &str, messages: &[StoredMessage]) -> Result<S
             m.seq
         )));
     }
-    let rows: Vec<MessageRow<'_>> = messages
-        .iter()
-        .map(|m| MessageRow {
-            conversation,
-            seq: m.seq,
-            user: &m.user,
-            device: &m.device,
-            id: &m.id,
-            body: &m.body,
-            at: m.at,
-            chain: &m.chain,
+    let json = serde_json::to_string(messages)
+        .map_err(|e| StoreError::Failed(format!("cannot store messages: {e}")))?;
+    let record = Object::new();
+    let set =
+        |name: &str, value: &JsValue| set_field(&record, name, value).map_err(|e| from_js(&e));
+    set("conversation", &JsValue::from_str(conversation))?;
+    set("bucket", &JsValue::from_f64(bucket_of(first.seq)))?;
+    set("messages", &JsValue::from_str(&json))?;
+    Ok(record)
+}
+
+/// Queues the deletion of every `pages` record of `conversation`: the index
+/// gives their keys, and the deletes are queued from that request's success
+/// handler, so they stay in this transaction, ahead of anything queued later
+/// by later transactions. A failure there aborts the transaction.
+fn queue_delete_pages(tx: &Tx, conversation: &str) -> Result<(), StoreError> {
+    let store = tx.raw_store(PAGES)?;
+    let range: JsValue = all_of(conversation)?.into();
+    let req = store
+        .index(BY_BUCKET)
+        .and_then(|index| index.get_all_keys_with_key(&range))
+        .map_err(|e| from_js(&e))?;
+    let on_success = {
+        let (req, raw) = (req.clone(), tx.raw.clone());
+        Closure::once_into_js(move |_: JsValue| {
+            let deleted = (|| -> Result<(), JsValue> {
+                let keys: Array = req.result()?.dyn_into()?;
+                for key in keys.iter() {
+                    store.delete(&key)?;
+                }
+                Ok(())
+            })();
+            if deleted.is_err() {
+                let _ = raw.abort();
+            }
         })
-        .collect();
-    serde_json::to_string(&rows)
-        .map_err(|e| StoreError::Failed(format!("cannot store messages: {e}")))
+    };
+    req.set_onsuccess(Some(on_success.unchecked_ref()));
+    Ok(())
 }
 
 /// Every `[conversation, number]` key of one conversation.
 fn all_of(conversation: &str) -> Result<Query, StoreError> {
     key_range(
-        &seq_key(conversation, f64::NEG_INFINITY),
-        &seq_key(conversation, f64::INFINITY),
+        &conversation_key(conversation, f64::NEG_INFINITY),
+        &conversation_key(conversation, f64::INFINITY),
         false,
         false,
     )
@@ -899,7 +1010,7 @@ impl IdbStore {
     /// in creation order (`created`, then `id`).
     pub async fn load_snapshot(&self, conversation: &str) -> Result<ClientSnapshot, StoreError> {
         let tx = self.read_tx(&WRITE_SCOPE)?;
-        let messages = tx.store(MESSAGES)?;
+        let pages = tx.store(PAGES)?.index(BY_BUCKET).map_err(from_idb)?;
         // `into_future` attaches the request's handlers: do it before awaiting
         // anything, or an early success event would be missed.
         let inbox = tx
@@ -920,21 +1031,7 @@ impl IdbStore {
             .map(|v| serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("inbox record", e)))
             .transpose()?;
         let above = match &inbox {
-            Some(state) => {
-                let range = key_range(
-                    &seq_key(conversation, state.watermark as f64),
-                    &seq_key(conversation, f64::INFINITY),
-                    true,
-                    false,
-                )?;
-                decode_messages(
-                    messages
-                        .get_all(Some(range), None)
-                        .map_err(from_idb)?
-                        .await
-                        .map_err(from_idb)?,
-                )?
-            }
+            Some(state) => pages_after(&pages, conversation, state.watermark, None).await?,
             None => Vec::new(),
         };
         let outbox = outbox
@@ -964,42 +1061,35 @@ impl IdbStore {
         if limit == 0 || before == 0 {
             return Ok(Vec::new());
         }
-        let tx = self.read_tx(&[MESSAGES])?;
-        let store = tx.store(MESSAGES)?;
-        let floor = seq_key(conversation, 0.0);
-        let upper = seq_key(conversation, before as f64);
-        // Walk keys downwards to the limit-th one below `before`, then read that
-        // range ascending in one request.
-        let cursor = store
-            .open_key_cursor(
-                Some(key_range(&floor, &upper, false, true)?),
-                Some(CursorDirection::Prev),
-            )
-            .map_err(from_idb)?
-            .await
-            .map_err(from_idb)?;
-        let Some(cursor) = cursor else {
-            return Ok(Vec::new());
-        };
-        let lower = if limit == 1 {
-            cursor.key().map_err(from_idb)?
-        } else {
-            match cursor
-                .advance(limit - 1)
+        let tx = self.read_tx(&[PAGES])?;
+        let pages = tx.store(PAGES)?.index(BY_BUCKET).map_err(from_idb)?;
+        let floor = conversation_key(conversation, 0.0);
+        let mut found = BTreeMap::new();
+        let mut top = bucket_of(before - 1);
+        // Bucket by bucket downwards: find the highest non-empty one at or
+        // below `top` (a key cursor, so empty buckets cost nothing), read it whole.
+        while found.len() < limit as usize {
+            let below = key_range(&floor, &conversation_key(conversation, top), false, false)?;
+            let cursor = pages
+                .open_key_cursor(Some(below), Some(CursorDirection::Prev))
                 .map_err(from_idb)?
                 .await
+                .map_err(from_idb)?;
+            let Some(cursor) = cursor else { break };
+            let bucket = bucket_in_key(&cursor.key().map_err(from_idb)?)?;
+            let rows = pages
+                .get_all(Some(conversation_key(conversation, bucket).into()), None)
                 .map_err(from_idb)?
-            {
-                Some(c) => c.key().map_err(from_idb)?,
-                None => floor,
+                .await
+                .map_err(from_idb)?;
+            merge_pages(rows, |seq| seq < before, &mut found)?;
+            if bucket <= 0.0 {
+                break;
             }
-        };
-        let rows = store
-            .get_all(Some(key_range(&lower, &upper, false, true)?), None)
-            .map_err(from_idb)?
-            .await
-            .map_err(from_idb)?;
-        decode_messages(rows)
+            top = bucket - 1.0;
+        }
+        let skip = found.len().saturating_sub(limit as usize);
+        Ok(found.into_values().skip(skip).collect())
     }
 
     /// Up to `limit` messages with `seq > after`, ascending.
@@ -1011,23 +1101,11 @@ impl IdbStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.check()?;
         if limit == 0 {
-            // IndexedDB reads a count of 0 as "no limit".
             return Ok(Vec::new());
         }
-        let tx = self.read_tx(&[MESSAGES])?;
-        let range = key_range(
-            &seq_key(conversation, after as f64),
-            &seq_key(conversation, f64::INFINITY),
-            true,
-            false,
-        )?;
-        let rows = tx
-            .store(MESSAGES)?
-            .get_all(Some(range), Some(limit))
-            .map_err(from_idb)?
-            .await
-            .map_err(from_idb)?;
-        decode_messages(rows)
+        let tx = self.read_tx(&[PAGES])?;
+        let pages = tx.store(PAGES)?.index(BY_BUCKET).map_err(from_idb)?;
+        pages_after(&pages, conversation, after, Some(limit)).await
     }
 
     /// Closes the connection once running transactions finish; later calls fail
@@ -1049,8 +1127,93 @@ impl Drop for IdbStore {
     }
 }
 
-fn decode_messages(rows: Vec<JsValue>) -> Result<Vec<StoredMessage>, StoreError> {
-    rows.into_iter()
-        .map(|v| serde_wasm_bindgen::from_value(v).map_err(|e| corrupt("message", e)))
-        .collect()
+/// The messages of `conversation` with `seq > after`, ascending; at most
+/// `limit` (all without one). Reads whole buckets upwards, at most `limit`
+/// records per request (each holds at least one message).
+async fn pages_after(
+    pages: &idb::Index,
+    conversation: &str,
+    after: Seq,
+    limit: Option<u32>,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let mut found = BTreeMap::new();
+    let mut from = bucket_of(after.saturating_add(1));
+    loop {
+        let range = key_range(
+            &conversation_key(conversation, from),
+            &conversation_key(conversation, f64::INFINITY),
+            false,
+            false,
+        )?;
+        let mut rows = pages
+            .get_all(Some(range), limit)
+            .map_err(from_idb)?
+            .await
+            .map_err(from_idb)?;
+        let Some(last) = rows.last() else { break };
+        let last = bucket_in_record(last)?;
+        // Fewer records than asked for: every bucket up to the end was read.
+        let to_the_end = limit.is_none_or(|l| rows.len() < l as usize);
+        if !to_the_end {
+            // The last bucket may have more records than fitted: read it whole.
+            let mut kept = Vec::with_capacity(rows.len());
+            for row in rows {
+                if bucket_in_record(&row)? != last {
+                    kept.push(row);
+                }
+            }
+            rows = kept;
+            rows.extend(
+                pages
+                    .get_all(Some(conversation_key(conversation, last).into()), None)
+                    .map_err(from_idb)?
+                    .await
+                    .map_err(from_idb)?,
+            );
+        }
+        merge_pages(rows, |seq| seq > after, &mut found)?;
+        if to_the_end || limit.is_some_and(|l| found.len() >= l as usize) {
+            break;
+        }
+        from = last + 1.0;
+    }
+    let limit = limit.map_or(usize::MAX, |l| l as usize);
+    Ok(found.into_values().take(limit).collect())
+}
+
+/// Adds the messages of `pages` records (in write order) whose seq passes
+/// `keep` to `found`; a later record's copy of a seq replaces an earlier one.
+fn merge_pages(
+    rows: Vec<JsValue>,
+    keep: impl Fn(Seq) -> bool,
+    found: &mut BTreeMap<Seq, StoredMessage>,
+) -> Result<(), StoreError> {
+    for row in rows {
+        let json = Reflect::get(&row, &JsValue::from_str("messages"))
+            .ok()
+            .and_then(|v| v.as_string())
+            .ok_or_else(|| StoreError::Corrupt("page record without its messages".into()))?;
+        let messages: Vec<StoredMessage> = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("page record: {e}")))?;
+        for m in messages.into_iter().filter(|m| keep(m.seq)) {
+            found.insert(m.seq, m);
+        }
+    }
+    Ok(())
+}
+
+/// The bucket of a `pages` record.
+fn bucket_in_record(row: &JsValue) -> Result<f64, StoreError> {
+    Reflect::get(row, &JsValue::from_str("bucket"))
+        .ok()
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| StoreError::Corrupt("page record without a bucket".into()))
+}
+
+/// The bucket in a `by_bucket` index key `[conversation, bucket]`.
+fn bucket_in_key(key: &JsValue) -> Result<f64, StoreError> {
+    Reflect::get(key, &JsValue::from_f64(1.0))
+        .ok()
+        .and_then(|v| v.as_f64())
+        .ok_or_else(|| StoreError::Corrupt("page index key without a bucket".into()))
 }

@@ -311,7 +311,7 @@ async fn stored_seqs(db: &str, conv: &str) -> (Vec<u64>, Vec<(String, bool)>) {
         .await
         .expect("open db");
     let tx = database
-        .transaction(&["messages", "outbox"], idb::TransactionMode::ReadOnly)
+        .transaction(&["pages", "outbox"], idb::TransactionMode::ReadOnly)
         .unwrap();
     let range = idb::KeyRange::bound(
         &js_sys::Array::of2(&conv.into(), &JsValue::from(0)).into(),
@@ -320,8 +320,10 @@ async fn stored_seqs(db: &str, conv: &str) -> (Vec<u64>, Vec<(String, bool)>) {
         None,
     )
     .unwrap();
-    let messages = tx
-        .object_store("messages")
+    let pages = tx
+        .object_store("pages")
+        .unwrap()
+        .index("by_bucket")
         .unwrap()
         .get_all(Some(range.into()), None)
         .unwrap()
@@ -344,7 +346,14 @@ async fn stored_seqs(db: &str, conv: &str) -> (Vec<u64>, Vec<(String, bool)>) {
             )
         })
         .collect();
-    (messages.iter().map(seq_of).collect(), outbox)
+    // Every stored copy, so that a message stored twice would show.
+    let mut seqs = Vec::new();
+    for page in &pages {
+        let messages = js_sys::JSON::parse(&field(page, "messages").as_string().unwrap()).unwrap();
+        seqs.extend(js_sys::Array::from(&messages).iter().map(|m| seq_of(&m)));
+    }
+    seqs.sort_unstable();
+    (seqs, outbox)
 }
 
 #[wasm_bindgen_test]

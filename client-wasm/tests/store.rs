@@ -684,7 +684,7 @@ async fn corrupt_records_are_reported() {
         .unwrap();
     let tx = db
         .transaction(
-            &["conversations", "messages", "outbox"],
+            &["conversations", "pages", "outbox"],
             TransactionMode::ReadWrite,
         )
         .unwrap();
@@ -698,8 +698,11 @@ async fn corrupt_records_are_reported() {
         .unwrap()
         .await
         .unwrap();
-    let bad = js_sys::JSON::parse(r#"{"conversation":"c","seq":1,"body":3}"#).unwrap();
-    tx.object_store("messages")
+    let bad = js_sys::JSON::parse(
+        r#"{"conversation":"c","bucket":0,"messages":"[{\"seq\":1,\"body\":3}]"}"#,
+    )
+    .unwrap();
+    tx.object_store("pages")
         .unwrap()
         .put(&bad, None)
         .unwrap()
@@ -713,7 +716,7 @@ async fn corrupt_records_are_reported() {
         .unwrap()
         .await
         .unwrap();
-    // A good inbox record next to a corrupt message above its watermark.
+    // A good inbox record next to a corrupt page above its watermark.
     let ok = js_sys::JSON::parse(&format!(
         r#"{{"conversation":"e","base":0,"watermark":0,"chain":"{}","oldest":null}}"#,
         ChainHash::GENESIS.to_hex()
@@ -725,8 +728,8 @@ async fn corrupt_records_are_reported() {
         .unwrap()
         .await
         .unwrap();
-    let bad = js_sys::JSON::parse(r#"{"conversation":"e","seq":4,"chain":1}"#).unwrap();
-    tx.object_store("messages")
+    let bad = js_sys::JSON::parse(r#"{"conversation":"e","bucket":0,"messages":[4]}"#).unwrap();
+    tx.object_store("pages")
         .unwrap()
         .put(&bad, None)
         .unwrap()
@@ -834,10 +837,16 @@ async fn assert_current_schema(name: &str) {
     assert_eq!(db.version().unwrap(), DB_VERSION);
     let mut names = db.store_names();
     names.sort();
-    assert_eq!(names, ["conversations", "messages", "meta", "outbox"]);
+    assert_eq!(names, ["conversations", "meta", "outbox", "pages"]);
     let tx = db
-        .transaction(&["outbox"], TransactionMode::ReadOnly)
+        .transaction(&["outbox", "pages"], TransactionMode::ReadOnly)
         .unwrap();
+    let pages = tx.object_store("pages").unwrap();
+    assert!(pages.auto_increment());
+    assert_eq!(
+        pages.index("by_bucket").unwrap().key_path().unwrap(),
+        Some(KeyPath::new_array(["conversation", "bucket"]))
+    );
     let outbox = tx.object_store("outbox").unwrap();
     assert_eq!(outbox.index_names(), ["by_conversation"]);
     let key_path = outbox.index("by_conversation").unwrap().key_path().unwrap();
@@ -1145,7 +1154,8 @@ async fn stats_count_committed_writes_and_superseded_records_are_skipped() {
     ];
     store.apply_all("c", &ops).await.unwrap();
     let s = store.stats();
-    assert_eq!((s.messages.puts, s.conversations.puts), (3, 1), "{s:?}");
+    // Seqs 1-2 and 3 are in one bucket but two writes: two page records.
+    assert_eq!((s.pages.puts, s.conversations.puts), (2, 1), "{s:?}");
     assert_eq!((s.outbox.puts, s.outbox.deletes), (1, 1), "{s:?}");
     assert_eq!(
         store.load_snapshot("c").await.unwrap().inbox,
@@ -1177,13 +1187,115 @@ async fn stats_count_committed_writes_and_superseded_records_are_skipped() {
     let s = store.stats();
     assert_eq!(
         (
-            s.messages.deletes,
+            s.pages.deletes,
             s.conversations.deletes,
             s.conversations.puts
         ),
         (2, 2, 2),
         "{s:?}"
     );
+    store.close();
+    delete_db(&name).await;
+}
+
+/// Messages are stored one record per bucket of 256 seqs a write touches; reads
+/// cross bucket boundaries, skip empty buckets and honour their limits exactly.
+#[wasm_bindgen_test]
+async fn pages_span_buckets_and_reads_cross_them() {
+    let name = db_name("buckets");
+    let store = IdbStore::open(&name).await.unwrap();
+    // 200..=600 in one write (buckets 0, 1 and 2), then live messages one by
+    // one (601..=700), then 5,000..=5,010 far above (empty buckets between).
+    let all = messages(1, 5_010);
+    store
+        .apply("c", &inbox(&all[199..600], None))
+        .await
+        .unwrap();
+    assert_eq!(store.stats().pages.puts, 3, "one record per bucket");
+    for m in &all[600..700] {
+        store
+            .apply("c", &inbox(std::slice::from_ref(m), None))
+            .await
+            .unwrap();
+    }
+    store.apply("c", &inbox(&all[4_999..], None)).await.unwrap();
+    let r = |a: u64, b: u64| (a..=b).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(&store.messages_after("c", 0, 3).await.unwrap()),
+        r(200, 202)
+    );
+    assert_eq!(
+        seqs(&store.messages_after("c", 250, 10).await.unwrap()),
+        r(251, 260)
+    );
+    assert_eq!(
+        seqs(&store.messages_after("c", 690, 30).await.unwrap()),
+        [r(691, 700), r(5_000, 5_010)].concat()
+    );
+    assert_eq!(
+        seqs(&store.messages_after("c", 0, 1_000).await.unwrap()),
+        [r(200, 700), r(5_000, 5_010)].concat()
+    );
+    // Many one-message records in one bucket, fewer than the limit per request.
+    assert_eq!(
+        seqs(&store.messages_after("c", 640, 5).await.unwrap()),
+        r(641, 645)
+    );
+    assert_eq!(
+        seqs(&store.messages_before("c", u64::MAX, 15).await.unwrap()),
+        [r(697, 700), r(5_000, 5_010)].concat()
+    );
+    assert_eq!(
+        seqs(&store.messages_before("c", 5_000, 50).await.unwrap()),
+        r(651, 700)
+    );
+    assert_eq!(
+        seqs(&store.messages_before("c", 513, 3).await.unwrap()),
+        r(510, 512)
+    );
+    assert_eq!(
+        seqs(&store.messages_before("c", 257, 100).await.unwrap()),
+        r(200, 256)
+    );
+    assert!(store
+        .messages_before("c", 200, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let snapshot_above = |w: u64| {
+        let s = state(&all[..w as usize]);
+        inbox(&[], Some(s))
+    };
+    store.apply("c", &snapshot_above(700)).await.unwrap();
+    assert_eq!(
+        seqs(&store.load_snapshot("c").await.unwrap().above),
+        r(5_000, 5_010)
+    );
+    store.close();
+    delete_db(&name).await;
+}
+
+/// A seq written again (a refetched message replacing one that failed the
+/// chain check) reads back as the later copy, once, as a put keyed by seq did.
+#[wasm_bindgen_test]
+async fn a_later_write_of_a_seq_wins() {
+    let name = db_name("later-wins");
+    let store = IdbStore::open(&name).await.unwrap();
+    let good = messages(1, 6);
+    let mut bad = good[4].clone();
+    bad.body = "forged".into();
+    store
+        .apply("c", &inbox(std::slice::from_ref(&bad), None))
+        .await
+        .unwrap();
+    store.apply("c", &inbox(&good, None)).await.unwrap();
+    assert_eq!(store.messages_after("c", 0, 10).await.unwrap(), good);
+    assert_eq!(store.messages_before("c", 7, 10).await.unwrap(), good);
+    store
+        .apply("c", &inbox(std::slice::from_ref(&bad), None))
+        .await
+        .unwrap();
+    assert_eq!(store.messages_after("c", 4, 1).await.unwrap(), vec![bad]);
     store.close();
     delete_db(&name).await;
 }

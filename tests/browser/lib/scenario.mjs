@@ -196,8 +196,12 @@ export class Device {
       const { app } = window.ackline;
       const req = (r) => new Promise((resolve, reject) => { r.onsuccess = () => resolve(r.result); r.onerror = () => reject(r.error); });
       const db = await req(indexedDB.open(app.dbName));
-      const tx = db.transaction(['messages', 'outbox'], 'readonly');
-      const stored = await req(tx.objectStore('messages').getAll(IDBKeyRange.bound([conversation, 0], [conversation, Infinity])));
+      const tx = db.transaction(['pages', 'outbox'], 'readonly');
+      // Page records in write order; a later copy of a seq wins (docs/ARCHITECTURE.md).
+      const pages = await req(tx.objectStore('pages').index('by_bucket').getAll(IDBKeyRange.bound([conversation, 0], [conversation, Infinity])));
+      const bySeq = new Map();
+      for (const page of pages) for (const m of JSON.parse(page.messages)) bySeq.set(m.seq, m);
+      const stored = [...bySeq.values()].sort((a, b) => a.seq - b.seq);
       const outbox = (await req(tx.objectStore('outbox').getAll())).filter((e) => e.conversation === conversation);
       db.close();
       return {
