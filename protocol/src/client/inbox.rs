@@ -64,6 +64,11 @@ impl Client {
                 Timer::SyncForward,
                 now.saturating_add(self.cfg.sync_timeout),
             );
+            // Echo this batch's read ticket at once (on an ack of what is
+            // durable): the server holds the rest of the stream while its
+            // unconfirmed answers are at the budget, and an echo only once
+            // this batch is durable would stall every stream there.
+            self.timers.set_earliest(Timer::AckDue, now);
         } else {
             self.timers.clear(Timer::SyncForward);
         }

@@ -136,6 +136,8 @@ pub struct Device {
     pub conn: Option<ConnId>,
     /// Messages surfaced to the app, in order.
     pub shown: Vec<StoredMessage>,
+    /// When the last message of `shown` was surfaced.
+    pub last_shown_at: Option<Millis>,
     /// Own messages' status changes, with the time they were reported.
     pub statuses: Vec<(Millis, String, MessageStatus)>,
     /// Errors the client reported.
@@ -256,6 +258,7 @@ impl Pair {
             incarnation: 0,
             conn: None,
             shown: Vec::new(),
+            last_shown_at: None,
             statuses: Vec::new(),
             errors: Vec::new(),
             gave_up: 0,
@@ -602,7 +605,10 @@ impl Pair {
                         },
                     );
                 }
-                ClientOutput::Message(m) => d.shown.push(m),
+                ClientOutput::Message(m) => {
+                    d.shown.push(m);
+                    d.last_shown_at = Some(now);
+                }
                 ClientOutput::History { .. }
                 | ClientOutput::HistoryFailed(_)
                 | ClientOutput::Link(_) => {}
