@@ -712,8 +712,9 @@ fn page_record(conversation: &str, messages: &[StoredMessage]) -> Result<Object,
 
 /// Queues the deletion of every `pages` record of `conversation`: the index
 /// gives their keys, and the deletes are queued from that request's success
-/// handler, so they stay in this transaction, ahead of anything queued later
-/// by later transactions. A failure there aborts the transaction.
+/// handler, inside this transaction. The key request runs in queue order, so
+/// it sees the pages added before it in the same transaction (deleted too)
+/// and not those added after it (kept). A failure there aborts the transaction.
 fn queue_delete_pages(tx: &Tx, conversation: &str) -> Result<(), StoreError> {
     let store = tx.raw_store(PAGES)?;
     let range: JsValue = all_of(conversation)?.into();
@@ -950,9 +951,10 @@ impl IdbStore {
     /// client of `conversation`) in one strict read-write transaction; resolves
     /// after `complete`, so the shell may then report `Durable { through: write }`.
     ///
-    /// - `Inbox { messages, state }`: puts every message (keyed by
-    ///   `(conversation, seq)`, so repeating a write is harmless) and, when `state`
-    ///   is given, replaces the conversation's inbox record.
+    /// - `Inbox { messages, state }`: adds one `pages` record per bucket the
+    ///   messages fall in (a repeated write adds copies, which read back once:
+    ///   the later copy of a seq wins) and, when `state` is given, replaces the
+    ///   conversation's inbox record.
     /// - `PutOutbox(entry)`: inserts or replaces the entry (keyed by its id).
     /// - `RemoveOutbox { id }`: deletes the entry (a missing one is ignored).
     /// - `ClearInbox`: deletes every message of the conversation and its inbox
